@@ -1,0 +1,51 @@
+// Argument checks shared by every op. Each failure raises a Python ValueError whose message names the argument
+// and says what was expected, so every backend reports a bad input in the same words.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include <initializer_list>
+#include <sstream>
+#include <string>
+
+namespace kernels {
+
+inline std::string dtype_list(std::initializer_list<at::ScalarType> allowed) {
+  std::ostringstream out;
+  bool first = true;
+  for (auto t : allowed) {
+    out << (first ? "" : ", ") << c10::toString(t);
+    first = false;
+  }
+  return out.str();
+}
+
+inline void check_dtype(const at::Tensor& t, const char* name, std::initializer_list<at::ScalarType> allowed) {
+  for (auto a : allowed) {
+    if (t.scalar_type() == a) return;
+  }
+  TORCH_CHECK_VALUE(false, "argument `", name, "` has dtype ", t.scalar_type(), "; expected one of: ",
+                    dtype_list(allowed));
+}
+
+inline void check_same_dtype(const at::Tensor& t, const char* name, const at::Tensor& like, const char* like_name) {
+  TORCH_CHECK_VALUE(t.scalar_type() == like.scalar_type(), "argument `", name, "` has dtype ", t.scalar_type(),
+                    "; expected ", like.scalar_type(), " (the dtype of `", like_name, "`)");
+}
+
+inline void check_same_device(const at::Tensor& t, const char* name, const at::Tensor& like, const char* like_name) {
+  TORCH_CHECK_VALUE(t.device() == like.device(), "argument `", name, "` is on ", t.device(), "; expected ",
+                    like.device(), " (the device of `", like_name, "`)");
+}
+
+inline void check_same_shape(const at::Tensor& t, const char* name, const at::Tensor& like, const char* like_name) {
+  TORCH_CHECK_VALUE(t.sizes() == like.sizes(), "argument `", name, "` has shape ", t.sizes(), "; expected ",
+                    like.sizes(), " (the shape of `", like_name, "`)");
+}
+
+inline void check_dim(const at::Tensor& t, const char* name, int64_t dim) {
+  TORCH_CHECK_VALUE(t.dim() == dim, "argument `", name, "` must have ", dim, " dimensions, got shape ", t.sizes());
+}
+
+}  // namespace kernels

@@ -1,0 +1,229 @@
+"""Backend selection shared by every op.
+
+Backends: ``"torch"`` (the reference, plain PyTorch), ``"triton"`` (Triton kernels; CPU tensors only under the Triton
+interpreter), ``"native"`` (the C++ extension; the dispatcher picks the CPU or CUDA kernel) and ``"auto"``.
+
+Each op registers one :class:`Implementation` per backend with what it supports (devices, dtypes, and a check of the
+remaining arguments). A call picks its backend from, in order: the ``backend=`` argument unless it is ``"auto"``, the
+innermost :func:`use_backend` block, the process default (:func:`set_default_backend`, or the ``KERNELS_BACKEND``
+environment variable), else ``"auto"``.
+
+Rules (design.md):
+* ``"auto"`` takes the first fast backend in the op's order for that device that supports the call. When none does,
+  the call runs on ``"torch"`` and a warning names the unsupported argument, once per op and reason.
+* A named backend that cannot serve a call raises :class:`BackendError` naming the argument and the supported values.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping
+
+import torch
+
+from ._extension import has_native_kernel
+
+BACKENDS = ("torch", "triton", "native")
+CHOICES = ("auto",) + BACKENDS
+
+# Default preference of the fast backends per device type; an op may set its own with `set_auto_order`.
+_DEFAULT_AUTO_ORDER = {"cuda": ("native", "triton"), "cpu": ("native",)}
+
+
+class BackendError(ValueError):
+    """A backend named explicitly cannot serve a call; the message names the argument and what is supported."""
+
+
+def _dtype_names(dtypes) -> str:
+    return ", ".join(str(d).replace("torch.", "") for d in dtypes)
+
+
+@dataclass(frozen=True)
+class Implementation:
+    """One backend of one op and what it supports.
+
+    ``dtypes`` maps a device type ("cpu", "cuda") to the dtypes served there; devices absent from it are not served.
+    ``check(**arguments)`` returns ``None`` when the call is supported, else a reason that names the argument.
+    ``native_op`` is the C++ op whose registered kernels make a native implementation available on a device.
+    """
+
+    op: str
+    backend: str
+    fn: Callable[..., Any]
+    dtypes: Mapping[str, tuple]
+    tensor_arg: str = "x"
+    check: Callable[..., str | None] | None = None
+    native_op: str | None = None
+    notes: str = ""
+
+    def unavailable(self, device_type: str) -> str | None:
+        """Why this backend cannot run at all on ``device_type`` here, or None."""
+        if device_type not in self.dtypes:
+            served = ", ".join(self.dtypes) or "no device"
+            return f"argument `{self.tensor_arg}` is on {device_type}; backend {self.backend!r} serves {served}"
+        if self.backend == "triton":
+            if not _triton_importable():
+                return "backend 'triton' needs the triton package, which is not installed"
+            if device_type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+                return (f"argument `{self.tensor_arg}` is on cpu; backend 'triton' runs CPU tensors only under the "
+                        "Triton interpreter (TRITON_INTERPRET=1)")
+        if self.backend == "native" and not has_native_kernel(self.native_op or self.op, device_type):
+            return f"backend 'native' has no {device_type} kernel for {self.op} in this build of kernels._C"
+        return None
+
+    def unsupported(self, device: torch.device, dtype: torch.dtype, arguments: Mapping[str, Any]) -> str | None:
+        """Why this backend cannot serve this call, or None."""
+        reason = self.unavailable(device.type)
+        if reason is not None:
+            return reason
+        served = self.dtypes[device.type]
+        if dtype not in served:
+            return (f"argument `{self.tensor_arg}` has dtype {_dtype_names([dtype])}; backend {self.backend!r} "
+                    f"supports {_dtype_names(served)} on {device.type}")
+        if self.check is not None:
+            return self.check(**arguments)
+        return None
+
+
+@dataclass
+class _OpEntry:
+    implementations: dict[str, Implementation] = field(default_factory=dict)
+    auto_order: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(_DEFAULT_AUTO_ORDER))
+
+
+_REGISTRY: dict[str, _OpEntry] = {}
+_STACK: list[str] = []  # backends of the enclosing `use_backend` blocks (process-wide, innermost last)
+_DEFAULT = [os.environ.get("KERNELS_BACKEND", "auto")]
+_WARNED: set[tuple[str, str]] = set()
+
+
+def _triton_importable() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _validate_name(name: str) -> str:
+    if name not in CHOICES:
+        raise ValueError(f"argument `backend` must be one of {', '.join(map(repr, CHOICES))}; got {name!r}")
+    return name
+
+
+def register(implementation: Implementation) -> Implementation:
+    """Adds (or replaces) one backend of one op in the registry."""
+    _validate_name(implementation.backend)
+    _REGISTRY.setdefault(implementation.op, _OpEntry()).implementations[implementation.backend] = implementation
+    return implementation
+
+
+def set_auto_order(op: str, device_type: str, order: tuple[str, ...]) -> None:
+    """Sets which fast backends ``"auto"`` tries for ``op`` on ``device_type``, in order."""
+    for name in order:
+        _validate_name(name)
+    _REGISTRY.setdefault(op, _OpEntry()).auto_order[device_type] = tuple(order)
+
+
+def set_default_backend(name: str) -> None:
+    """Sets the process-wide default backend (used when a call passes ``backend="auto"`` outside any block)."""
+    _DEFAULT[0] = _validate_name(name)
+
+
+def get_default_backend() -> str:
+    return _DEFAULT[0]
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Within the block, calls that pass ``backend="auto"`` use ``name`` instead."""
+    _STACK.append(_validate_name(name))
+    try:
+        yield
+    finally:
+        _STACK.pop()
+
+
+def current_backend(backend: str | None = "auto") -> str:
+    """The backend a call with ``backend=`` would ask for before the support checks."""
+    if backend not in (None, "auto"):
+        return _validate_name(backend)
+    if _STACK:
+        return _STACK[-1]
+    return _validate_name(_DEFAULT[0])
+
+
+def _warn_fallback_once(op: str, reason: str) -> None:
+    if torch.compiler.is_compiling() or (op, reason) in _WARNED:
+        return
+    _WARNED.add((op, reason))
+    warnings.warn(f"kernels.{op}: running on the 'torch' backend because {reason}", RuntimeWarning, stacklevel=4)
+
+
+def select(op: str, backend: str | None, *, device: torch.device, dtype: torch.dtype, **arguments) -> Implementation:
+    """Picks the implementation of ``op`` that serves a call, by the rules in the module docstring.
+
+    ``arguments`` are passed to each backend's ``check``; every op passes the same names to every backend.
+    """
+    entry = _REGISTRY[op]
+    name = current_backend(backend)
+    if name != "auto":
+        implementation = entry.implementations.get(name)
+        if implementation is None:
+            have = ", ".join(repr(b) for b in entry.implementations)
+            raise BackendError(f"kernels.{op}: backend {name!r} is not implemented for this op; available: {have}")
+        reason = implementation.unsupported(device, dtype, arguments)
+        if reason is not None:
+            raise BackendError(f"kernels.{op}: backend {name!r} cannot serve this call: {reason}")
+        return implementation
+    reasons = []
+    for candidate in entry.auto_order.get(device.type, ()):
+        implementation = entry.implementations.get(candidate)
+        if implementation is None:
+            continue
+        reason = implementation.unsupported(device, dtype, arguments)
+        if reason is None:
+            return implementation
+        reasons.append(reason)
+    if reasons:
+        _warn_fallback_once(op, reasons[0])
+    return entry.implementations["torch"]
+
+
+def registered_ops() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def implementations(op: str) -> dict[str, Implementation]:
+    return dict(_REGISTRY[op].implementations)
+
+
+def backend_table() -> list[dict[str, str]]:
+    """One row per (op, backend): devices and dtypes served, availability on this machine, limits."""
+    rows = []
+    for op in registered_ops():
+        entry = _REGISTRY[op]
+        for backend in BACKENDS:
+            implementation = entry.implementations.get(backend)
+            if implementation is None:
+                continue
+            served = "; ".join(f"{dev}: {_dtype_names(types)}" for dev, types in implementation.dtypes.items())
+            here = []
+            for device_type in implementation.dtypes:
+                if device_type == "cuda" and not torch.cuda.is_available():
+                    continue
+                if implementation.unavailable(device_type) is None:
+                    here.append(device_type)
+            rows.append({
+                "op": op,
+                "backend": backend,
+                "dtypes by device": served,
+                "usable here": ", ".join(here) or "-",
+                "auto order": " > ".join(
+                    f"{dev}: {'/'.join(order)}" for dev, order in entry.auto_order.items()) if backend == "torch" else "",
+                "limits": implementation.notes,
+            })
+    return rows
