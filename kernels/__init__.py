@@ -10,6 +10,10 @@ from ._backend import (
     use_backend,
 )
 from ._extension import extension_status
+from .attention import scaled_dot_product_attention, varlen_attention
+from .feed_forward import feed_forward, linear
+from .layer_norm import layer_norm, rms_norm
+from .masked_softmax import masked_softmax
 from .residual_add import residual_add
 
 __all__ = [
@@ -17,8 +21,15 @@ __all__ = [
     "BackendError",
     "backend_table",
     "extension_status",
+    "feed_forward",
     "get_default_backend",
+    "layer_norm",
+    "linear",
+    "masked_softmax",
     "residual_add",
+    "rms_norm",
+    "scaled_dot_product_attention",
     "set_default_backend",
     "use_backend",
+    "varlen_attention",
 ]
