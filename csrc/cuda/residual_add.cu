@@ -1,9 +1,11 @@
 // residual_add on CUDA: out = x + residual. Vectorised 16-byte loads where the pointers allow it, fp32 arithmetic,
-// a grid-stride loop, launched on the current stream under a device guard.
+// a grid-stride loop, launched on the current stream under a device guard. Only c10's CUDA headers are used (not
+// ATen/cuda/CUDAContext.h, which pulls in cuBLAS/cuSPARSE headers), so it compiles wherever nvcc does.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <kernels/checks.h>
@@ -59,10 +61,11 @@ at::Tensor residual_add_cuda(const at::Tensor& x, const at::Tensor& residual) {
   at::Tensor out = empty_output_like(a);
   const int64_t n = a.numel();
   if (n == 0) return out;
-  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  int sms = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, x.get_device()));
   const int64_t wanted = (n + kThreads - 1) / kThreads;
   const int blocks = static_cast<int>(std::min<int64_t>(wanted, static_cast<int64_t>(sms) * 8));
-  auto stream = at::cuda::getCurrentCUDAStream();
+  auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.scalar_type(), "residual_add_cuda", [&] {
     const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
     const bool vectorised = aligned(a.const_data_ptr()) && aligned(b.const_data_ptr()) && aligned(out.data_ptr());
