@@ -65,8 +65,9 @@ def masked_softmax(x, mask=None, scale=1.0, is_causal=False):
     if is_causal:
         sq, sk = x.shape[-2], x.shape[-1]
         scores = scores.masked_fill(~causal_mask(sq, sk, x.device), float("-inf"))
-    probs = torch.softmax(scores, dim=-1)
     empty_row = torch.isneginf(scores).all(dim=-1, keepdim=True)
+    # Empty rows are zeroed before the softmax too, so their gradient is zero rather than NaN (0 * NaN).
+    probs = torch.softmax(scores.masked_fill(empty_row, 0.0), dim=-1)
     return probs.masked_fill(empty_row, 0.0)
 
 

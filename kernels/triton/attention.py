@@ -423,7 +423,7 @@ def forward_tiles(head_dim: int, device: torch.device) -> tuple[int, int]:
     """(BLOCK_M, BLOCK_N) of the forward. Tiles are fixed per head dim (not tuned) because the block map of a mask
     is computed for them; sm_80 and sm_90 both hold a 128-row query tile up to head dim 128."""
     if interpreting() or device.type != "cuda":
-        return 16, 16
+        return 32, 32  # the interpreter runs programs one by one: fewer, larger tiles are faster
     if head_dim <= 128:
         return 128, 64
     return 64, 32
@@ -432,7 +432,7 @@ def forward_tiles(head_dim: int, device: torch.device) -> tuple[int, int]:
 def backward_tiles(head_dim: int, device: torch.device) -> tuple[int, int]:
     """(BLOCK_M, BLOCK_N) shared by the dK/dV and dQ kernels (one block map serves both)."""
     if interpreting() or device.type != "cuda":
-        return 16, 16
+        return 32, 32
     if head_dim <= 64:
         return 64, 128 if _capability(device)[0] >= 9 else 64
     if head_dim <= 128:
@@ -558,8 +558,8 @@ def dropout_keep_mask(seed: int, shape, dropout_p: float, device=None) -> torch.
     rows = batch * heads * sq
     keep = torch.empty((rows, sk), dtype=torch.int8, device=device)
     if keep.numel():
-        grid = (triton.cdiv(rows, 16), triton.cdiv(sk, 64))
-        _keep_mask_kernel[grid](keep, seed, dropout_p, rows, sk, BLOCK_R=16, BLOCK_C=64)
+        grid = (triton.cdiv(rows, 64), triton.cdiv(sk, 128))
+        _keep_mask_kernel[grid](keep, seed, dropout_p, rows, sk, BLOCK_R=64, BLOCK_C=128)
     return keep.bool().reshape(batch, heads, sq, sk)
 
 
