@@ -101,8 +101,8 @@ def _sequence(b, CuSeqQ, CuSeqK, SeqLensK, seqlen_q, seqlen_k,
         k_start = tl.load(CuSeqK + b).to(tl.int64)
         k_len = (tl.load(CuSeqK + b + 1) - k_start).to(tl.int32)
     else:
-        q_start = tl.zeros((), tl.int64)
-        k_start = tl.zeros((), tl.int64)
+        q_start = 0
+        k_start = 0
         q_len = seqlen_q
         k_len = seqlen_k
         if HAS_SEQLENS_K:
