@@ -21,12 +21,13 @@ else
   PY=$_root/.venv/bin/python
   if ! "$PY" -c 'import torch, triton, pytest, pytest_benchmark, tabulate, matplotlib, ninja' 2>/dev/null; then
     echo "setup: installing .ci/requirements.txt into .venv" >&2
-    "$PY" -m pip install -q torch==2.13.0
-    "$PY" -m pip install -q -r .ci/requirements.txt
+    # (the local package mirror's harmless "Location ... is ignored" warnings are filtered out)
+    "$PY" -m pip install -q torch==2.13.0 2>&1 | { grep -v "is ignored: it is neither" || true; }
+    "$PY" -m pip install -q -r .ci/requirements.txt 2>&1 | { grep -v "is ignored: it is neither" || true; }
   fi
 fi
 
-_so=$(ls kernels/_C*.so 2>/dev/null | head -n 1)
+_so=$(ls kernels/_C*.so 2>/dev/null | head -n 1 || true)
 if [ -z "$_so" ] || [ -n "$(find csrc setup.py -newer "$_so" -type f 2>/dev/null | head -n 1)" ]; then
   echo "setup: building the extension (pip install --no-build-isolation --no-deps -e .)" >&2
   "$PY" -m pip install -q --no-build-isolation --no-deps -e . || { echo "setup: the build failed" >&2; return 1; }
