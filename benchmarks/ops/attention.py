@@ -10,6 +10,8 @@ reference), ``torch.compile`` of it, flash-attn when importable, and our triton 
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
@@ -21,16 +23,23 @@ VARIANTS = ("none", "causal", "padding", "mask")
 SDPA_BACKENDS = {"sdpa-flash": "FLASH_ATTENTION", "sdpa-efficient": "EFFICIENT_ATTENTION",
                  "sdpa-cudnn": "CUDNN_ATTENTION", "sdpa-math": "MATH"}
 EAGER_MAX_SEQ = 8192  # the eager reference materialises (S, S) scores per head; beyond this it only measures memory
+COMPILE_MAX_SEQ = 4096  # torch.compile of the reference: compiled once per shape and mode, so only up to here
 
 
 def _shapes(config: SuiteConfig):
+    """(B, S, H, D, variants). The default GPU sweep fits gpu_check.sh's 10 minutes; ATTENTION_SWEEP=full gives the
+    published one (every length 512..16k, both head dims, every variant)."""
     if config.device.type == "cpu":
-        return [(1, 256, 4, 64)] if config.quick else [(2, 512, 4, 64), (1, 1024, 4, 64)]
+        sizes = [(1, 256, 4, 64)] if config.quick else [(2, 512, 4, 64), (1, 1024, 4, 64)]
+        return [(*size, VARIANTS[:3] if config.quick else VARIANTS) for size in sizes]
     if config.quick:
-        return [(4, 1024, 16, 128)]
+        return [(4, 1024, 16, 128, VARIANTS[:3])]
     tokens, hidden = 16384, 2048
-    return [(tokens // seq, seq, hidden // head_dim, head_dim) for head_dim in (64, 128)
-            for seq in (512, 1024, 2048, 4096, 8192, 16384)]
+    if os.environ.get("ATTENTION_SWEEP") == "full":
+        return [(tokens // seq, seq, hidden // head_dim, head_dim, VARIANTS) for head_dim in (64, 128)
+                for seq in (512, 1024, 2048, 4096, 8192, 16384)]
+    return ([(tokens // seq, seq, hidden // 128, 128, VARIANTS) for seq in (1024, 4096, 16384)]
+            + [(tokens // 4096, 4096, hidden // 64, 64, VARIANTS[:2])])
 
 
 def _masks(variant, batch, seq, device):
@@ -55,8 +64,8 @@ def _sdpa_mask(attn_mask, key_padding_mask):
 @suite("attention")
 def cases(config: SuiteConfig):
     device, dtype = config.device, config.dtype
-    for batch, seq, heads, head_dim in _shapes(config):
-        for variant in VARIANTS if not config.quick else ("none", "causal", "padding"):
+    for batch, seq, heads, head_dim, variants in _shapes(config):
+        for variant in variants:
             attn_mask, key_padding_mask = _masks(variant, batch, seq, device)
             is_causal = variant == "causal"
             sdpa_mask = _sdpa_mask(attn_mask, key_padding_mask)
@@ -93,7 +102,9 @@ def cases(config: SuiteConfig):
                         q, k, v, am, is_causal=causal, key_padding_mask=kpm), inputs, mode)
 
                 def torch_compile(q=q, k=k, v=v, inputs=inputs, mode=mode, am=attn_mask, kpm=key_padding_mask,
-                                  causal=is_causal):
+                                  causal=is_causal, seq=seq):
+                    if seq > COMPILE_MAX_SEQ:
+                        raise Unavailable(f"torch.compile of the reference: skipped above S={COMPILE_MAX_SEQ}")
                     fn = compiled(reference.scaled_dot_product_attention)
                     return timed_closure(lambda: fn(q, k, v, am, is_causal=causal, key_padding_mask=kpm), inputs,
                                          mode)
