@@ -48,8 +48,8 @@ def check(backend, *args, **kwargs):
 
 @pytest.mark.interpret
 @pytest.mark.parametrize("case", CASES, ids=ids)
-@pytest.mark.parametrize("sq,sk", [(1, 1), (17, 17), (17, 45), (45, 17)])
-@pytest.mark.parametrize("is_causal", [False, True])
+@pytest.mark.parametrize("sq,sk,is_causal", [(1, 1, True), (17, 17, True), (17, 45, False), (17, 45, True),
+                                             (45, 17, False), (45, 17, True)])
 def test_lengths_cross_and_causal(case, sq, sk, is_causal):
     device, backend = case
     check(backend, *qkv(2, 2, sq, sk, 32, device=device), is_causal=is_causal)
@@ -57,7 +57,7 @@ def test_lengths_cross_and_causal(case, sq, sk, is_causal):
 
 @pytest.mark.interpret
 @pytest.mark.parametrize("case", FAST, ids=ids)
-@pytest.mark.parametrize("head_dim", [16, 40, 64, 80, 96, 128, 256])
+@pytest.mark.parametrize("head_dim", [40, 64, 80, 96, 128, 256])  # 16 and 32: in the other tests
 def test_head_dims(case, head_dim):
     device, backend = case
     check(backend, *qkv(1, 1, 33, 40, head_dim, device=device), is_causal=head_dim % 32 == 0)
@@ -110,7 +110,7 @@ def test_gqa_and_mqa(case, kv_heads):
 # Masks
 # ----------------------------------------------------------------------------------------------------------------------
 
-MASK_SHAPES = {"full": (2, 2, 33, 70), "per-batch": (2, 1, 33, 70), "keys": (1, 2, 1, 70), "2d": (33, 70)}
+MASK_SHAPES = {"full": (2, 2, 20, 70), "per-batch": (2, 1, 20, 70), "keys": (1, 2, 1, 70), "2d": (20, 70)}
 
 
 @pytest.mark.interpret
@@ -122,11 +122,11 @@ def test_attn_mask_broadcast(case, shape, kind):
     if kind == "bool":
         mask = torch.rand(MASK_SHAPES[shape], device=device) > 0.4
         mask[..., 32:64] = False  # a whole key block masked (skipped by the kernels)
-        mask[..., :1, :32] = True  # and one with nothing masked
+        mask[..., :32] = True  # and one with nothing masked
     else:
         mask = torch.randn(MASK_SHAPES[shape], device=device)
         mask[..., 32:64] = float("-inf")
-    check(backend, *qkv(2, 2, 33, 70, 32, device=device), attn_mask=mask)
+    check(backend, *qkv(2, 2, 20, 70, 32, device=device), attn_mask=mask)
 
 
 @pytest.mark.interpret
@@ -136,8 +136,8 @@ def test_key_padding_mask_and_combinations(case, is_causal):
     device, backend = case
     padding = torch.rand(2, 70, device=device) > 0.7
     padding[1, 40:] = True
-    mask = torch.rand(33, 70, device=device) > 0.3
-    check(backend, *qkv(2, 2, 33, 70, 32, device=device), attn_mask=mask, is_causal=is_causal,
+    mask = torch.rand(20, 70, device=device) > 0.3
+    check(backend, *qkv(2, 2, 20, 70, 32, device=device), attn_mask=mask, is_causal=is_causal,
           key_padding_mask=padding)
 
 
@@ -268,8 +268,8 @@ def keep_mask_for_next_call(seed, shape, dropout_p, device):
 @pytest.mark.parametrize("is_causal", [False, True])
 def test_dropout_matches_reference_with_the_same_keep_mask(case, is_causal):
     device, backend = case
-    q, k, v = qkv(2, 2, 33, 40, 32, device=device, kv_heads=1)
-    keep = keep_mask_for_next_call(7, (2, 2, 33, 40), 0.25, device)
+    q, k, v = qkv(1, 2, 33, 40, 32, device=device, kv_heads=1)
+    keep = keep_mask_for_next_call(7, (1, 2, 33, 40), 0.25, device)
     check(backend, q, k, v, dropout_p=0.25, is_causal=is_causal, enable_gqa=True, dropout_mask=keep)
 
 
@@ -396,17 +396,16 @@ def test_unsupported_calls_fall_back_or_raise():
 
 @pytest.mark.interpret
 @pytest.mark.skipif(not any(b == "triton" for _, b in FAST), reason="triton backend not usable here")
-@pytest.mark.parametrize("masks", [False, True])
-def test_opcheck_triton(masks):
+def test_opcheck_triton():
+    """Every optional input present (broadcast mask view, padding, dropout seed), causal, GQA."""
     from kernels._ops import attention_triton  # noqa: F401  (registers the ops)
 
     device = [d for d, b in FAST if b == "triton"][0]
     q, k, v = qkv(1, 2, 5, 7, 16, device=device, kv_heads=1)
-    mask = (torch.rand(5, 7, device=device) > 0.3).expand(1, 2, 5, 7) if masks else None
-    padding = torch.zeros(1, 7, dtype=torch.bool, device=device) if masks else None
-    seed = torch.tensor([11]) if masks else None
+    mask = (torch.rand(5, 7, device=device) > 0.3).expand(1, 2, 5, 7)
+    padding = torch.zeros(1, 7, dtype=torch.bool, device=device)
     torch.library.opcheck(torch.ops.kernels.triton_attention.default,
-                          (q, k, v, mask, padding, 0.2 if masks else 0.0, masks, 0.25, seed))
+                          (q, k, v, mask, padding, 0.2, True, 0.25, torch.tensor([11])))
 
 
 @pytest.mark.interpret
