@@ -63,6 +63,16 @@ def _bounds_and_causal(s, rows, cols, k_len, diag, IS_CAUSAL: tl.constexpr):
 
 
 @triton.jit
+def _on_edge(start_m, start_n, k_len, diag, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr):
+    """Whether the (start_m, start_n) tile has keys past the sequence or (causal) above the diagonal; interior
+    tiles skip :func:`_bounds_and_causal`."""
+    edge = start_n + BLOCK_N > k_len
+    if IS_CAUSAL:
+        edge = edge | (start_n + BLOCK_N - 1 > start_m + diag)
+    return edge
+
+
+@triton.jit
 def _user_masks(s, rows, cols, q_len, k_len, Mask, smm, smn, Kpm, skpn,
                 MASK_KIND: tl.constexpr, HAS_KPM: tl.constexpr):
     """Applies attn_mask (pointer already at (b, h)) and key_padding_mask (pointer at b) to base-2 scores ``s``."""
@@ -173,7 +183,8 @@ def _forward_kernel(
             k = tl.load(k_base + (start_n + offs_n)[None, :] * skn + offs_d[:, None],
                         mask=((start_n + offs_n) < k_len)[None, :] & d_in[:, None], other=0.0)
             s = tl.dot(q, k) * qk_scale  # (BLOCK_M, BLOCK_N), base 2
-            s = _bounds_and_causal(s, rows, cols, k_len, diag, IS_CAUSAL)
+            if _on_edge(pid_m * BLOCK_M, start_n, k_len, diag, BLOCK_M, BLOCK_N, IS_CAUSAL):
+                s = _bounds_and_causal(s, rows, cols, k_len, diag, IS_CAUSAL)
             if MASK_KIND != 0 or HAS_KPM:
                 if flag == 1:
                     s = _user_masks(s, rows, cols, q_len, k_len, mask_base, smm, smn, kpm_base, skpn,
@@ -306,7 +317,8 @@ def _dkdv_kernel(
                 lse = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634
                 delta = tl.load(delta_base + offs_m * slm, mask=m_in, other=0.0)
                 sT = tl.dot(k, tl.trans(q)) * qk_scale
-                sT = _bounds_and_causal(sT, rows, cols, k_len, diag, IS_CAUSAL)
+                if _on_edge(start_m, start_n, k_len, diag, BLOCK_M, BLOCK_N, IS_CAUSAL):
+                    sT = _bounds_and_causal(sT, rows, cols, k_len, diag, IS_CAUSAL)
                 if MASK_KIND != 0 or HAS_KPM:
                     if flag == 1:
                         sT = _user_masks(sT, rows, cols, q_len, k_len, mask_base, smm, smn, kpm_base, skpn,
@@ -385,7 +397,8 @@ def _dq_kernel(
             k = tl.load(k_base + (start_n + offs_n)[:, None] * skn + offs_d[None, :], mask=kv_io, other=0.0)
             v = tl.load(v_base + (start_n + offs_n)[:, None] * svn + offs_d[None, :], mask=kv_io, other=0.0)
             s = tl.dot(q, tl.trans(k)) * qk_scale
-            s = _bounds_and_causal(s, rows, cols, k_len, diag, IS_CAUSAL)
+            if _on_edge(pid_m * BLOCK_M, start_n, k_len, diag, BLOCK_M, BLOCK_N, IS_CAUSAL):
+                s = _bounds_and_causal(s, rows, cols, k_len, diag, IS_CAUSAL)
             if MASK_KIND != 0 or HAS_KPM:
                 if flag == 1:
                     s = _user_masks(s, rows, cols, q_len, k_len, mask_base, smm, smn, kpm_base, skpn,
