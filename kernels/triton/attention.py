@@ -510,8 +510,8 @@ def _tile_reduce(x: torch.Tensor, block_m: int, block_n: int, fill: bool, reduce
         padded = x.new_full((*lead, nq * bm, nk * bn), fill)
         padded[..., :sq, :sk] = x
         x = padded
-    tiles = x.reshape(*lead, nq, bm, nk, bn)
-    return tiles.all(-1).all(-2) if reduce_all else tiles.any(-1).any(-2)
+    tiles = x.view(torch.uint8).reshape(*lead, nq, bm, nk, bn)  # one min/max reduction over both tile dims
+    return (tiles.amin(dim=(-3, -1)) if reduce_all else tiles.amax(dim=(-3, -1))).bool()
 
 
 def block_map(attn_mask, key_padding_mask, batch, heads, seqlen_q, seqlen_k, block_m, block_n):
