@@ -519,3 +519,28 @@ def test_gpu_memory_linear_in_length(case):
         attention(backend, q, k, v, is_causal=True).sum().backward()
         peaks.append(torch.cuda.max_memory_allocated(device) - base)
     assert peaks[1] < 5 * peaks[0]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The block map the Triton kernels skip tiles by
+# ----------------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.skipif(not kernels._backend._triton_importable(), reason="triton not installed")
+def test_block_map_labels():
+    from kernels.triton.attention import FULL, PARTIAL, SKIP, block_map
+
+    keep = torch.ones(64, 96, dtype=torch.bool)
+    keep[:32, 32:64] = False  # tile (0, 1): all masked
+    keep[:32, 70] = False  # tile (0, 2): partly
+    labels = block_map(keep.expand(2, 3, 64, 96), None, 2, 3, 64, 96, 32, 32)
+    assert labels.shape == (2, 3, 2, 3) and labels.stride()[:2] == (0, 0)  # broadcast, not materialised
+    assert labels[0, 0].tolist() == [[FULL, SKIP, PARTIAL], [FULL, FULL, FULL]]
+    additive = torch.zeros(64, 96).masked_fill(~keep, float("-inf"))
+    additive[40, 5] = 0.5  # a finite bias is mask work too
+    labels = block_map(additive.expand(2, 3, 64, 96), None, 2, 3, 64, 96, 32, 32)
+    assert labels[1, 2].tolist() == [[FULL, SKIP, PARTIAL], [PARTIAL, FULL, FULL]]
+    padding = torch.zeros(2, 90, dtype=torch.bool)
+    padding[1, 64:] = True  # the last (partial) key tile of batch 1: all padding
+    padding[0, 3] = True
+    labels = block_map(None, padding, 2, 3, 64, 90, 32, 32)
+    assert labels[:, 0, 0].tolist() == [[PARTIAL, FULL, FULL], [FULL, FULL, SKIP]]
