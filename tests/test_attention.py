@@ -544,3 +544,29 @@ def test_block_map_labels():
     padding[0, 3] = True
     labels = block_map(None, padding, 2, 3, 64, 90, 32, 32)
     assert labels[:, 0, 0].tolist() == [[PARTIAL, FULL, FULL], [FULL, FULL, SKIP]]
+
+
+def philox_uniform(seed: int, offset: int) -> float:
+    """The keep-mask draw of the module docstring of kernels.triton.attention, in plain Python (Philox4x32-10,
+    key = seed, counter = (offset low, offset high, 0, 0), first word to [0, 1) like tl.rand)."""
+    word = 0xFFFFFFFF
+    k0, k1, c0, c1, c2, c3 = seed & word, seed >> 32, offset & word, offset >> 32, 0, 0
+    for _ in range(10):
+        p0, p1 = 0xD2511F53 * c0, 0xCD9E8D57 * c2
+        c0, c1, c2, c3 = ((p1 >> 32) ^ c1 ^ k0) & word, p1 & word, ((p0 >> 32) ^ c3 ^ k1) & word, p0 & word
+        k0, k1 = (k0 + 0x9E3779B9) & word, (k1 + 0xBB67AE85) & word
+    x = c0 - (1 << 32) if c0 >= 1 << 31 else c0
+    return float(torch.tensor((~x if x < 0 else x), dtype=torch.float32) * torch.tensor(4.6566127342e-10))
+
+
+@pytest.mark.interpret
+@pytest.mark.skipif(not kernels._backend._triton_importable(), reason="triton not installed")
+def test_keep_mask_follows_the_documented_formula():
+    """The formula the native backend reproduces: offset = ((b * H + h) * Sq + i) * Sk + j."""
+    from kernels.triton.attention import dropout_keep_mask
+
+    device = available_devices()[-1]
+    seed, shape, p = 987654321, (2, 3, 5, 7), 0.4
+    keep = dropout_keep_mask(seed, shape, p, device=device).cpu()
+    expected = torch.tensor([philox_uniform(seed, index) >= p for index in range(keep.numel())]).reshape(shape)
+    assert torch.equal(keep, expected)

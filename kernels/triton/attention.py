@@ -93,7 +93,7 @@ def _user_masks(s, rows, cols, q_len, k_len, Mask, smm, smn, Kpm, skpn,
 def _keep(seed, dropout_p, rng_rows, cols, rng_sk):
     """Dropout keep-mask at int64 counters ``rng_rows * rng_sk + cols`` (module docstring), Philox4x32-10."""
     offset = rng_rows * rng_sk + cols
-    lo = (offset & 0xFFFFFFFF).to(tl.uint32)
+    lo = offset.to(tl.uint32)  # truncation: the low word, as tl.randint does
     hi = (offset >> 32).to(tl.uint32)
     zero = lo * 0
     x, _, _, _ = tl.philox(seed, lo, hi, zero, zero)
