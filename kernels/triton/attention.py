@@ -127,6 +127,51 @@ def _sequence(b, CuSeqQ, CuSeqK, SeqLensK, seqlen_q, seqlen_k,
 # Forward
 # ----------------------------------------------------------------------------------------------------------------------
 
+@triton.jit
+def _forward_tiles(acc, l_i, m_i, q, start, stop, k_base, v_base, skn, svn, offs_n, offs_d, d_in, rows, q_len, k_len,
+                   diag, mask_base, smm, smn, kpm_base, skpn, map_base, sbn, qk_scale, dropout_p, seed, rng_rows,
+                   k_start, rng_sk, BLOCK_N: tl.constexpr, MASK_KIND: tl.constexpr, HAS_KPM: tl.constexpr,
+                   IS_CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, EDGE: tl.constexpr):
+    """Online softmax over the key tiles [start, stop): updates (acc, l, m). Only EDGE tiles apply the bounds and
+    causal masks; user masks apply on tiles the block map labels PARTIAL, and SKIP tiles are passed over."""
+    for start_n in range(start, stop, BLOCK_N):
+        flag = 2
+        if MASK_KIND != 0 or HAS_KPM:
+            flag = tl.load(map_base + (start_n // BLOCK_N) * sbn)
+        if flag != 0:
+            cols = (start_n + offs_n)[None, :]
+            if EDGE:
+                k = tl.load(k_base + (start_n + offs_n)[None, :] * skn + offs_d[:, None],
+                            mask=((start_n + offs_n) < k_len)[None, :] & d_in[:, None], other=0.0)
+            else:
+                k = tl.load(k_base + (start_n + offs_n)[None, :] * skn + offs_d[:, None], mask=d_in[:, None],
+                            other=0.0)
+            s = tl.dot(q, k) * qk_scale  # (BLOCK_M, BLOCK_N), base 2
+            if EDGE:
+                s = _bounds_and_causal(s, rows, cols, k_len, diag, IS_CAUSAL)
+            if MASK_KIND != 0 or HAS_KPM:
+                if flag == 1:
+                    s = _user_masks(s, rows, cols, q_len, k_len, mask_base, smm, smn, kpm_base, skpn,
+                                    MASK_KIND, HAS_KPM)
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows masked so far: p = 0, not NaN
+            p = tl.math.exp2(s - m_sub[:, None])
+            alpha = tl.math.exp2(m_i - m_sub)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None]
+            if DROPOUT:
+                p = tl.where(_keep(seed, dropout_p, rng_rows, k_start + cols, rng_sk), p, 0.0)
+            if EDGE:
+                v = tl.load(v_base + (start_n + offs_n)[:, None] * svn + offs_d[None, :],
+                            mask=((start_n + offs_n) < k_len)[:, None] & d_in[None, :], other=0.0)
+            else:
+                v = tl.load(v_base + (start_n + offs_n)[:, None] * svn + offs_d[None, :], mask=d_in[None, :],
+                            other=0.0)
+            acc = tl.dot(p.to(v.dtype), v, acc)
+            m_i = m_new
+    return acc, l_i, m_i
+
+
 @triton.jit(do_not_specialize=["seed"])
 def _forward_kernel(
     Q, K, V, Out, Lse, Mask, Kpm, BlockMap, CuSeqQ, CuSeqK, SeqLensK,
@@ -171,36 +216,23 @@ def _forward_kernel(
     if IS_CAUSAL:
         hi = tl.minimum(hi, (pid_m + 1) * BLOCK_M + diag)
 
+    # Tiles wholly inside the sequence and (causal) below the diagonal come first, in a loop without bounds or
+    # causal masks (no branch in its body, so Triton can pipeline its loads); the edge tiles follow.
+    mid = (k_len // BLOCK_N) * BLOCK_N
+    if IS_CAUSAL:
+        mid = tl.minimum(mid, ((pid_m * BLOCK_M + diag + 1) // BLOCK_N) * BLOCK_N)
+    mid = tl.maximum(lo, tl.minimum(mid, hi))
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    for start_n in range(lo, hi, BLOCK_N):
-        flag = 2
-        if MASK_KIND != 0 or HAS_KPM:
-            flag = tl.load(map_base + (start_n // BLOCK_N) * sbn)
-        if flag != 0:
-            cols = (start_n + offs_n)[None, :]
-            k = tl.load(k_base + (start_n + offs_n)[None, :] * skn + offs_d[:, None],
-                        mask=((start_n + offs_n) < k_len)[None, :] & d_in[:, None], other=0.0)
-            s = tl.dot(q, k) * qk_scale  # (BLOCK_M, BLOCK_N), base 2
-            if _on_edge(pid_m * BLOCK_M, start_n, k_len, diag, BLOCK_M, BLOCK_N, IS_CAUSAL):
-                s = _bounds_and_causal(s, rows, cols, k_len, diag, IS_CAUSAL)
-            if MASK_KIND != 0 or HAS_KPM:
-                if flag == 1:
-                    s = _user_masks(s, rows, cols, q_len, k_len, mask_base, smm, smn, kpm_base, skpn,
-                                    MASK_KIND, HAS_KPM)
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows masked so far: p = 0, not NaN
-            p = tl.math.exp2(s - m_sub[:, None])
-            alpha = tl.math.exp2(m_i - m_sub)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None]
-            if DROPOUT:
-                p = tl.where(_keep(seed, dropout_p, rng_rows, k_start + cols, rng_sk), p, 0.0)
-            v = tl.load(v_base + (start_n + offs_n)[:, None] * svn + offs_d[None, :],
-                        mask=((start_n + offs_n) < k_len)[:, None] & d_in[None, :], other=0.0)
-            acc = tl.dot(p.to(v.dtype), v, acc)
-            m_i = m_new
+    acc, l_i, m_i = _forward_tiles(acc, l_i, m_i, q, lo, mid, k_base, v_base, skn, svn, offs_n, offs_d, d_in, rows,
+                                   q_len, k_len, diag, mask_base, smm, smn, kpm_base, skpn, map_base, sbn, qk_scale,
+                                   dropout_p, seed, rng_rows, k_start, rng_sk,
+                                   BLOCK_N, MASK_KIND, HAS_KPM, IS_CAUSAL, DROPOUT, False)
+    acc, l_i, m_i = _forward_tiles(acc, l_i, m_i, q, mid, hi, k_base, v_base, skn, svn, offs_n, offs_d, d_in, rows,
+                                   q_len, k_len, diag, mask_base, smm, smn, kpm_base, skpn, map_base, sbn, qk_scale,
+                                   dropout_p, seed, rng_rows, k_start, rng_sk,
+                                   BLOCK_N, MASK_KIND, HAS_KPM, IS_CAUSAL, DROPOUT, True)
 
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
