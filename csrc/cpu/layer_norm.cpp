@@ -7,7 +7,7 @@
 //
 // Parallelism: at::parallel_for over rows. Each row is worked on in L1: the loops are plain contiguous loops that the
 // compiler vectorises (`omp simd` lets it reorder the fp reductions). bfloat16 rows are first widened into a per-thread
-// float buffer. Statistics are two-pass (mean, then the centred sum of squares), exact for zero-variance rows.
+// float buffer. Statistics are two-pass (mean, then the corrected centred sum of squares), exact for zero-variance rows.
 //
 // Backward determinism: the rows are cut into a fixed number of blocks (independent of the thread count); each block
 // sums its dweight/dbias contributions into its own row of a (blocks, N) buffer, and a second pass sums the blocks
@@ -72,12 +72,22 @@ void forward_rows(const scalar_t* x, const scalar_t* residual, const at::opmath_
 #pragma omp simd reduction(+ : sum)
         for (int64_t j = 0; j < n; ++j) sum += row[j];
         mu = sum / n;
-        mean[i] = mu;
       }
-      acc_t squares = 0;
-#pragma omp simd reduction(+ : squares)
-      for (int64_t j = 0; j < n; ++j) squares += (row[j] - mu) * (row[j] - mu);
-      const acc_t r = acc_t(1) / std::sqrt(squares / n + static_cast<acc_t>(eps));
+      // The corrected two-pass variance: the centred pass also sums the residuals h - mu, which corrects the
+      // rounding of the first pass's mean (long fp32 sums of large values lose bits in the lanes' partial sums).
+      acc_t squares = 0, shift = 0;
+#pragma omp simd reduction(+ : squares, shift)
+      for (int64_t j = 0; j < n; ++j) {
+        squares += (row[j] - mu) * (row[j] - mu);
+        shift += row[j] - mu;
+      }
+      if (!rms) {
+        shift /= n;
+        mu += shift;
+        mean[i] = mu;
+        squares -= shift * shift * n;
+      }
+      const acc_t r = acc_t(1) / std::sqrt(std::max(squares, acc_t(0)) / n + static_cast<acc_t>(eps));
       rstd[i] = r;
       scalar_t* out = y + offset;
 #pragma omp simd

@@ -238,6 +238,7 @@ def backward(dy, dh, h, mean, rstd, weight, has_bias: bool, rms: bool):
     """
     dy, h = dy.contiguous(), h.contiguous()
     dh = dh.contiguous() if dh is not None else None
+    weight = weight.contiguous() if weight is not None else None
     m, n = h.shape
     has_weight = weight is not None
     param_dtype = weight.dtype if has_weight else h.dtype
