@@ -258,7 +258,8 @@ def test_opcheck_backward_ops(device):
             normalised = (h if r is not None else x).detach()
             dy = torch.randn_like(normalised)
             dh = torch.randn_like(normalised) if r is not None else None
-            torch.library.opcheck(backward, (dy, dh, normalised, mean, rstd, w.detach(), b is not None, rms))
+            torch.library.opcheck(backward, (dy, dh, normalised, mean, rstd, None if w is None else w.detach(),
+                                              b is not None, rms))
 
 
 @pytest.mark.parametrize("op,backend", [c for c in CASES if c[1] != "torch"])
