@@ -6,6 +6,15 @@
 TORCH_LIBRARY(kernels, m) {
   // out = x + residual, elementwise, same shape and dtype. The smallest op: it proves the build and the dispatch.
   m.def("residual_add(Tensor x, Tensor residual) -> Tensor");
+
+  // layer_norm / rms_norm (rms=true) with the fused residual add, on (M, N) rows; weight and bias (N,).
+  // Forward returns (y, h = x + residual or empty, mean (M,) or empty for rms, rstd (M,)), statistics in fp32 (fp64
+  // for fp64). Backward takes the normalised input h (x or x + residual) and the gradient dh reaching the returned h;
+  // returns (dx, which is also the residual's gradient, dweight or empty, dbias or empty).
+  m.def("layer_norm_forward(Tensor x, Tensor? residual, Tensor? weight, Tensor? bias, float eps, bool rms) "
+        "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("layer_norm_backward(Tensor dy, Tensor? dh, Tensor h, Tensor mean, Tensor rstd, Tensor? weight, "
+        "bool has_bias, bool rms) -> (Tensor, Tensor, Tensor)");
 }
 
 // The Python module kernels._C: importing it loads the library above. `with_cuda` says whether CUDA kernels were

@@ -1,0 +1,2 @@
+from .layer_norm import LayerNorm
+from .layer_norm import RMSNorm
