@@ -64,15 +64,7 @@ class Implementation:
         if device_type not in self.dtypes:
             served = ", ".join(self.dtypes) or "no device"
             return f"argument `{self.tensor_arg}` is on {device_type}; backend {self.backend!r} serves {served}"
-        if self.backend == "triton":
-            if not _triton_importable():
-                return "backend 'triton' needs the triton package, which is not installed"
-            if device_type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-                return (f"argument `{self.tensor_arg}` is on cpu; backend 'triton' runs CPU tensors only under the "
-                        "Triton interpreter (TRITON_INTERPRET=1)")
-        if self.backend == "native" and not has_native_kernel(self.native_op or self.op, device_type):
-            return f"backend 'native' has no {device_type} kernel for {self.op} in this build of kernels._C"
-        return None
+        return _environment_reason(self.backend, self.native_op or self.op, device_type, self.tensor_arg)
 
     def unsupported(self, device: torch.device, dtype: torch.dtype, arguments: Mapping[str, Any]) -> str | None:
         """Why this backend cannot serve this call, or None."""
@@ -98,6 +90,21 @@ _REGISTRY: dict[str, _OpEntry] = {}
 _STACK: list[str] = []  # backends of the enclosing `use_backend` blocks (process-wide, innermost last)
 _DEFAULT = [os.environ.get("KERNELS_BACKEND", "auto")]
 _WARNED: set[tuple[str, str]] = set()
+
+
+@torch.compiler.assume_constant_result
+def _environment_reason(backend: str, native_op: str, device_type: str, tensor_arg: str) -> str | None:
+    """Why ``backend`` cannot run on ``device_type`` in this process (missing package, interpreter off, kernel not
+    built), or None. Fixed for the life of the process, so torch.compile treats it as a constant."""
+    if backend == "triton":
+        if not _triton_importable():
+            return "backend 'triton' needs the triton package, which is not installed"
+        if device_type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+            return (f"argument `{tensor_arg}` is on cpu; backend 'triton' runs CPU tensors only under the Triton "
+                    "interpreter (TRITON_INTERPRET=1)")
+    if backend == "native" and not has_native_kernel(native_op, device_type):
+        return f"backend 'native' has no {device_type} kernel for kernels::{native_op} in this build of kernels._C"
+    return None
 
 
 def _triton_importable() -> bool:

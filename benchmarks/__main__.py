@@ -1,0 +1,82 @@
+"""``python -m benchmarks``: the benchmark suites on whatever device is here.
+
+Examples:
+    python -m benchmarks --quick                       # every op, small shapes, a table and a record in bench-out/
+    python -m benchmarks --op attention --mode fwd --dtype bf16 --out benchmarks/results/h200-attention
+    python -m benchmarks --op layer_norm --provider native --provider eager --device cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+
+import torch
+
+from . import ops  # noqa: F401  (registers every suite)
+from .ceilings import measure_ceilings
+from .records import device_slug, environment, write_record
+from .report import ceilings_line, skipped, terminal_table, write_markdown, write_plots
+from .runner import run_cases
+from .suite import MODES, SUITES, SuiteConfig, iter_cases
+
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "fp64": torch.float64}
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--op", action="append", choices=sorted(SUITES), help="op suite(s) to run (default: all)")
+    parser.add_argument("--provider", action="append", help="provider(s) to time (default: all), e.g. triton, eager")
+    parser.add_argument("--mode", action="append", choices=MODES, help="fwd, bwd, fwd+bwd (default: all)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), help="default: bf16 on CUDA, fp32 on the CPU")
+    parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+    parser.add_argument("--quick", action="store_true", help="small shapes and short timing: a smoke run")
+    parser.add_argument("--budget", type=float, help="seconds of timed calls per provider (default 0.5, quick 0.1)")
+    parser.add_argument("--cuda-graph", action="store_true", help="time CUDA-graph replays (launch-bound shapes)")
+    parser.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
+    parser.add_argument("--out", help="output folder (default: bench-out/<device>-<time>)")
+    parser.add_argument("--no-plots", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("--device cuda: no CUDA device here", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    config = SuiteConfig(device=device, dtype=dtype, quick=args.quick, modes=tuple(args.mode or MODES))
+    env = environment(device)
+    out_dir = args.out or os.path.join(
+        "bench-out", f"{device_slug(env)}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}")
+
+    print(f"measuring the ceilings on {env['device_name']} ...", file=sys.stderr, flush=True)
+    ceilings = measure_ceilings(device, quick=args.quick)
+    print(ceilings_line(ceilings, env), file=sys.stderr, flush=True)
+    budget = args.budget if args.budget is not None else (0.1 if args.quick else 0.5)
+    torch.manual_seed(0)
+    results = run_cases(iter_cases(args.op or sorted(SUITES), config), ceilings,
+                        providers=set(args.provider) if args.provider else None, budget_s=budget,
+                        cuda_graph=args.cuda_graph)
+
+    record = write_record(out_dir, env, ceilings, results, ["python", "-m", "benchmarks", *argv])
+    table = write_markdown(out_dir, results, ceilings, env)
+    plots = [] if args.no_plots else write_plots(out_dir, results)
+    print()
+    print(ceilings_line(ceilings, env))
+    print(terminal_table(results))
+    for line in skipped(results):
+        print(f"  not run: {line}")
+    print(f"\nrecord: {record}\ntable: {table}\nplots: {len(plots)} in {out_dir}")
+    return 0 if any(r.status == "ok" for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Human-readable views of a run: the terminal table, a Markdown table and matplotlib plots."""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+
+from tabulate import tabulate
+
+from .ceilings import Ceilings
+from .runner import Result
+
+HEADERS = ["op", "mode", "shape", "dtype", "provider", "time ms", "throughput", "of ceiling", "vs best peer"]
+
+
+def _throughput(result: Result) -> str:
+    if result.tflops is not None:
+        return f"{result.tflops:.3g} TFLOP/s"
+    if result.gbs is not None:
+        return f"{result.gbs:.4g} GB/s"
+    return "-"
+
+
+def rows(results: list[Result]) -> list[list[str]]:
+    table = []
+    for r in results:
+        if r.status != "ok":
+            continue
+        versus = f"{r.ratio_to_best_peer:.2f}x {r.best_peer}" if r.ratio_to_best_peer is not None else "-"
+        fraction = f"{100 * r.fraction_of_ceiling:.1f}%" if r.fraction_of_ceiling is not None else "-"
+        table.append([r.op, r.mode, r.shape, r.dtype, r.provider, f"{r.median_ms:.4g}", _throughput(r), fraction,
+                      versus])
+    return table
+
+
+def skipped(results: list[Result]) -> list[str]:
+    """One line per provider that did not run, with its reason (each distinct reason once)."""
+    seen, lines = set(), []
+    for r in results:
+        if r.status == "ok" or (r.provider, r.reason) in seen:
+            continue
+        seen.add((r.provider, r.reason))
+        lines.append(f"{r.op}/{r.provider} {r.status}: {r.reason}")
+    return lines
+
+
+def ceilings_line(ceilings: Ceilings, env: dict) -> str:
+    return (f"{env['device_name']} ({env['threads']} threads): copy bandwidth {ceilings.bandwidth_gbs:.4g} GB/s, "
+            f"{ceilings.matmul_dtype} matmul {ceilings.matmul_tflops:.4g} TFLOP/s; torch {env['torch']}, "
+            f"triton {env['triton']}, commit {(env['git_commit'] or '?')[:12]}")
+
+
+def terminal_table(results: list[Result]) -> str:
+    return tabulate(rows(results), headers=HEADERS, tablefmt="simple")
+
+
+def write_markdown(out_dir: str, results: list[Result], ceilings: Ceilings, env: dict) -> str:
+    path = os.path.join(out_dir, "table.md")
+    with open(path, "w") as handle:
+        handle.write(f"# Benchmark record\n\n{ceilings_line(ceilings, env)}\n\n")
+        handle.write("Time is the median; throughput TFLOP/s for compute-bound ops (fraction of the measured matmul "
+                     "rate), GB/s for memory-bound ops (fraction of the measured copy bandwidth); 'vs best peer' is "
+                     "the best peer's time over this provider's (> 1: faster than every peer).\n\n")
+        handle.write(tabulate(rows(results), headers=HEADERS, tablefmt="github"))
+        handle.write("\n")
+        lines = skipped(results)
+        if lines:
+            handle.write("\nNot run:\n\n" + "\n".join(f"- {line}" for line in lines) + "\n")
+    return path
+
+
+def write_plots(out_dir: str, results: list[Result]) -> list[str]:
+    """One PNG per op and mode: throughput per shape, one bar per provider."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict[tuple[str, str], list[Result]] = defaultdict(list)
+    for r in results:
+        if r.status == "ok":
+            groups[(r.op, r.mode)].append(r)
+    paths = []
+    for (op, mode), group in groups.items():
+        shapes = list(dict.fromkeys(r.shape for r in group))
+        providers = list(dict.fromkeys(r.provider for r in group))
+        compute = any(r.tflops is not None for r in group)
+        width = 0.8 / len(providers)
+        figure, axis = plt.subplots(figsize=(max(6, 1.6 * len(shapes)), 4))
+        for i, provider in enumerate(providers):
+            values = []
+            for shape in shapes:
+                match = [r for r in group if r.shape == shape and r.provider == provider]
+                values.append((match[0].tflops if compute else match[0].gbs) if match else 0.0)
+            axis.bar([x + i * width for x in range(len(shapes))], values, width, label=provider)
+        axis.set_xticks([x + 0.4 - width / 2 for x in range(len(shapes))])
+        axis.set_xticklabels(shapes, rotation=20, ha="right", fontsize=7)
+        axis.set_ylabel("TFLOP/s" if compute else "GB/s")
+        axis.set_title(f"{op} {mode} ({group[0].dtype}, {group[0].device})")
+        axis.legend(fontsize=7)
+        figure.tight_layout()
+        path = os.path.join(out_dir, f"{op}-{mode.replace('+', '_')}.png")
+        figure.savefig(path, dpi=110)
+        plt.close(figure)
+        paths.append(path)
+    return paths
