@@ -6,6 +6,12 @@
 TORCH_LIBRARY(kernels, m) {
   // out = x + residual, elementwise, same shape and dtype. The smallest op: it proves the build and the dispatch.
   m.def("residual_add(Tensor x, Tensor residual) -> Tensor");
+
+  // masked_softmax: y = softmax(scale * x + mask) over the last dim; mask bool (True = keep) or of x's dtype (added),
+  // broadcastable to x and read through its strides; is_causal masks j > i over (Sq, Sk), top-left aligned.
+  // backward: dx = scale * y * (grad - sum(grad * y)) per row.
+  m.def("masked_softmax_forward(Tensor x, Tensor? mask, float scale, bool is_causal) -> Tensor");
+  m.def("masked_softmax_backward(Tensor grad, Tensor y, float scale) -> Tensor");
 }
 
 // The Python module kernels._C: importing it loads the library above. `with_cuda` says whether CUDA kernels were

@@ -119,18 +119,19 @@ def _backward_kernel(dy_ptr, y_ptr, dx_ptr, n_rows, sk, scale,
 MAX_SINGLE_BLOCK = 512 if interpreting() else 16384
 LOOP_BLOCK = 256 if interpreting() else 4096
 # Elements per program that short rows are packed to (several rows per program).
-TILE = 1024 if interpreting() else 4096
+TILE = 2048 if interpreting() else 4096
 
 
 def _config(sk: int) -> tuple[int, int, bool, int]:
     """(ROWS, BLOCK, LOOPED, num_warps) for rows of ``sk`` elements."""
     block = triton.next_power_of_2(max(sk, 1))
-    if block > MAX_SINGLE_BLOCK:
-        return 1, LOOP_BLOCK, True, 8
+    looped = block > MAX_SINGLE_BLOCK
+    if looped:
+        block = LOOP_BLOCK
     rows = max(1, TILE // block)
     # About 8-16 fp32 elements per thread.
     warps = min(32, max(1, rows * block // 512))
-    return rows, block, False, warps
+    return rows, block, looped, warps
 
 
 def mask_layout(mask: torch.Tensor, shape: torch.Size):
