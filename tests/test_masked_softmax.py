@@ -108,6 +108,15 @@ def test_low_precision_with_mask(device, backend, kind):
     check_against_reference(_call(backend), _ref, x, mask, 0.125)
 
 
+@pytest.mark.parametrize("backend", [b for d, b in BACKENDS if d == "cpu" and b != "triton"])
+@pytest.mark.parametrize("kind", ["bool", "float"])
+def test_bf16_on_cpu(backend, kind):
+    """bf16 on the CPU (the native kernel serves it; the Triton interpreter cannot compute in bf16)."""
+    x = _x((2, 3, 9, 203), "cpu", torch.bfloat16)
+    mask = _mask(kind, (2, 1, 1, 203), "cpu", torch.bfloat16)
+    check_against_reference(_call(backend), _ref, x, mask, 0.125, True)
+
+
 @pytest.mark.interpret
 @pytest.mark.parametrize("device,backend", BACKENDS, ids=IDS)
 def test_mask_gradient(device, backend):
