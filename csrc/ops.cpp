@@ -15,6 +15,11 @@ TORCH_LIBRARY(kernels, m) {
         "-> (Tensor, Tensor, Tensor, Tensor)");
   m.def("layer_norm_backward(Tensor dy, Tensor? dh, Tensor h, Tensor mean, Tensor rstd, Tensor? weight, "
         "bool has_bias, bool rms) -> (Tensor, Tensor, Tensor)");
+  // masked_softmax: y = softmax(scale * x + mask) over the last dim; mask bool (True = keep) or of x's dtype (added),
+  // broadcastable to x and read through its strides; is_causal masks j > i over (Sq, Sk), top-left aligned.
+  // backward: dx = scale * y * (grad - sum(grad * y)) per row.
+  m.def("masked_softmax_forward(Tensor x, Tensor? mask, float scale, bool is_causal) -> Tensor");
+  m.def("masked_softmax_backward(Tensor grad, Tensor y, float scale) -> Tensor");
 }
 
 // The Python module kernels._C: importing it loads the library above. `with_cuda` says whether CUDA kernels were
