@@ -264,7 +264,7 @@ def linear_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
                    save_pre: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """``(out, pre)`` for 2-D ``x`` (M, K) and ``weight`` (N or 2N, K); ``pre`` is empty unless ``save_pre``.
 
-    Any strides are taken as they are (no copies).
+    ``x``, ``weight`` and ``residual`` are read with their strides (no copies).
     """
     gated = activation in GATED
     M, K = x.shape
@@ -276,6 +276,7 @@ def linear_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
         return out, pre
     kernel, config = _kernel(_linear_forward_kernel, ["M", "N", "K", "ACTIVATION", "GATED", "SAVE_PRE"])
     dropout = dropout_p > 0.0
+    bias = bias.contiguous() if bias is not None else None  # the kernel reads the bias with unit stride
     res = residual if residual is not None else out
     kernel[_grid(M, N)](
         x, weight, bias if bias is not None else out, res, out, pre, seed,
