@@ -162,24 +162,24 @@ def test_negative_control_mask_from_another_seed_fails_the_checker():
                                 activation="gelu", dropout_p=0.3, residual=res, dropout_mask=wrong_mask)
 
 
-def test_opcheck_primitives_and_composites():
-    for backend in backends_for("feed_forward", "cpu"):
-        prefix = "triton_" if backend == "triton" else ""
-        forward = getattr(torch.ops.kernels, f"{prefix}linear_forward")
-        act_backward = getattr(torch.ops.kernels, f"{prefix}linear_act_backward")
-        composite = getattr(torch.ops.kernels, f"{backend}_feed_forward")
-        seed = torch.tensor([12345], dtype=torch.int64)
-        for activation in ("gelu_tanh", "swiglu"):
-            x, w1, b1, w2, b2, res = _block(5, 12, 8, activation)
-            ffn = w2.shape[1]
-            torch.library.opcheck(forward, (x, w1, b1, activation, 0.2, seed, None, True))
-            torch.library.opcheck(forward, (x, w1, None, None, 0.0, seed, torch.randn(5, w1.shape[0]), False))
-            pre = torch.randn(5, w1.shape[0])
-            torch.library.opcheck(act_backward, (torch.randn(5, 12), w2.detach(), pre, activation, 0.2, seed))
-            torch.library.opcheck(act_backward, (torch.randn(5, ffn), None, pre, activation, 0.0, seed))
-            torch.library.opcheck(composite, (x, w1, b1, w2, b2, activation, 0.2, seed, res, True))
-        if backend == "triton":
-            torch.library.opcheck(torch.ops.kernels.triton_matmul, (torch.randn(5, 7), torch.randn(7, 3)))
+@pytest.mark.parametrize("backend", backends_for("feed_forward", "cpu"))
+def test_opcheck_primitives_and_composites(backend):
+    prefix = "triton_" if backend == "triton" else ""
+    forward = getattr(torch.ops.kernels, f"{prefix}linear_forward")
+    act_backward = getattr(torch.ops.kernels, f"{prefix}linear_act_backward")
+    seed = torch.tensor([12345], dtype=torch.int64)
+    x, w1, b1, w2, b2, res = _block(3, 4, 5, "swiglu")
+    # The primitives have no autograd of their own (the composites' backward calls them): plain tensors.
+    xd, w1d, b1d, w2d = (t.detach() for t in (x, w1, b1, w2))
+    torch.library.opcheck(forward, (xd, w1d, b1d, "swiglu", 0.2, seed, None, True))
+    torch.library.opcheck(forward, (xd, w1d, None, None, 0.0, seed, torch.randn(3, 10), False))
+    pre = torch.randn(3, 10)
+    torch.library.opcheck(act_backward, (torch.randn(3, 4), w2d, pre, "swiglu", 0.2, seed))
+    torch.library.opcheck(act_backward, (torch.randn(3, 5), None, pre[:, :5], "gelu_tanh", 0.0, seed))
+    torch.library.opcheck(getattr(torch.ops.kernels, f"{backend}_feed_forward"),
+                          (x, w1, b1, w2, b2, "swiglu", 0.2, seed, res, True))
+    if backend == "triton":
+        torch.library.opcheck(torch.ops.kernels.triton_matmul, (torch.randn(5, 7), torch.randn(7, 3)))
 
 
 @pytest.mark.skipif("native" not in backends_for("feed_forward", "cpu"), reason="kernels._C lacks the ops")

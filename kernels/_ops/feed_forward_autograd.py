@@ -23,6 +23,11 @@ def _width_out(weight: torch.Tensor, activation: Optional[str]) -> int:
     return weight.shape[0] // 2 if activation in GATED_ACTIVATIONS else weight.shape[0]
 
 
+def _column_sums(grad: torch.Tensor) -> torch.Tensor:
+    """The bias gradient of a Linear without activation, accumulated in fp32 (fp64 for fp64)."""
+    return grad.sum(0, dtype=torch.promote_types(grad.dtype, torch.float32))
+
+
 def define(backend: str, forward: Callable, act_backward: Callable, matmul: Callable):
     """Registers ``kernels::{backend}_linear`` and ``kernels::{backend}_feed_forward``; returns both ops."""
 
@@ -47,7 +52,7 @@ def define(backend: str, forward: Callable, act_backward: Callable, matmul: Call
     def linear_backward(ctx, grad_out, _grad_pre):
         x, weight, pre = ctx.saved_tensors
         if ctx.activation is None:
-            grad_pre, grad_bias = grad_out, grad_out.sum(0, dtype=torch.float32)
+            grad_pre, grad_bias = grad_out, _column_sums(grad_out)
         else:
             seed = torch.zeros(1, dtype=torch.int64, device=x.device)
             grad_pre, grad_bias = act_backward(grad_out, None, pre, ctx.activation, 0.0, seed)
@@ -87,7 +92,7 @@ def define(backend: str, forward: Callable, act_backward: Callable, matmul: Call
         b1_dtype, b2_dtype = ctx.dtypes
         # Second Linear: grad_w2 = grad_out.T @ h (d_out, ffn), grad_b2 = column sums of grad_out.
         grad_w2 = matmul(grad_out.t(), h)
-        grad_b2 = None if b2_dtype is None else grad_out.sum(0, dtype=torch.float32).to(b2_dtype)
+        grad_b2 = None if b2_dtype is None else _column_sums(grad_out).to(b2_dtype)
         # The activation and dropout derivatives in the epilogue of grad_out @ w2, with the bias gradient of b1.
         grad_pre, grad_bias1 = act_backward(grad_out, w2, pre, ctx.activation, ctx.dropout_p, seed)
         grad_x = matmul(grad_pre, w1)  # (M, d)
