@@ -20,6 +20,15 @@ TORCH_LIBRARY(kernels, m) {
   // backward: dx = scale * y * (grad - sum(grad * y)) per row.
   m.def("masked_softmax_forward(Tensor x, Tensor? mask, float scale, bool is_causal) -> Tensor");
   m.def("masked_softmax_backward(Tensor grad, Tensor y, float scale) -> Tensor");
+  // feed_forward (kernels.linear, kernels.feed_forward): a GEMM with fused epilogues, 2-D tensors (csrc/cpu/linear.cpp,
+  // csrc/cuda/linear.cu; autograd in kernels/_ops/feed_forward_native.py). linear_forward returns
+  // (residual + dropout(act(x @ weight.T + bias)), the pre-activation when save_pre else an empty (0, width) tensor);
+  // linear_act_backward returns (act'(pre) * dropout(grad @ weight or grad), its column sums in the op-math dtype).
+  // `seed` is a one-element int64 tensor (read only when dropout_p > 0).
+  m.def("linear_forward(Tensor x, Tensor weight, Tensor? bias, str? activation, float dropout_p, Tensor seed, "
+        "Tensor? residual, bool save_pre) -> (Tensor, Tensor)");
+  m.def("linear_act_backward(Tensor grad, Tensor? weight, Tensor pre, str? activation, float dropout_p, "
+        "Tensor seed) -> (Tensor, Tensor)");
 }
 
 // The Python module kernels._C: importing it loads the library above. `with_cuda` says whether CUDA kernels were

@@ -1,2 +1,6 @@
-from .layer_norm import LayerNorm
-from .layer_norm import RMSNorm
+"""nn.Modules built on the kernels package."""
+
+from .feed_forward import FeedForward
+from .layer_norm import LayerNorm, RMSNorm
+
+__all__ = ["FeedForward", "LayerNorm", "RMSNorm"]
