@@ -6,6 +6,11 @@ them, so every backend raises the same errors): 4-D ``(B, H, S, D)`` tensors, ``
 view (zero strides where it broadcasts, never materialised), ``key_padding_mask`` as bool ``(B, Sk)`` and ``scale``
 as a float.
 
+Dropout: every backend draws the Philox seed of a forward with :func:`_dropout_seed` (one
+``torch.randint(2**31, (1,))`` on torch's CPU generator) and derives the keep-mask from it by the formula in
+``kernels.triton.attention``'s docstring, so ``torch.manual_seed`` reproduces a run and the tests rebuild the mask.
+A backend registers with ``check=lambda **a: _unsupported_by_kernels("<name>", **a)`` for the shared limits.
+
 Causal alignment: ``scaled_dot_product_attention`` and ``varlen_attention`` align top-left like SDPA (query ``i`` sees
 keys ``j <= i``); ``attention_with_kv_cache`` aligns bottom-right, to the end of each cache (query ``i`` of ``Sq`` is
 the token at position ``cache_seqlens[b] - Sq + i``), which is what a decoding step needs.
