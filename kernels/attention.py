@@ -50,7 +50,8 @@ def _tensor(name, value, optional=False):
     if value is None and optional:
         return
     if not isinstance(value, torch.Tensor):
-        raise TypeError(f"argument `{name}` must be a tensor{' or None' if optional else ''}, got {type(value).__name__}")
+        expected = "a tensor or None" if optional else "a tensor"
+        raise TypeError(f"argument `{name}` must be {expected}, got {type(value).__name__}")
 
 
 def _same_device(name, value, q):
