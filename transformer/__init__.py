@@ -8,7 +8,10 @@
 * ``swap(model, backend="auto", include=None, exclude=None)`` / ``unswap(model)``.
 """
 
+from .bert import BERT, BERTConfig
 from .feed_forward import FeedForward
+from .generation import next_token, set_backend
+from .gpt import GPT, GPTConfig
 from .layer_norm import LayerNorm, RMSNorm
 from .layers import (
     Transformer,
@@ -18,9 +21,18 @@ from .layers import (
     TransformerEncoderLayer,
 )
 from .multihead_attention import MultiheadAttention
+from .seq2seq import Seq2Seq, Seq2SeqConfig
 from .swap import SwapReport, swap, unswap
 
 __all__ = [
+    "BERT",
+    "BERTConfig",
+    "GPT",
+    "GPTConfig",
+    "Seq2Seq",
+    "Seq2SeqConfig",
+    "next_token",
+    "set_backend",
     "FeedForward",
     "LayerNorm",
     "MultiheadAttention",

@@ -195,11 +195,10 @@ class TransformerDecoderLayer(_FeedForwardMixin, nn.Module):
     def forward_cached(self, tgt, memory, cache: DecoderLayerCache, memory_key_padding_mask=None):
         """One generation step: ``tgt`` holds the new positions only; earlier ones come from ``cache``."""
         def self_attention(x):
-            return self.dropout1(self.self_attn.forward_cached(x, cache.self_attn))
+            return self.dropout1(self.self_attn.attend(x, cache.self_attn))
 
         def cross_attention(x):
-            return self.dropout2(self.multihead_attn.forward_cached(x, cache.cross_attn, memory,
-                                                                    memory_key_padding_mask))
+            return self.dropout2(self.multihead_attn.attend(x, cache.cross_attn, memory, memory_key_padding_mask))
 
         return self._layer(tgt, self_attention, cross_attention)
 

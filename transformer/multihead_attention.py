@@ -39,18 +39,20 @@ class AttentionCache:
         return 0 if self.key is None else self.key.shape[-2]
 
 
-def decode_attention(q, k, v, *, causal, key_padding_mask=None, backend="auto"):
-    """Attention of the ``T`` newest positions ``q`` ``(B, H, T, D)`` over ``S >= T`` cached keys/values.
+def decode_attention(q, k, v, *, causal, key_padding_mask=None, dropout_p=0.0, backend="auto"):
+    """Attention of the ``T`` newest positions ``q`` ``(B, H, T, D)`` over ``S >= T`` keys/values (cached ones first).
 
     The queries are the last ``T`` of the ``S`` positions, so the causal mask is aligned to the end of the cache
-    (query ``i`` sees keys ``j <= S - T + i``), given as an explicit bool mask. Every cached decoding call goes
-    through here, so a dedicated decoding kernel can be switched in at one place.
+    (query ``i`` sees keys ``j <= S - T + i``): an explicit bool mask when there is a cache, plain ``is_causal`` when
+    ``T == S``. Every cached decoding call goes through here, so a dedicated decoding kernel can be switched in at
+    this one place.
     """
+    t, s = q.shape[-2], k.shape[-2]
     mask = None
-    if causal:
-        t, s = q.shape[-2], k.shape[-2]
+    if causal and t != s:
         mask = torch.ones(t, s, dtype=torch.bool, device=q.device).tril(diagonal=s - t)  # (T, S), True = keep
-    return kernels.scaled_dot_product_attention(q, k, v, attn_mask=mask, key_padding_mask=key_padding_mask,
+    return kernels.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
+                                                is_causal=causal and t == s, key_padding_mask=key_padding_mask,
                                                 backend=backend)
 
 
@@ -181,28 +183,35 @@ class MultiheadAttention(nn.MultiheadAttention):
 
     # -- generation -----------------------------------------------------------------------------------------------
 
-    def forward_cached(self, query, cache: AttentionCache, memory=None, memory_key_padding_mask=None):
-        """Incremental attention for generation (eval mode; batched inputs in the module's layout).
+    def attend(self, query, cache: AttentionCache | None = None, memory=None, memory_key_padding_mask=None):
+        """Attention for the model family and generation (batched inputs in the module's layout; bool masks).
 
-        Without ``memory``: causal self-attention of the new positions ``query`` over the cached ones, whose keys and
-        values are appended to ``cache``. With ``memory``: cross-attention to ``memory``, projected into ``cache``
-        on the first call only. Returns the attention output, like ``forward(...)[0]``.
+        Without ``memory``: causal self-attention of ``query``; with a ``cache``, ``query`` holds the new positions
+        only, attends to the cached ones too, and its keys and values are appended. With ``memory``: cross-attention
+        to ``memory`` (``memory_key_padding_mask``: True = padding), projected into ``cache`` on the first call
+        when a cache is given. Returns the attention output, like ``forward(...)[0]``.
         """
+        if memory_key_padding_mask is not None and memory_key_padding_mask.dtype != torch.bool:
+            raise ValueError("argument `memory_key_padding_mask` must be bool (True = padding); got "
+                             f"{memory_key_padding_mask.dtype}")
+        dropout_p = self.dropout if self.training else 0.0
         if memory is None:
             q, k, v = self._project(query, query, query)
-            if cache.key is not None:
-                k, v = torch.cat([cache.key, k], dim=-2), torch.cat([cache.value, v], dim=-2)
-            cache.key, cache.value = k, v
-            out = decode_attention(q, k, v, causal=True, backend=self.backend)
+            if cache is not None:
+                if cache.key is not None:
+                    k, v = torch.cat([cache.key, k], dim=-2), torch.cat([cache.value, v], dim=-2)
+                cache.key, cache.value = k, v
+            out = decode_attention(q, k, v, causal=True, dropout_p=dropout_p, backend=self.backend)
         else:
             q = self._project_q(query)
-            if cache.key is None:
-                cache.key, cache.value = self._project_kv(memory, memory)
-            padding = memory_key_padding_mask
-            if padding is not None and padding.dtype != torch.bool:
-                raise ValueError("argument `memory_key_padding_mask` must be bool (True = padding) when decoding")
-            out = decode_attention(q, cache.key, cache.value, causal=False, key_padding_mask=padding,
-                                   backend=self.backend)
+            if cache is None:
+                k, v = self._project_kv(memory, memory)
+            else:
+                if cache.key is None:
+                    cache.key, cache.value = self._project_kv(memory, memory)
+                k, v = cache.key, cache.value
+            out = decode_attention(q, k, v, causal=False, key_padding_mask=memory_key_padding_mask,
+                                   dropout_p=dropout_p, backend=self.backend)
         return self._out(out)
 
 
