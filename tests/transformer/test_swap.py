@@ -186,3 +186,35 @@ def test_swap_with_torch_compile(order):
     torch.testing.assert_close(out, expected)
     out.sum().backward()
     assert model.layers[0].linear1.weight.grad is not None
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_swapped_encoder_on_cuda_in_low_precision(dtype):
+    """GPU tier: a swapped padded encoder in bf16/fp16 holds the tolerance rule (2x plain PyTorch's error against
+    fp32), forward and parameter gradients, eager and under torch.compile(fullgraph=True)."""
+    from _transformer_checks import assert_like_torch
+
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(256, 8, 1024, dropout=0.0, batch_first=True, norm_first=True)
+    base = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).cuda()
+    x = torch.randn(4, 200, 256, device="cuda")
+    padding = torch.arange(200, device="cuda")[None] >= torch.tensor([200, 150, 77, 3], device="cuda")[:, None]
+    grad = torch.randn_like(x)
+
+    def run(model, dtype):
+        out = model(x.to(dtype), src_key_padding_mask=padding)
+        out.backward(grad.to(dtype))
+        return out.float(), {n: p.grad.float() for n, p in model.named_parameters()}
+
+    ref_out, ref_grads = run(copy.deepcopy(base), torch.float32)
+    torch_out, torch_grads = run(copy.deepcopy(base).to(dtype), dtype)
+    for compile_it in (False, True):
+        fused = copy.deepcopy(base).to(dtype)
+        transformer.swap(fused)
+        model = torch.compile(fused, fullgraph=True) if compile_it else fused
+        out, grads = run(model, dtype)
+        keep = ~padding
+        assert_like_torch(out[keep], ref_out[keep], torch_out[keep])
+        for name in ref_grads:
+            assert_like_torch(grads[name], ref_grads[name], torch_grads[name], gradient=True, name=name)
