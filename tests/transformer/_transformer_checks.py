@@ -56,9 +56,11 @@ def check_module(fused, reference, make_call, *, backward=True):
     assert grads.keys() == r_grads.keys(), f"gradients of {sorted(grads.keys() ^ r_grads.keys())} differ"
     for name in r_grads:
         assert_like_torch(grads[name], r_grads[name], t_grads[name], gradient=True, name=f"grad of {name}")
+    assert len(in_grads) == len(t_in_grads) == len(r_in_grads), "input gradients missing"
     for i, (g, t, r) in enumerate(zip(in_grads, t_in_grads, r_in_grads)):
         assert_like_torch(g, r, t, gradient=True, name=f"grad of input {i}")
 
 
 def leaf(tensor, dtype):
-    return tensor.to(dtype).requires_grad_(True)
+    """A fresh leaf with ``tensor``'s values (and strides) in ``dtype``; ``tensor`` itself is left untouched."""
+    return tensor.detach().to(dtype).requires_grad_(True)
