@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import warnings
 
 import torch
 
@@ -22,15 +21,22 @@ def parser(description):
     return p
 
 
-def backend_report(backend, device, dtype=torch.float32):
-    """One line: the backend each op resolves to for ``backend`` on ``device`` (what ``"auto"`` picks here)."""
+def backend_report(backend, device):
+    """One line: the backend each op runs on for ``backend`` on ``device`` (for ``"auto"``, the first fast backend
+    available here in the op's order; a call that backend cannot serve still falls back to torch, with a warning)."""
+    device_type = torch.device(device).type
     chosen = []
     for op in OPS:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                name = _backend.select(op, backend, device=torch.device(device), dtype=dtype).backend
-            except Exception as error:  # noqa: BLE001  (a backend that cannot serve: say so instead)
-                name = f"unavailable ({error})"
+        implementations = _backend.implementations(op)
+        if backend == "auto":
+            order = _backend._REGISTRY[op].auto_order.get(device_type, ())
+            usable = [name for name in order
+                      if name in implementations and implementations[name].unavailable(device_type) is None]
+            name = usable[0] if usable else "torch"
+        elif backend not in implementations:
+            name = f"{backend} (not implemented: torch)"
+        else:
+            reason = implementations[backend].unavailable(device_type)
+            name = backend if reason is None else f"{backend} (unavailable: {reason})"
         chosen.append(f"{op}={name}")
     return f"backend {backend!r} on {device}: " + ", ".join(chosen)
