@@ -38,27 +38,20 @@ def _train(model, batches):
     return model
 
 
-def _worker(rank, world_size, port, expected):
+def _worker(rank, world_size, port, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     # A timeout, so that a rank failing alone ends the test instead of leaving the other waiting in a collective.
     dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=120))
-    try:
-        model = _model()
-        report = transformer.swap(model)
-        ddp = nn.parallel.DistributedDataParallel(model)
-        _train(ddp, [x[rank * 2:(rank + 1) * 2] for x in _data()])  # each rank: its half of every batch
-        errors = [] if len(report.swapped) == 10 else [str(report)]  # 2 x (layer, attention, 2 norms), stack, norm
-        for name, param in model.named_parameters():  # every rank runs every collective; asserts come after
-            gathered = [torch.empty_like(param) for _ in range(world_size)]
-            dist.all_gather(gathered, param.detach().contiguous())
-            if not torch.equal(gathered[0], gathered[1]):
-                errors.append(f"{name} differs between ranks")
-            if not torch.allclose(param.detach(), expected[name], rtol=1e-7, atol=1e-9):
-                errors.append(f"{name} differs from one process training on the whole batch")
-        assert not errors, errors
-    finally:
-        dist.destroy_process_group()
+    model = _model()
+    report = transformer.swap(model)
+    ddp = nn.parallel.DistributedDataParallel(model)
+    _train(ddp, [x[rank * 2:(rank + 1) * 2] for x in _data()])  # each rank: its half of every batch
+    state = {n: p.detach().clone() for n, p in model.named_parameters()}
+    torch.save({"swapped": len(report.swapped), "parameters": state}, os.path.join(out_dir, f"rank{rank}.pt"))
+    # Leave without tearing the process group down: torch's gloo teardown can deadlock on the GIL (the destructor
+    # joins gloo's thread while that thread waits for the GIL to free a tensor); the results are on disk.
+    os._exit(0)
 
 
 def _free_port():
@@ -67,6 +60,11 @@ def _free_port():
         return sock.getsockname()[1]
 
 
-def test_ddp_trains_a_swapped_model_like_one_process():
+def test_ddp_trains_a_swapped_model_like_one_process(tmp_path):
     expected = {n: p.detach() for n, p in _train(copy.deepcopy(_model()), _data()).named_parameters()}
-    mp.spawn(_worker, args=(2, _free_port(), expected), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert [r["swapped"] for r in ranks] == [10, 10]  # 2 x (layer, attention, 2 norms), the stack, the final norm
+    for name, value in expected.items():
+        assert torch.equal(ranks[0]["parameters"][name], ranks[1]["parameters"][name]), f"{name} differs by rank"
+        torch.testing.assert_close(ranks[0]["parameters"][name], value, msg=f"{name} differs from one process")
