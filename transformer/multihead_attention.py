@@ -1,0 +1,220 @@
+"""``transformer.MultiheadAttention``: ``nn.MultiheadAttention`` on the fused kernels, and the cached decoding path.
+
+The module subclasses ``nn.MultiheadAttention``, so the constructor, the parameters (``in_proj_weight`` or
+``q/k/v_proj_weight``, ``in_proj_bias``, ``out_proj``, ``bias_k``/``bias_v``), their initialisation and the
+``state_dict`` are torch's own. Only ``forward`` changes:
+
+* projections go through ``kernels.linear`` (one GEMM for the packed q/k/v of self-attention);
+* attention goes through ``kernels.scaled_dot_product_attention`` with the masks translated to its convention
+  (``attn_mask``: bool True = take part, or additive float; ``key_padding_mask`` kept as a bool ``(B, S)`` mask so
+  the fast backends never materialise a ``(B, H, L, S)`` mask);
+* ``need_weights=True`` computes the scores and normalises them with ``kernels.masked_softmax``;
+* ``add_bias_kv`` / ``add_zero_attn`` run torch's own forward (the reference path): no kernel serves them.
+
+Fully masked query rows give zeros (the kernels' contract) where torch's MultiheadAttention may give NaN.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import kernels
+
+
+@dataclass
+class AttentionCache:
+    """Keys and values of one attention layer during generation, ``(B, H, S, D)`` each (None before the first step).
+
+    Self-attention appends the new positions every step; cross-attention projects the memory once."""
+
+    key: torch.Tensor | None = None
+    value: torch.Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return 0 if self.key is None else self.key.shape[-2]
+
+
+def decode_attention(q, k, v, *, causal, key_padding_mask=None, dropout_p=0.0, backend="auto"):
+    """Attention of the ``T`` newest positions ``q`` ``(B, H, T, D)`` over ``S >= T`` keys/values (cached ones first).
+
+    The queries are the last ``T`` of the ``S`` positions, so the causal mask is aligned to the end of the cache
+    (query ``i`` sees keys ``j <= S - T + i``): an explicit bool mask when there is a cache, plain ``is_causal`` when
+    ``T == S``. Every cached decoding call goes through here, so a dedicated decoding kernel can be switched in at
+    this one place.
+    """
+    t, s = q.shape[-2], k.shape[-2]
+    mask = None
+    if causal and t != s:
+        mask = torch.ones(t, s, dtype=torch.bool, device=q.device).tril(diagonal=s - t)  # (T, S), True = keep
+    return kernels.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
+                                                is_causal=causal and t == s, key_padding_mask=key_padding_mask,
+                                                backend=backend)
+
+
+class MultiheadAttention(nn.MultiheadAttention):
+    """Drop-in ``nn.MultiheadAttention`` on the fused kernels (same arguments, parameters and outputs)."""
+
+    backend = "auto"  # passed to every kernel call; set by transformer.swap / the models' `backend=`
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+                average_attn_weights=True, is_causal=False):
+        if self.bias_k is not None or self.add_zero_attn:
+            # No kernel serves the extra key/value positions: torch's own forward is the reference path.
+            return super().forward(query, key, value, key_padding_mask=key_padding_mask, need_weights=need_weights,
+                                   attn_mask=attn_mask, average_attn_weights=average_attn_weights,
+                                   is_causal=is_causal)
+        if is_causal and attn_mask is None:
+            raise RuntimeError("Need attn_mask if specifying the is_causal hint. You may use the Transformer module "
+                               "method `generate_square_subsequent_mask` to create this mask.")
+        batched = query.dim() == 3
+        if not batched:  # unbatched (L, E): add the batch dimension, drop it at the end
+            batch_dim = 0 if self.batch_first else 1
+            query, key, value = query.unsqueeze(batch_dim), key.unsqueeze(batch_dim), value.unsqueeze(batch_dim)
+            if key_padding_mask is not None:
+                key_padding_mask = key_padding_mask.unsqueeze(0)
+        q, k, v = self._project(query, key, value)  # (N, H, L, D), (N, H, S, D), (N, H, S, D)
+        if is_causal:
+            attn_mask = None  # the hint says attn_mask is the causal mask: the kernels apply it without reading it
+        attn_mask, key_padding_mask = self._masks(attn_mask, key_padding_mask, q)
+        dropout_p = self.dropout if self.training else 0.0
+        weights = None
+        if need_weights:
+            out, weights = self._attention_with_weights(q, k, v, attn_mask, key_padding_mask, is_causal, dropout_p)
+            if average_attn_weights:
+                weights = weights.mean(dim=1)  # (N, L, S)
+            if not batched:
+                weights = weights.squeeze(0)
+        else:
+            out = kernels.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
+                                                       is_causal=is_causal, key_padding_mask=key_padding_mask,
+                                                       backend=self.backend)
+        out = self._out(out)
+        if not batched:
+            out = out.squeeze(0 if self.batch_first else 1)
+        return out, weights
+
+    # -- pieces ---------------------------------------------------------------------------------------------------
+
+    def _split_heads(self, x):
+        """``(N, L, E)`` (batch first) or ``(L, N, E)`` -> ``(N, H, L, D)`` (a view)."""
+        x = x.unflatten(-1, (self.num_heads, self.head_dim))
+        return x.transpose(1, 2) if self.batch_first else x.permute(1, 2, 0, 3)
+
+    def _out(self, out):
+        """``(N, H, L, D)`` -> output projection, in the module's layout ``(N, L, E)`` or ``(L, N, E)``."""
+        out = out.transpose(1, 2) if self.batch_first else out.permute(2, 0, 1, 3)
+        out = out.flatten(-2)
+        return kernels.linear(out, self.out_proj.weight, self.out_proj.bias, backend=self.backend)
+
+    def _weights(self):
+        """The (weight, bias) of the q, k and v projections (views of the packed parameters when packed)."""
+        if self._qkv_same_embed_dim:
+            weights = self.in_proj_weight.chunk(3)
+        else:
+            weights = (self.q_proj_weight, self.k_proj_weight, self.v_proj_weight)
+        biases = (None,) * 3 if self.in_proj_bias is None else self.in_proj_bias.chunk(3)
+        return weights, biases
+
+    def _project(self, query, key, value):
+        if self._qkv_same_embed_dim and query is key and key is value:
+            # Self-attention: one GEMM for the packed projection, (.., 3E) viewed as three (.., E) slices.
+            qkv = kernels.linear(query, self.in_proj_weight, self.in_proj_bias, backend=self.backend)
+            return tuple(self._split_heads(t) for t in qkv.chunk(3, dim=-1))
+        return self._project_q(query), *self._project_kv(key, value)
+
+    def _project_q(self, query):
+        (w_q, _, _), (b_q, _, _) = self._weights()
+        return self._split_heads(kernels.linear(query, w_q, b_q, backend=self.backend))
+
+    def _project_kv(self, key, value):
+        (_, w_k, w_v), (_, b_k, b_v) = self._weights()
+        if self._qkv_same_embed_dim and key is value:
+            # Cross-attention: one GEMM for the packed k/v projection.
+            e = self.embed_dim
+            bias = None if self.in_proj_bias is None else self.in_proj_bias[e:]
+            kv = kernels.linear(key, self.in_proj_weight[e:], bias, backend=self.backend)
+            return tuple(self._split_heads(t) for t in kv.chunk(2, dim=-1))
+        return (self._split_heads(kernels.linear(key, w_k, b_k, backend=self.backend)),
+                self._split_heads(kernels.linear(value, w_v, b_v, backend=self.backend)))
+
+    def _masks(self, attn_mask, key_padding_mask, q):
+        """nn's masks (True = ignore, or additive) -> the kernels' (``attn_mask`` True = keep or additive,
+        broadcastable to ``(N, H, L, S)``; ``key_padding_mask`` bool ``(N, S)`` True = padding, or folded into an
+        additive ``attn_mask`` when either mask is floating, as torch does)."""
+        for name, mask in (("attn_mask", attn_mask), ("key_padding_mask", key_padding_mask)):
+            if mask is not None and mask.dtype != torch.bool and not mask.is_floating_point():
+                raise ValueError(f"argument `{name}` must be a bool or floating tensor; got dtype {mask.dtype}")
+        if attn_mask is not None:
+            if attn_mask.dim() == 3:  # (N * H, L, S) -> (N, H, L, S)
+                attn_mask = attn_mask.view(-1, self.num_heads, *attn_mask.shape[-2:])
+            attn_mask = ~attn_mask if attn_mask.dtype == torch.bool else attn_mask.to(q.dtype)
+        if key_padding_mask is None:
+            return attn_mask, None
+        if key_padding_mask.dtype == torch.bool and (attn_mask is None or attn_mask.dtype == torch.bool):
+            return attn_mask, key_padding_mask
+        # A floating mask on either side: both become additive, summed (torch's rule for mixed masks).
+        if key_padding_mask.dtype == torch.bool:
+            key_padding_mask = _additive(key_padding_mask, q.dtype)
+        padding = key_padding_mask.to(q.dtype)[:, None, None, :]  # (N, 1, 1, S)
+        if attn_mask is None:
+            return padding, None
+        if attn_mask.dtype == torch.bool:
+            attn_mask = _additive(~attn_mask, q.dtype)  # keep-mask by now
+        return attn_mask + padding, None
+
+    def _attention_with_weights(self, q, k, v, attn_mask, key_padding_mask, is_causal, dropout_p):
+        """``need_weights=True``: the scores ``(N, H, L, S)`` are materialised and normalised by the fused masked
+        softmax; the weights returned are the ones applied to ``v`` (after dropout, as torch returns them)."""
+        mask = attn_mask
+        if key_padding_mask is not None:  # both bool here (see _masks): one keep-mask
+            keep = ~key_padding_mask[:, None, None, :]
+            mask = keep if mask is None else mask & keep
+        scores = q @ k.transpose(-2, -1)
+        probs = kernels.masked_softmax(scores, mask, scale=self.head_dim ** -0.5, is_causal=is_causal,
+                                       backend=self.backend)
+        if dropout_p > 0.0:
+            probs = F.dropout(probs, p=dropout_p)
+        return probs @ v, probs
+
+    # -- generation -----------------------------------------------------------------------------------------------
+
+    def attend(self, query, cache: AttentionCache | None = None, memory=None, memory_key_padding_mask=None):
+        """Attention for the model family and generation (batched inputs in the module's layout; bool masks).
+
+        Without ``memory``: causal self-attention of ``query``; with a ``cache``, ``query`` holds the new positions
+        only, attends to the cached ones too, and its keys and values are appended. With ``memory``: cross-attention
+        to ``memory`` (``memory_key_padding_mask``: True = padding), projected into ``cache`` on the first call
+        when a cache is given. Returns the attention output, like ``forward(...)[0]``.
+        """
+        if memory_key_padding_mask is not None and memory_key_padding_mask.dtype != torch.bool:
+            raise ValueError("argument `memory_key_padding_mask` must be bool (True = padding); got "
+                             f"{memory_key_padding_mask.dtype}")
+        dropout_p = self.dropout if self.training else 0.0
+        if memory is None:
+            q, k, v = self._project(query, query, query)
+            if cache is not None:
+                if cache.key is not None:
+                    k, v = torch.cat([cache.key, k], dim=-2), torch.cat([cache.value, v], dim=-2)
+                cache.key, cache.value = k, v
+            out = decode_attention(q, k, v, causal=True, dropout_p=dropout_p, backend=self.backend)
+        else:
+            q = self._project_q(query)
+            if cache is None:
+                k, v = self._project_kv(memory, memory)
+            else:
+                if cache.key is None:
+                    cache.key, cache.value = self._project_kv(memory, memory)
+                k, v = cache.key, cache.value
+            out = decode_attention(q, k, v, causal=False, key_padding_mask=memory_key_padding_mask,
+                                   dropout_p=dropout_p, backend=self.backend)
+        return self._out(out)
+
+
+def _additive(ignore, dtype):
+    """Bool mask, True = ignore -> additive float mask (-inf where True, 0 elsewhere)."""
+    return torch.zeros(ignore.shape, dtype=dtype, device=ignore.device).masked_fill(ignore, float("-inf"))
