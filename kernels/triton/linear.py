@@ -13,12 +13,15 @@ before it (``w`` is None: the standalone ``kernels.linear``). The bias gradient 
 its column sums to a ``(row blocks, width)`` fp32 buffer that is summed afterwards (no atomics).
 
 The pre-activation is KEPT (written in the forward), not recomputed: recomputing it in the backward would cost a
-whole extra GEMM ``M x N x K`` (a third more FLOPs for the block), while keeping it costs one ``(M, N)`` write that the
-eager path also pays (it saves the first Linear's output for the activation's backward).
+whole extra GEMM ``M x N x K`` (a sixth more FLOPs for the block's forward + backward, which is six such GEMMs), while
+keeping it costs one ``(M, N)`` write and its memory, which the eager path also pays (it saves the first Linear's
+output for the activation's backward). The activation output ``h`` is kept too, as eager keeps it for the second
+Linear's weight gradient.
 
 Dropout: keep-mask ``uniform >= p`` with ``uniform = tl.rand(seed, row * N + col)`` (Philox4x32-10, counters taken
 modulo 2**32) over the activation output ``(M, N)``, scaled by ``1 / (1 - p)``; the seed is a one-element int64 tensor
-so the same call works under ``torch.compile``. ``kernels.feed_forward.dropout_keep_mask`` reproduces the mask.
+so the same call works under ``torch.compile``. ``from kernels.feed_forward import dropout_keep_mask`` reproduces
+the mask.
 
 Numerics: inputs are loaded in their dtype, products accumulate in fp32 (``tl.dot``; TF32 for fp32 inputs only when
 torch allows TF32 matmuls), the epilogue runs in fp32 and outputs are written in the input dtype. Autotuned on the GPU
