@@ -234,13 +234,21 @@ _INTERPRETER_CONFIG = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4
 _TUNED: dict = {}
 
 
-def _kernel(jit_fn, key, reset_to_zero=None):
+def _prune_gated(configs, named_args, **kwargs):
+    """The gated forward keeps two fp32 accumulators: tiles above 128 x 128 would spill, so they are not tried."""
+    if not kwargs.get("GATED"):
+        return configs
+    return [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 128 * 128]
+
+
+def _kernel(jit_fn, key, reset_to_zero=None, prune=None):
     """The kernel to launch and the configuration to pass: the jit function with the fixed configuration under the
     interpreter, else the function autotuned over ``_gpu_configs`` per ``key`` (created once)."""
     if interpreting():
         return jit_fn, _INTERPRETER_CONFIG
     if jit_fn not in _TUNED:
-        _TUNED[jit_fn] = triton.autotune(_gpu_configs(), key=key, reset_to_zero=reset_to_zero)(jit_fn)
+        _TUNED[jit_fn] = triton.autotune(_gpu_configs(), key=key, reset_to_zero=reset_to_zero,
+                                         prune_configs_by={"early_config_prune": prune} if prune else None)(jit_fn)
     return _TUNED[jit_fn], {}
 
 
@@ -277,7 +285,8 @@ def linear_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     pre = _outputs.empty((M, width) if save_pre else (0, width), dtype=x.dtype, device=x.device)
     if M == 0 or N == 0:
         return out, pre
-    kernel, config = _kernel(_linear_forward_kernel, ["M", "N", "K", "ACTIVATION", "GATED", "SAVE_PRE"])
+    kernel, config = _kernel(_linear_forward_kernel, ["M", "N", "K", "ACTIVATION", "GATED", "SAVE_PRE"],
+                             prune=_prune_gated)
     dropout = dropout_p > 0.0
     bias = bias.contiguous() if bias is not None else None  # the kernel reads the bias with unit stride
     res = residual if residual is not None else out
