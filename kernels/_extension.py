@@ -54,4 +54,7 @@ def has_native_kernel(op_name: str, device_type: str) -> bool:
     if not native_available(device_type):
         return False
     key = {"cpu": "CPU", "cuda": "CUDA"}[device_type]
-    return torch._C._dispatch_has_kernel_for_dispatch_key(f"kernels::{op_name}", key)
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key(f"kernels::{op_name}", key)
+    except RuntimeError:  # the op's schema is not in this build of kernels._C (e.g. an older build)
+        return False

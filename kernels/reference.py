@@ -65,8 +65,10 @@ def masked_softmax(x, mask=None, scale=1.0, is_causal=False):
     if is_causal:
         sq, sk = x.shape[-2], x.shape[-1]
         scores = scores.masked_fill(~causal_mask(sq, sk, x.device), float("-inf"))
-    probs = torch.softmax(scores, dim=-1)
     empty_row = torch.isneginf(scores).all(dim=-1, keepdim=True)
+    # Softmax of finite stand-ins on empty rows, then zeros: no NaN in the output nor in the gradient that flows back
+    # through an additive mask (softmax of an all -inf row is NaN, and so is its backward).
+    probs = torch.softmax(scores.masked_fill(empty_row, 0.0), dim=-1)
     return probs.masked_fill(empty_row, 0.0)
 
 
