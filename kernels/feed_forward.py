@@ -20,7 +20,8 @@ Dropout (``dropout_p > 0``) acts on the activation output ``h`` (M rows = the fl
 ``ffn`` columns) with a counter-based RNG: Philox4x32-10 keyed by ``seed``, one counter per element,
 ``row * ffn + col`` modulo 2**32, uniform ``u`` as Triton's ``tl.rand``; kept where ``u >= dropout_p``, scaled by
 ``1 / (1 - dropout_p)``. The seed is ``torch.randint(2**31, (1,), device=x.device)``, drawn from torch's generator
-once per call (only when ``dropout_p > 0``) and saved for the backward; :func:`dropout_keep_mask` rebuilds the mask.
+once per call (only when ``dropout_p > 0``) and saved for the backward; :func:`dropout_keep_mask` rebuilds the mask
+(``from kernels.feed_forward import dropout_keep_mask``: ``kernels.feed_forward`` itself is the function).
 """
 
 from __future__ import annotations

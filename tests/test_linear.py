@@ -1,6 +1,10 @@
 """kernels.linear: a GEMM with a fused bias and activation, on every backend of this machine (triton under the
 interpreter, native C++ on CPU; plus CUDA in the gpu tier), against kernels.reference.linear."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -195,3 +199,55 @@ def test_gpu_torch_compile_inductor(backend):
     compiled = torch.compile(lambda *a: kernels.linear(*a, activation="gelu", backend=backend), fullgraph=True)
     check_against_reference(lambda x, w, b, activation=None: compiled(x, w, b), reference.linear, x, weight, bias,
                             activation="gelu")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The Triton kernels compiled for the GPU targets without a GPU (the interpreter accepts code that codegen rejects)
+# ----------------------------------------------------------------------------------------------------------------------
+
+def _compile_for_gpu(arch: int) -> None:
+    """Compiles the forward and backward kernels for sm_<arch> (bf16 and fp32/TF32, the heaviest epilogues)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from kernels.triton import linear as launcher
+
+    def compile_kernel(fn, pointers, scalars, constexprs):
+        signature = {**pointers, **{name: "i32" for name in scalars}, "dropout_p": "fp32", "dropout_scale": "fp32",
+                     **{name: "constexpr" for name in constexprs}}
+        source = ASTSource(fn=fn, signature=signature, constexprs=constexprs)
+        triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": 8, "num_stages": 3})
+
+    tiles = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 8}
+    # Forward: gated SwiGLU in bf16 with every epilogue, and erf GELU in fp32 with TF32.
+    for element, precision, activation, gated in (("bf16", "ieee", 4, True), ("fp32", "tf32", 2, False)):
+        pointers = {name: f"*{element}" for name in ("x_ptr", "w_ptr", "bias_ptr", "residual_ptr", "out_ptr", "pre_ptr")}
+        scalars = ["M", "N", "K", "stride_xm", "stride_xk", "stride_wn", "stride_wk", "stride_rm", "stride_rn",
+                   "stride_om", "stride_on", "stride_pm", "stride_pn"]
+        compile_kernel(launcher._linear_forward_kernel, {**pointers, "seed_ptr": "*i64"}, scalars,
+                       dict(HAS_BIAS=True, ACTIVATION=activation, GATED=gated, DROPOUT=True, HAS_RESIDUAL=True,
+                            SAVE_PRE=True, PRECISION=precision, **tiles))
+    # Backward: the gated derivative in the epilogue of the gradient GEMM, bf16.
+    pointers = {name: "*bf16" for name in ("g_ptr", "w_ptr", "pre_ptr", "grad_pre_ptr")}
+    scalars = ["M", "N", "K", "stride_gm", "stride_gk", "stride_wk", "stride_wn", "stride_pm", "stride_pn",
+               "stride_dm", "stride_dn"]
+    compile_kernel(launcher._linear_act_backward_kernel, {**pointers, "bias_partial_ptr": "*fp32", "seed_ptr": "*i64"},
+                   scalars, dict(FROM_GEMM=True, ACTIVATION=4, GATED=True, DROPOUT=True, PRECISION="ieee", **tiles))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", [80, 90])
+def test_triton_kernels_compile_for_gpu_targets(arch):
+    # In a child process without TRITON_INTERPRET: under the interpreter @triton.jit gives no compilable function.
+    pytest.importorskip("triton.compiler")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    done = subprocess.run([sys.executable, os.path.abspath(__file__), str(arch)], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+
+
+if __name__ == "__main__":
+    _compile_for_gpu(int(sys.argv[1]))

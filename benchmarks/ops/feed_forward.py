@@ -23,7 +23,7 @@ def _shapes(config: SuiteConfig):
         return [(512, 256, 1024)] if config.quick else [(2048, 768, 3072)]
     if config.quick:
         return [(8192, 1024, 4096)]
-    return [(8192, 1024, 4096), (16384, 2048, 8192), (32768, 4096, 16384), (8192, 4096, 16384)]
+    return [(8192, 1024, 4096), (32768, 4096, 16384)]  # the corners of the range, to stay inside gpu_check's time
 
 
 def _eager_activation(name):
@@ -42,7 +42,8 @@ def block_cases(config: SuiteConfig):
     activations = ["gelu"] if config.quick else ["gelu", "swiglu"]
     for tokens, d_model, ffn in _shapes(config):
         for activation in activations:
-            for dropout_p in ([0.0] if config.quick or config.device.type == "cpu" else [0.0, 0.1]):
+            with_dropout = not config.quick and config.device.type == "cuda" and activation == "gelu"
+            for dropout_p in ([0.0, 0.1] if with_dropout else [0.0]):
                 yield from _block_cases(config, tokens, d_model, ffn, activation, dropout_p)
 
 
@@ -87,7 +88,7 @@ def _block_cases(config, tokens, d_model, ffn, activation, dropout_p):
 
 @suite("linear")
 def linear_cases(config: SuiteConfig):
-    activations = [None, "gelu"] if config.quick else [None, "gelu", "gelu_tanh", "swiglu"]
+    activations = [None, "gelu"] if config.quick else [None, "gelu", "swiglu"]
     for tokens, d_model, ffn in _shapes(config):
         for activation in activations:
             yield from _linear_cases(config, tokens, d_model, ffn, activation)

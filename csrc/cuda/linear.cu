@@ -28,6 +28,11 @@
 namespace kernels {
 namespace {
 
+// The dtypes served on CUDA (fp32, fp16, bf16), without instantiating kernels for fp64.
+#define KERNELS_DISPATCH_LINEAR_TYPES(TYPE, NAME, ...)                                               \
+  AT_DISPATCH_SWITCH(TYPE, NAME, AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__)                            \
+                         AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__) AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
+
 constexpr int kThreads = 256;
 constexpr int kColumnsPerBlock = 32;  // backward: one warp-wide stripe of columns ...
 constexpr int kRowGroups = 8;         // ... with 8 row groups per block
@@ -184,7 +189,7 @@ std::tuple<at::Tensor, at::Tensor> linear_forward_cuda(const at::Tensor& x, cons
     at::Tensor out = empty_output({M, N}, options);
     if (M * N > 0) {
       const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "linear_residual_cuda", [&] {
+      KERNELS_DISPATCH_LINEAR_TYPES(x.scalar_type(), "linear_residual_cuda", [&] {
         residual_bias_kernel<scalar_t><<<grid_size(M * N, x.get_device()), kThreads, 0, stream>>>(
             res.const_data_ptr<scalar_t>(), b.defined() ? b.const_data_ptr<scalar_t>() : nullptr,
             out.mutable_data_ptr<scalar_t>(), M, N);
@@ -198,7 +203,7 @@ std::tuple<at::Tensor, at::Tensor> linear_forward_cuda(const at::Tensor& x, cons
   const bool in_place = !spec.gated && !save_pre;
   at::Tensor out = in_place ? pre : empty_output({M, N}, options);
   if (M * N > 0) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "linear_forward_cuda", [&] {
+    KERNELS_DISPATCH_LINEAR_TYPES(x.scalar_type(), "linear_forward_cuda", [&] {
       forward_epilogue_kernel<scalar_t><<<grid_size(M * N, x.get_device()), kThreads, 0, stream>>>(
           pre.const_data_ptr<scalar_t>(), res.defined() ? res.const_data_ptr<scalar_t>() : nullptr,
           out.mutable_data_ptr<scalar_t>(), M, N, width, spec.activation, spec.gated, dropout);
@@ -240,7 +245,7 @@ std::tuple<at::Tensor, at::Tensor> linear_act_backward_cuda(const at::Tensor& gr
                     static_cast<unsigned>(row_blocks));
     const dim3 block(kColumnsPerBlock, kRowGroups);
     auto stream = c10::cuda::getCurrentCUDAStream();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pre.scalar_type(), "linear_act_backward_cuda", [&] {
+    KERNELS_DISPATCH_LINEAR_TYPES(pre.scalar_type(), "linear_act_backward_cuda", [&] {
       backward_epilogue_kernel<scalar_t><<<grid, block, 0, stream>>>(
           dh.const_data_ptr<scalar_t>(), pre_c.const_data_ptr<scalar_t>(), grad_pre.mutable_data_ptr<scalar_t>(),
           partial.mutable_data_ptr<float>(), M, N, width, spec.activation, spec.gated, dropout);

@@ -13,12 +13,15 @@ before it (``w`` is None: the standalone ``kernels.linear``). The bias gradient 
 its column sums to a ``(row blocks, width)`` fp32 buffer that is summed afterwards (no atomics).
 
 The pre-activation is KEPT (written in the forward), not recomputed: recomputing it in the backward would cost a
-whole extra GEMM ``M x N x K`` (a third more FLOPs for the block), while keeping it costs one ``(M, N)`` write that the
-eager path also pays (it saves the first Linear's output for the activation's backward).
+whole extra GEMM ``M x N x K`` (a sixth more FLOPs for the block's forward + backward, which is six such GEMMs), while
+keeping it costs one ``(M, N)`` write and its memory, which the eager path also pays (it saves the first Linear's
+output for the activation's backward). The activation output ``h`` is kept too, as eager keeps it for the second
+Linear's weight gradient.
 
 Dropout: keep-mask ``uniform >= p`` with ``uniform = tl.rand(seed, row * N + col)`` (Philox4x32-10, counters taken
 modulo 2**32) over the activation output ``(M, N)``, scaled by ``1 / (1 - p)``; the seed is a one-element int64 tensor
-so the same call works under ``torch.compile``. ``kernels.feed_forward.dropout_keep_mask`` reproduces the mask.
+so the same call works under ``torch.compile``. ``from kernels.feed_forward import dropout_keep_mask`` reproduces
+the mask.
 
 Numerics: inputs are loaded in their dtype, products accumulate in fp32 (``tl.dot``; TF32 for fp32 inputs only when
 torch allows TF32 matmuls), the epilogue runs in fp32 and outputs are written in the input dtype. Autotuned on the GPU
@@ -231,13 +234,21 @@ _INTERPRETER_CONFIG = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4
 _TUNED: dict = {}
 
 
-def _kernel(jit_fn, key, reset_to_zero=None):
+def _prune_gated(configs, named_args, **kwargs):
+    """The gated forward keeps two fp32 accumulators: tiles above 128 x 128 would spill, so they are not tried."""
+    if not kwargs.get("GATED"):
+        return configs
+    return [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 128 * 128]
+
+
+def _kernel(jit_fn, key, reset_to_zero=None, prune=None):
     """The kernel to launch and the configuration to pass: the jit function with the fixed configuration under the
     interpreter, else the function autotuned over ``_gpu_configs`` per ``key`` (created once)."""
     if interpreting():
         return jit_fn, _INTERPRETER_CONFIG
     if jit_fn not in _TUNED:
-        _TUNED[jit_fn] = triton.autotune(_gpu_configs(), key=key, reset_to_zero=reset_to_zero)(jit_fn)
+        _TUNED[jit_fn] = triton.autotune(_gpu_configs(), key=key, reset_to_zero=reset_to_zero,
+                                         prune_configs_by={"early_config_prune": prune} if prune else None)(jit_fn)
     return _TUNED[jit_fn], {}
 
 
@@ -274,7 +285,8 @@ def linear_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     pre = _outputs.empty((M, width) if save_pre else (0, width), dtype=x.dtype, device=x.device)
     if M == 0 or N == 0:
         return out, pre
-    kernel, config = _kernel(_linear_forward_kernel, ["M", "N", "K", "ACTIVATION", "GATED", "SAVE_PRE"])
+    kernel, config = _kernel(_linear_forward_kernel, ["M", "N", "K", "ACTIVATION", "GATED", "SAVE_PRE"],
+                             prune=_prune_gated)
     dropout = dropout_p > 0.0
     bias = bias.contiguous() if bias is not None else None  # the kernel reads the bias with unit stride
     res = residual if residual is not None else out

@@ -1,7 +1,7 @@
 // Philox4x32-10 uniforms, bit-identical to Triton's tl.rand(seed, counter) for 32-bit counters: the counter block
 // is (counter, 0, 0, 0), the key (seed low word, seed high word), and the first output word becomes a float in [0, 1)
 // as triton.language.random.uint_to_uniform_float does. Dropout in every backend keeps an element where
-// uniform >= p, so the C++, CUDA and Triton kernels (and kernels.feed_forward.dropout_keep_mask) draw the same mask.
+// uniform >= p, so the C++, CUDA and Triton kernels (and dropout_keep_mask in kernels/feed_forward.py) draw the same mask.
 #pragma once
 
 #include <c10/macros/Macros.h>
