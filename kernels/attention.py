@@ -46,3 +46,12 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
     implementation = _backend.select("varlen_attention", backend, device=q.device, dtype=q.dtype)
     return implementation.fn(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, is_causal=is_causal,
                              scale=scale, dropout_p=dropout_p)
+
+
+# The native backend (C++ CPU / CUDA kernels, kernels/_ops/attention_native.py).
+from ._ops import attention_native as _native  # noqa: E402
+
+_backend.register(Implementation("attention", "native", _native.scaled_dot_product_attention,
+                                 {"cpu": (torch.float32, torch.float64, torch.bfloat16),
+                                  "cuda": (torch.float16, torch.bfloat16)},
+                                 tensor_arg="q", check=_native.unsupported, native_op="attention_forward"))
