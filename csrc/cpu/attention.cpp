@@ -39,7 +39,7 @@ namespace {
 
 constexpr int64_t kBlockQ = 64;   // query rows per tile
 constexpr int64_t kBlockK = 128;  // keys per tile
-constexpr int kRows = 4;          // rows of the register tile of the product kernel
+constexpr int kRows = 6;          // rows of the register tile of the product kernel (12 accumulators)
 
 // 32-byte vectors (one AVX2 register; the compiler splits them where the target is narrower).
 template <typename T>
@@ -103,12 +103,46 @@ void gemm(int64_t m, int64_t n, int64_t k_dim, const T* a, int64_t lda, const T*
       tile<T, kRows>(k_dim, a + i * lda, lda, b + j, ldb, c + i * ldc + j, ldc, accumulate);
     }
     switch (m - i) {
+      case 5: tile<T, 5>(k_dim, a + i * lda, lda, b + j, ldb, c + i * ldc + j, ldc, accumulate); break;
+      case 4: tile<T, 4>(k_dim, a + i * lda, lda, b + j, ldb, c + i * ldc + j, ldc, accumulate); break;
       case 3: tile<T, 3>(k_dim, a + i * lda, lda, b + j, ldb, c + i * ldc + j, ldc, accumulate); break;
       case 2: tile<T, 2>(k_dim, a + i * lda, lda, b + j, ldb, c + i * ldc + j, ldc, accumulate); break;
       case 1: tile<T, 1>(k_dim, a + i * lda, lda, b + j, ldb, c + i * ldc + j, ldc, accumulate); break;
       default: break;
     }
   }
+}
+
+// max and sum of x[0 : n], n a multiple of panel<T>(), in vector lanes (a scalar loop would be latency bound).
+template <typename T>
+inline T row_max(const T* x, int64_t n) {
+  using V = typename Vec<T>::type;
+  constexpr int W = Vec<T>::kWidth;
+  V a = load(x), b = load(x + W);
+  for (int64_t j = 2 * W; j < n; j += 2 * W) {
+    const V c = load(x + j), d = load(x + j + W);
+    a = a > c ? a : c;
+    b = b > d ? b : d;
+  }
+  a = a > b ? a : b;
+  T m = a[0];
+  for (int i = 1; i < W; ++i) m = std::max(m, a[i]);
+  return m;
+}
+
+template <typename T>
+inline T row_sum(const T* x, int64_t n) {
+  using V = typename Vec<T>::type;
+  constexpr int W = Vec<T>::kWidth;
+  V a = V{}, b = V{};
+  for (int64_t j = 0; j < n; j += 2 * W) {
+    a += load(x + j);
+    b += load(x + j + W);
+  }
+  a += b;
+  T sum = 0;
+  for (int i = 0; i < W; ++i) sum += a[i];
+  return sum;
 }
 
 // dst[c][r] = src[r][c] for an (rows x cols) block.
@@ -162,26 +196,26 @@ struct Masks {
   const bool* padding = nullptr;  // at b: key j is padding when padding[j * padding_stride]
   int64_t padding_stride = 0;
   bool causal = false;
+  int64_t keys = 0;  // Sk
 };
 
-// s[0 : width] = scores of query row i against keys k0 + [0, width): scaled, with the mask applied; keys past
-// `keys` (the padded tail of the last block) and hidden keys are -inf.
+// s[0 : width] = scores of query row i against keys k0 + [0, width): scaled, plus `key_bias` (0, or -inf for a
+// padding key or a key past Sk), then causality and the mask; hidden keys are -inf.
 template <typename T>
-void mask_row(T* s, int64_t width, int64_t i, int64_t k0, int64_t keys, T scale, const Masks& masks) {
+void mask_row(T* s, int64_t width, int64_t i, int64_t k0, T scale, const T* key_bias, const Masks& masks) {
   constexpr T kNegInf = -std::numeric_limits<T>::infinity();
-  const int64_t valid = std::clamp<int64_t>(std::min(keys, masks.causal ? i + 1 : keys) - k0, 0, width);
-  for (int64_t j = 0; j < valid; ++j) s[j] *= scale;
-  for (int64_t j = valid; j < width; ++j) s[j] = kNegInf;
-  if (masks.padding != nullptr) {
-    for (int64_t j = 0; j < valid; ++j) {
-      if (masks.padding[(k0 + j) * masks.padding_stride]) s[j] = kNegInf;
-    }
+  for (int64_t j = 0; j < width; ++j) s[j] = s[j] * scale + key_bias[j];
+  int64_t valid = width;
+  if (masks.causal) {
+    valid = std::clamp<int64_t>(i + 1 - k0, 0, width);
+    std::fill(s + valid, s + width, kNegInf);
   }
   if (masks.mask == nullptr) return;
   const int64_t base = i * masks.stride_q + k0 * masks.stride_k, st = masks.stride_k;
   AT_DISPATCH_FLOATING_TYPES_AND3(at::kBool, at::kHalf, at::kBFloat16, masks.mask_type, "attention_mask", [&] {
     const scalar_t* m = static_cast<const scalar_t*>(masks.mask) + base;
-    for (int64_t j = 0; j < valid; ++j) {
+    const int64_t n = std::min(valid, masks.keys - k0);
+    for (int64_t j = 0; j < n; ++j) {
       if constexpr (std::is_same_v<scalar_t, bool>) {
         if (!m[j * st]) s[j] = kNegInf;
       } else {
@@ -204,6 +238,7 @@ struct Problem {
   Masks masks(int64_t b, int64_t h) const {
     Masks m;
     m.causal = causal;
+    m.keys = sk;
     if (mask.has_value()) {
       const at::Tensor& t = *mask;
       m.mask = static_cast<const char*>(t.const_data_ptr()) +
@@ -225,20 +260,27 @@ struct Problem {
     return !block_has_keys[b * round_up(sk, kBlockK) / kBlockK + k0 / kBlockK];
   }
 
-  // For each (b, key block): whether any key of it is not padding.
-  std::vector<char> blocks_with_keys() const {
-    const int64_t blocks = round_up(sk, kBlockK) / kBlockK;
-    std::vector<char> has(batch * blocks, 1);
-    if (!padding.has_value()) return has;
+  // Per batch, keys padded to whole blocks: 0 for a key that takes part, -inf for padding and for keys past Sk.
+  template <typename T>
+  std::vector<T> key_bias() const {
+    const int64_t width = round_up(sk, kBlockK);
+    std::vector<T> bias(batch * width, -std::numeric_limits<T>::infinity());
     for (int64_t b = 0; b < batch; ++b) {
       const Masks m = masks(b, 0);
-      for (int64_t kb = 0; kb < blocks; ++kb) {
-        bool any = false;
-        for (int64_t j = kb * kBlockK; j < std::min(sk, (kb + 1) * kBlockK) && !any; ++j) {
-          any = !m.padding[j * m.padding_stride];
-        }
-        has[b * blocks + kb] = any;
+      for (int64_t j = 0; j < sk; ++j) {
+        bias[b * width + j] = m.padding != nullptr && m.padding[j * m.padding_stride] ? bias[b * width + j] : T(0);
       }
+    }
+    return bias;
+  }
+
+  // For each (b, key block): whether any of its keys takes part.
+  template <typename T>
+  static std::vector<char> blocks_with_keys(const std::vector<T>& bias) {
+    std::vector<char> has(bias.size() / kBlockK);
+    for (size_t blk = 0; blk < has.size(); ++blk) {
+      has[blk] = std::any_of(bias.begin() + blk * kBlockK, bias.begin() + (blk + 1) * kBlockK,
+                             [](T x) { return x == T(0); });
     }
     return has;
   }
@@ -291,7 +333,8 @@ void forward_kernel(const Problem& p, const at::Tensor& q, const at::Tensor& k, 
       pack_keys<T, scalar_t>(v, t / p.kv_heads, t % p.kv_heads, p, vb.data() + t * per_head, nullptr);
     }
   });
-  const std::vector<char> has_keys = p.blocks_with_keys();
+  const std::vector<T> key_bias = p.key_bias<T>();
+  const std::vector<char> has_keys = Problem::blocks_with_keys(key_bias);
   const T scale = static_cast<T>(p.scale);
   const float drop = static_cast<float>(p.dropout_p);
 
@@ -313,8 +356,8 @@ void forward_kernel(const Problem& p, const at::Tensor& q, const at::Tensor& k, 
                 kBlockK, false);
         for (int64_t r = 0; r < rows; ++r) {
           T* row = s.data() + r * kBlockK;
-          mask_row<T>(row, kBlockK, q0 + r, k0, p.sk, scale, masks);
-          const T block_max = *std::max_element(row, row + kBlockK);
+          mask_row<T>(row, kBlockK, q0 + r, k0, scale, key_bias.data() + b * key_blocks * kBlockK + k0, masks);
+          const T block_max = row_max(row, kBlockK);
           if (block_max == kNegInf) {  // nothing visible in this block: p = 0
             std::fill(row, row + kBlockK, T(0));
             continue;
@@ -323,9 +366,7 @@ void forward_kernel(const Problem& p, const at::Tensor& q, const at::Tensor& k, 
           const T m_new = std::max(m[r], block_max);
           const T alpha = std::exp(m[r] - m_new);  // 0 when m[r] = -inf
           exp_shifted(row, kBlockK, m_new);
-          T sum = 0;
-          for (int64_t j = 0; j < kBlockK; ++j) sum += row[j];
-          l[r] = l[r] * alpha + sum;
+          l[r] = l[r] * alpha + row_sum(row, kBlockK);
           m[r] = m_new;
           if (alpha != T(1)) {
             for (int64_t d = 0; d < dp; ++d) o[r * dp + d] *= alpha;
@@ -362,7 +403,8 @@ void backward_kernel(const Problem& p, const at::Tensor& grad_out, const at::Ten
   const int64_t dp = p.dim_padded, key_blocks = round_up(p.sk, kBlockK) / kBlockK;
   const int64_t query_blocks = round_up(p.sq, kBlockQ) / kBlockQ, group = p.group();
   const int64_t keys_padded = key_blocks * kBlockK;
-  const std::vector<char> has_keys = p.blocks_with_keys();
+  const std::vector<T> key_bias = p.key_bias<T>();
+  const std::vector<char> has_keys = Problem::blocks_with_keys(key_bias);
   const T scale = static_cast<T>(p.scale);
   const float drop = static_cast<float>(p.dropout_p);
   const T keep_scale = static_cast<T>(1.0 / (1.0 - p.dropout_p));
@@ -403,7 +445,7 @@ void backward_kernel(const Problem& p, const at::Tensor& grad_out, const at::Ten
             for (int64_t r = 0; r < rows; ++r) {
               T* pr = s.data() + r * kBlockK;
               T* dr = dpm.data() + r * kBlockK;
-              mask_row<T>(pr, kBlockK, q0 + r, k0, p.sk, scale, masks);
+              mask_row<T>(pr, kBlockK, q0 + r, k0, scale, key_bias.data() + b * keys_padded + k0, masks);
               exp_shifted(pr, kBlockK, lse_row[r]);  // lse = +inf (no visible key) gives 0
               if (drop > 0.f) {
                 // s row becomes the dropped probabilities (for dV), dP is taken back through the dropout.
