@@ -113,7 +113,7 @@ void gemm(int64_t m, int64_t n, int64_t k_dim, const T* a, int64_t lda, const T*
   }
 }
 
-// max and sum of x[0 : n], n a multiple of panel<T>(), in vector lanes (a scalar loop would be latency bound).
+// max of x[0 : n], n a multiple of panel<T>(), in vector lanes (a scalar loop would be latency bound).
 template <typename T>
 inline T row_max(const T* x, int64_t n) {
   using V = typename Vec<T>::type;
@@ -130,21 +130,6 @@ inline T row_max(const T* x, int64_t n) {
   return m;
 }
 
-template <typename T>
-inline T row_sum(const T* x, int64_t n) {
-  using V = typename Vec<T>::type;
-  constexpr int W = Vec<T>::kWidth;
-  V a = V{}, b = V{};
-  for (int64_t j = 0; j < n; j += 2 * W) {
-    a += load(x + j);
-    b += load(x + j + W);
-  }
-  a += b;
-  T sum = 0;
-  for (int i = 0; i < W; ++i) sum += a[i];
-  return sum;
-}
-
 // dst[c][r] = src[r][c] for an (rows x cols) block.
 template <typename T>
 void transpose(int64_t rows, int64_t cols, const T* src, int64_t lds, T* dst, int64_t ldd) {
@@ -153,16 +138,17 @@ void transpose(int64_t rows, int64_t cols, const T* src, int64_t lds, T* dst, in
   }
 }
 
-// x[j] = exp(x[j] - shift) over n (a multiple of panel<T>()) elements; -inf gives exactly 0.
+// x[j] = exp(x[j] - shift) over n (a multiple of panel<T>()) elements, returning their sum; -inf gives exactly 0.
 // fp32: exp(x) = 2^n * 2^f with n = round(x log2 e), |f| <= 1/2, 2^f by its degree-7 Taylor polynomial (relative
 // error < 1e-8, below fp32 rounding); results below 2^-126 flush to 0.
-inline void exp_shifted(float* x, int64_t n, float shift) {
+inline float exp_shifted(float* x, int64_t n, float shift) {
   using V = Vec<float>::type;
   typedef int32_t I __attribute__((vector_size(32)));
   constexpr int W = Vec<float>::kWidth;
   constexpr float kLog2e = 1.44269504088896341f, kLn2 = 0.693147180559945309f;
   constexpr float kC[8] = {1.f, kLn2, kLn2 * kLn2 / 2, kLn2 * kLn2 * kLn2 / 6, 0.00961812910762847716f,
                            0.00133335581464284434f, 0.000154035303933816099f, 1.52527338040598403e-05f};
+  V sum = V{};
   for (int64_t j = 0; j < n; j += W) {
     V t = (load(x + j) - shift) * kLog2e;
     const I tiny = t < -126.f;  // also -inf and NaN-free: masked scores are -inf
@@ -181,11 +167,17 @@ inline void exp_shifted(float* x, int64_t n, float shift) {
     bits &= ~tiny;
     std::memcpy(&r, &bits, sizeof(r));
     store(x + j, r);
+    sum += r;
   }
+  float total = 0.f;
+  for (int i = 0; i < W; ++i) total += sum[i];
+  return total;
 }
 
-inline void exp_shifted(double* x, int64_t n, double shift) {
-  for (int64_t j = 0; j < n; ++j) x[j] = std::exp(x[j] - shift);
+inline double exp_shifted(double* x, int64_t n, double shift) {
+  double total = 0.0;
+  for (int64_t j = 0; j < n; ++j) total += x[j] = std::exp(x[j] - shift);
+  return total;
 }
 
 // The masks of one (b, h) pair, read through strides.
@@ -200,17 +192,27 @@ struct Masks {
 };
 
 // s[0 : width] = scores of query row i against keys k0 + [0, width): scaled, plus `key_bias` (0, or -inf for a
-// padding key or a key past Sk), then causality and the mask; hidden keys are -inf.
+// padding key or a key past Sk), then causality and the mask; hidden keys are -inf. Returns the row's maximum.
 template <typename T>
-void mask_row(T* s, int64_t width, int64_t i, int64_t k0, T scale, const T* key_bias, const Masks& masks) {
+T mask_row(T* s, int64_t width, int64_t i, int64_t k0, T scale, const T* key_bias, const Masks& masks) {
+  using V = typename Vec<T>::type;
   constexpr T kNegInf = -std::numeric_limits<T>::infinity();
-  for (int64_t j = 0; j < width; ++j) s[j] = s[j] * scale + key_bias[j];
-  int64_t valid = width;
-  if (masks.causal) {
-    valid = std::clamp<int64_t>(i + 1 - k0, 0, width);
-    std::fill(s + valid, s + width, kNegInf);
+  constexpr int W = Vec<T>::kWidth;
+  V top = V{} + kNegInf;  // scale, bias and max in one pass
+  for (int64_t j = 0; j < width; j += W) {
+    const V x = load(s + j) * scale + load(key_bias + j);
+    store(s + j, x);
+    top = top > x ? top : x;
   }
-  if (masks.mask == nullptr) return;
+  T row_top = top[0];
+  for (int l = 1; l < W; ++l) row_top = std::max(row_top, top[l]);
+  int64_t valid = width;
+  if (masks.causal && i + 1 - k0 < width) {
+    valid = std::max<int64_t>(i + 1 - k0, 0);
+    std::fill(s + valid, s + width, kNegInf);
+    if (masks.mask == nullptr) return row_max(s, width);
+  }
+  if (masks.mask == nullptr) return row_top;
   const int64_t base = i * masks.stride_q + k0 * masks.stride_k, st = masks.stride_k;
   AT_DISPATCH_FLOATING_TYPES_AND3(at::kBool, at::kHalf, at::kBFloat16, masks.mask_type, "attention_mask", [&] {
     const scalar_t* m = static_cast<const scalar_t*>(masks.mask) + base;
@@ -223,6 +225,7 @@ void mask_row(T* s, int64_t width, int64_t i, int64_t k0, T scale, const T* key_
       }
     }
   });
+  return row_max(s, width);
 }
 
 // Everything the kernels need about one call.
@@ -356,8 +359,8 @@ void forward_kernel(const Problem& p, const at::Tensor& q, const at::Tensor& k, 
                 kBlockK, false);
         for (int64_t r = 0; r < rows; ++r) {
           T* row = s.data() + r * kBlockK;
-          mask_row<T>(row, kBlockK, q0 + r, k0, scale, key_bias.data() + b * key_blocks * kBlockK + k0, masks);
-          const T block_max = row_max(row, kBlockK);
+          const T block_max =
+              mask_row<T>(row, kBlockK, q0 + r, k0, scale, key_bias.data() + b * key_blocks * kBlockK + k0, masks);
           if (block_max == kNegInf) {  // nothing visible in this block: p = 0
             std::fill(row, row + kBlockK, T(0));
             continue;
@@ -365,8 +368,7 @@ void forward_kernel(const Problem& p, const at::Tensor& q, const at::Tensor& k, 
           // Online softmax: rescale the running sum and output to the new maximum.
           const T m_new = std::max(m[r], block_max);
           const T alpha = std::exp(m[r] - m_new);  // 0 when m[r] = -inf
-          exp_shifted(row, kBlockK, m_new);
-          l[r] = l[r] * alpha + row_sum(row, kBlockK);
+          l[r] = l[r] * alpha + exp_shifted(row, kBlockK, m_new);
           m[r] = m_new;
           if (alpha != T(1)) {
             for (int64_t d = 0; d < dp; ++d) o[r * dp + d] *= alpha;

@@ -80,17 +80,19 @@ def unsupported(q=None, k=None, v=None, attn_mask=None, **_) -> str | None:
     if attn_mask is not None and attn_mask.requires_grad:
         return "argument `attn_mask` requires grad; backend 'native' does not differentiate the mask"
     if q.device.type == "cuda":
-        return _cuda_unsupported(q)
+        return _cuda_unsupported(q, k, v)
     return None
 
 
 _CUDA_HEAD_DIMS = (64, 128)
 
 
-def _cuda_unsupported(q) -> str | None:
+def _cuda_unsupported(q, k, v) -> str | None:
     if q.shape[-1] not in _CUDA_HEAD_DIMS:
         return (f"argument `q` has head dim {q.shape[-1]}; backend 'native' on cuda supports head dims "
                 f"{', '.join(map(str, _CUDA_HEAD_DIMS))}")
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        return "argument `q` requires grad; backend 'native' has no CUDA backward kernel yet (forward only)"
     return None
 
 
