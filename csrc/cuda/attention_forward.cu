@@ -234,20 +234,25 @@ __global__ void __launch_bounds__(kThreads) attention_forward_kernel(const Param
       const float shift = new_max == -INFINITY ? 0.f : new_max;
       const float alpha = exp2f(row_max[half] - shift);
       row_max[half] = new_max;
+      // Dropout keep bits of this row's 16 elements, in a rolled loop: Philox unrolled 16 times would spill.
+      uint32_t keep = 0xffffffffu;
+      if constexpr (kDropout) {
+        keep = 0;
+#pragma unroll 1
+        for (int i = 0; i < 2 * kBlockN / 8; ++i) {
+          const int col = n0 + (i / 2) * 8 + 2 * t + i % 2;
+          const uint64_t offset = ((static_cast<uint64_t>(bh) * p.sq + row) * p.sk) + col;
+          keep |= static_cast<uint32_t>(row < p.sq && col < p.sk && dropout_keep(p.seed, offset, p.dropout_p)) << i;
+        }
+      }
       float sum = 0.f;
 #pragma unroll
       for (int nt = 0; nt < kBlockN / 8; ++nt) {
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           const float pr = exp2f(s[nt][half * 2 + e] - shift);
-          sum += pr;
-          float kept = pr;
-          if constexpr (kDropout) {
-            const int col = n0 + nt * 8 + 2 * t + e;
-            const uint64_t offset = ((static_cast<uint64_t>(bh) * p.sq + row) * p.sk) + col;
-            kept = (row < p.sq && col < p.sk && dropout_keep(p.seed, offset, p.dropout_p)) ? pr : 0.f;
-          }
-          s[nt][half * 2 + e] = kept;
+          sum += pr;  // the softmax denominator counts dropped elements too
+          s[nt][half * 2 + e] = (keep >> (nt * 2 + e)) & 1u ? pr : 0.f;
         }
       }
       row_sum[half] = row_sum[half] * alpha + sum;  // partial: the quad's 4 threads are summed at the end
