@@ -3,7 +3,8 @@ csrc/cuda/attention*.cu): fp64 gradcheck of the C++ CPU kernels, opcheck, the dr
 Triton's tl.rand), argument checks of the C++ ops, and the reference cases on the native backend.
 
 The shared attention test-suite (tests/test_attention.py) holds every backend to the same cases; these add what only
-the native kernels have (their ops' signatures, masks passed as stride-0 views, the blocked CPU kernel's block edges).
+the native kernels have (their ops' signatures, masks passed as stride-0 views, the edges of the CPU kernel's 64-row
+query and 128-key blocks and of the CUDA kernels' 64-row tiles).
 """
 
 from __future__ import annotations
@@ -351,6 +352,30 @@ def test_cuda_forward_matches_reference(dtype, shape, kind):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", CUDA_CASES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("kind", ["none", "causal+padding+bool", "float"])
+def test_cuda_backward_matches_reference(dtype, shape, kind):
+    # The CUDA backward kernels are called through the op's autograd (the registry's check still keeps "auto" off
+    # them until this test has passed on a GPU).
+    b, h, hkv, sq, sk, d = shape
+    q, k, v = _inputs(b, h, hkv, sq, sk, d, dtype, "cuda")
+    kwargs = {key: value.cuda() if isinstance(value, torch.Tensor) else value
+              for key, value in _mask_kwargs(kind, b, h, sq, sk, dtype).items()}
+    check_against_reference(_native, reference.scaled_dot_product_attention, q, k, v, enable_gqa=True, **kwargs)
+
+
+@pytest.mark.gpu
+def test_cuda_backward_is_deterministic():
+    q, k, v = _inputs(2, 8, 2, 700, 900, 128, torch.bfloat16, "cuda")
+    grad = torch.randn_like(q)
+    first = torch.autograd.grad(_native(q, k, v, enable_gqa=True), (q, k, v), grad)
+    for _ in range(50):
+        again = torch.autograd.grad(_native(q, k, v, enable_gqa=True), (q, k, v), grad)
+        assert all(torch.equal(a, b) for a, b in zip(again, first))
+
+
+@pytest.mark.gpu
 def test_cuda_forward_is_deterministic():
     q, k, v = _inputs(2, 8, 8, 1024, 1024, 128, torch.bfloat16, "cuda", requires_grad=False)
     first = _native(q, k, v, is_causal=True)
@@ -361,7 +386,7 @@ def test_cuda_forward_is_deterministic():
 @pytest.mark.gpu
 def test_cuda_dropout_keep_mask_matches_cpu():
     b, h, sq, sk, d, p, seed = 1, 2, 100, 300, 64, 0.3, 4242
-    q, k, v = _inputs(b, h, h, sq, sk, d, torch.float16, "cuda", requires_grad=False)
+    q, k, v = _inputs(b, h, h, sq, sk, d, torch.float16, "cuda")
     keep = native.dropout_keep_mask(seed, (b, h, sq, sk), p).cuda()
 
     def fn(q, k, v):
@@ -370,4 +395,4 @@ def test_cuda_dropout_keep_mask_matches_cpu():
     def ref(q, k, v):
         return reference.scaled_dot_product_attention(q, k, v, dropout_p=p, dropout_mask=keep)
 
-    check_against_reference(fn, ref, q, k, v, backward=False)
+    check_against_reference(fn, ref, q, k, v)
