@@ -5,6 +5,7 @@
 //      query head that shares the kv head (GQA), accumulating dV += P^T dO and dK += dS^T Q in fp32 registers, with
 //      dS = P * (dP - delta), dP = dO V^T (dropout: P and dP pass through the keep-mask of the forward).
 //   3. dQ: one CTA per (64-row query block, b, h), walking the key blocks: dQ += dS K.
+// At head dim 128 the steps are 16 query rows (dK/dV) and 32 keys (dQ), so nothing spills.
 // Scores are computed transposed in kernel 2 (S^T = K Q^T), so the accumulators of P^T / dS^T are directly the A
 // operands of the next products (the layout trick of the forward, attention_forward.cu).
 #include <ATen/ATen.h>
@@ -21,9 +22,12 @@
 namespace kernels {
 namespace {
 
-// Query rows per step of the dK/dV kernel: 32 at head dim 128 keeps dK, dV, S^T and dP^T in registers.
+// Query rows per step of the dK/dV kernel, and keys per step of the dQ kernel: smaller at head dim 128 so the
+// accumulators (dK and dV, or dQ) and the score tiles fit in registers without spills.
 template <int D>
-constexpr int kBlockQBackward = D == 128 ? 32 : 64;
+constexpr int kBlockQBackward = D == 128 ? 16 : 64;
+template <int D>
+constexpr int kBlockKBackward = D == 128 ? 32 : 64;
 
 // 1. delta[row] = sum_d dO[row, d] * O[row, d]: one warp per row.
 template <typename scalar_t, int D>
@@ -178,11 +182,12 @@ __global__ void __launch_bounds__(kThreads) attention_backward_kv_kernel(const P
 // 3. dQ.
 template <typename scalar_t, int D, MaskKind kMask, bool kDropout>
 __global__ void __launch_bounds__(kThreads) attention_backward_q_kernel(const Params p) {
+  constexpr int BN = kBlockKBackward<D>;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   scalar_t* q_tile = reinterpret_cast<scalar_t*>(smem_raw);
   scalar_t* do_tile = q_tile + kBlockM * D;
   scalar_t* k_tile = do_tile + kBlockM * D;
-  scalar_t* v_tile = k_tile + kBlockN * D;
+  scalar_t* v_tile = k_tile + BN * D;
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int bh = blockIdx.y, b = bh / p.heads, h = bh % p.heads, hkv = h / (p.heads / p.kv_heads);
@@ -205,18 +210,18 @@ __global__ void __launch_bounds__(kThreads) attention_backward_q_kernel(const Pa
   const scalar_t* k = static_cast<const scalar_t*>(p.k) + b * p.k_stride[0] + hkv * p.k_stride[1];
   const scalar_t* v = static_cast<const scalar_t*>(p.v) + b * p.v_stride[0] + hkv * p.v_stride[1];
   const int n_end = p.causal ? min(p.sk, m0 + kBlockM) : p.sk;
-  for (int n0 = 0; n0 < n_end; n0 += kBlockN) {
+  for (int n0 = 0; n0 < n_end; n0 += BN) {
     __syncthreads();
-    load_tile<scalar_t, D>(k_tile, k, p.k_stride[2], n0, p.sk);
-    load_tile<scalar_t, D>(v_tile, v, p.v_stride[2], n0, p.sk);
+    load_tile<scalar_t, D, BN>(k_tile, k, p.k_stride[2], n0, p.sk);
+    load_tile<scalar_t, D, BN>(v_tile, v, p.v_stride[2], n0, p.sk);
     cp_async_commit();
     cp_async_wait<0>();
     __syncthreads();
 
-    // S = Q K^T and dP = dO V^T (this warp's 16 rows x 64 keys).
-    float s[kBlockN / 8][4], dp[kBlockN / 8][4];
+    // S = Q K^T and dP = dO V^T (this warp's 16 rows x BN keys).
+    float s[BN / 8][4], dp[BN / 8][4];
 #pragma unroll
-    for (int i = 0; i < kBlockN / 8; ++i) {
+    for (int i = 0; i < BN / 8; ++i) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) s[i][e] = dp[i][e] = 0.f;
     }
@@ -226,7 +231,7 @@ __global__ void __launch_bounds__(kThreads) attention_backward_q_kernel(const Pa
       ldmatrix_x4(aq, q_tile + swizzle<D>(warp * 16 + lane % 16, kk + (lane / 16) * 8));
       ldmatrix_x4(ao, do_tile + swizzle<D>(warp * 16 + lane % 16, kk + (lane / 16) * 8));
 #pragma unroll
-      for (int nn = 0; nn < kBlockN; nn += 16) {
+      for (int nn = 0; nn < BN; nn += 16) {
         uint32_t bk[4], bv[4];
         ldmatrix_x4(bk, k_tile + swizzle<D>(nn + lane % 8 + (lane / 16) * 8, kk + ((lane / 8) % 2) * 8));
         ldmatrix_x4(bv, v_tile + swizzle<D>(nn + lane % 8 + (lane / 16) * 8, kk + ((lane / 8) % 2) * 8));
@@ -238,7 +243,7 @@ __global__ void __launch_bounds__(kThreads) attention_backward_q_kernel(const Pa
     }
     // dS = P * (dP - delta) (dP taken back through the dropout).
 #pragma unroll
-    for (int nt = 0; nt < kBlockN / 8; ++nt) {
+    for (int nt = 0; nt < BN / 8; ++nt) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int half = e / 2, row = half ? row_b : row_a, col = n0 + nt * 8 + 2 * t + e % 2;
@@ -254,7 +259,7 @@ __global__ void __launch_bounds__(kThreads) attention_backward_q_kernel(const Pa
     }
     // dQ += dS K
 #pragma unroll
-    for (int kk = 0; kk < kBlockN / 16; ++kk) {
+    for (int kk = 0; kk < BN / 16; ++kk) {
       uint32_t a[4];
       a[0] = pack2<scalar_t>(dp[2 * kk][0], dp[2 * kk][1]);
       a[1] = pack2<scalar_t>(dp[2 * kk][2], dp[2 * kk][3]);
@@ -303,8 +308,8 @@ void launch_backward(const Params& p, cudaStream_t stream) {
                 dim3((p.sk + kBlockN - 1) / kBlockN, p.batch * p.kv_heads),
                 (2 * kBlockN + 2 * kBlockQBackward<D>) * D * e, p, stream);
   launch_kernel(attention_backward_q_kernel<scalar_t, D, kMask, kDropout>,
-                dim3((p.sq + kBlockM - 1) / kBlockM, p.batch * p.heads), (2 * kBlockM + 2 * kBlockN) * D * e, p,
-                stream);
+                dim3((p.sq + kBlockM - 1) / kBlockM, p.batch * p.heads), (2 * kBlockM + 2 * kBlockKBackward<D>) * D * e,
+                p, stream);
 }
 
 template <typename scalar_t, int D>
