@@ -29,6 +29,15 @@ TORCH_LIBRARY(kernels, m) {
         "Tensor? residual, bool save_pre) -> (Tensor, Tensor)");
   m.def("linear_act_backward(Tensor grad, Tensor? weight, Tensor pre, str? activation, float dropout_p, "
         "Tensor seed) -> (Tensor, Tensor)");
+  // attention (native backend; kernels in csrc/cpu/attention.cpp, csrc/cuda/attention*.cu). q (B, H, Sq, D),
+  // k/v (B, Hkv, Sk, D); mask: bool (True = take part) or floating (added), a (B, H, Sq, Sk) broadcast view;
+  // key_padding_mask: bool (B, Sk), True = padding; is_causal top-left aligned. Dropout keeps element
+  // (b, h, i, j) when Philox(seed, ((b*H + h)*Sq + i)*Sk + j) >= dropout_p (Triton's tl.rand). Returns out and the
+  // row log-sum-exp lse (B, H, Sq) (fp32; fp64 for fp64), +inf for rows with no visible key.
+  m.def("attention_forward(Tensor q, Tensor k, Tensor v, Tensor? mask, Tensor? key_padding_mask, bool is_causal, "
+        "float scale, float dropout_p, int seed) -> (Tensor, Tensor)");
+  m.def("attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor? mask, "
+        "Tensor? key_padding_mask, bool is_causal, float scale, float dropout_p, int seed) -> (Tensor, Tensor, Tensor)");
 }
 
 // The Python module kernels._C: importing it loads the library above. `with_cuda` says whether CUDA kernels were

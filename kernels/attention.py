@@ -359,3 +359,15 @@ def attention_with_kv_cache(q, k_cache, v_cache, *, cache_seqlens=None, is_causa
     implementation = _backend.select("attention_with_kv_cache", backend, device=q.device, dtype=q.dtype, q=q,
                                      k=k_cache, v=v_cache)
     return implementation.fn(q, k_cache, v_cache, cache_seqlens, bool(is_causal), scale)
+
+
+# The native backend (C++ CPU / CUDA kernels, kernels/_ops/attention_native.py).
+from ._ops import attention_native as _native  # noqa: E402
+
+_backend.register(Implementation("attention", "native", _native.scaled_dot_product_attention,
+                                 {"cpu": (torch.float32, torch.float64, torch.bfloat16),
+                                  "cuda": (torch.float16, torch.bfloat16)},
+                                 tensor_arg="q", check=_native.unsupported, native_op="attention_forward",
+                                 notes="cuda: head dims 64, 128; cuda backward not yet validated on a GPU"))
+# On CUDA "auto" tries Triton first: the native CUDA kernels have not yet run on a GPU (benchmarks/NOTES.md).
+_backend.set_auto_order("attention", "cuda", ("triton", "native"))

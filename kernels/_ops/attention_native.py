@@ -1,0 +1,137 @@
+"""Fake implementations and autograd for the C++ ops kernels::attention_forward / kernels::attention_backward
+(schemas in csrc/ops.cpp, kernels in csrc/cpu/attention.cpp and csrc/cuda/attention*.cu), and the ``native`` backend
+of ``kernels.scaled_dot_product_attention``.
+
+The masks reach the kernels combined but never expanded: ``attn_mask`` as a ``(B, H, Sq, Sk)`` broadcast view (stride
+0 where it broadcasts), ``is_causal`` as a flag (top-left aligned), ``key_padding_mask`` as a bool ``(B, Sk)``.
+Dropout uses Philox4x32-10 keyed by a 64-bit seed drawn from torch's generator once per forward (and saved for the
+backward), with the counter ``((b*H + h)*Sq + i)*Sk + j`` -- the numbers of Triton's ``tl.rand(seed, offset)`` -- and
+keeps an element when its uniform number is ``>= dropout_p``; :func:`dropout_keep_mask` rebuilds that keep-mask.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .._extension import _C
+
+FORWARD = "kernels::attention_forward"
+BACKWARD = "kernels::attention_backward"
+
+if _C is not None:
+
+    @torch.library.register_fake(FORWARD)
+    def _(q, k, v, mask, key_padding_mask, is_causal, scale, dropout_p, seed):
+        lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+        return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=lse_dtype)
+
+    @torch.library.register_fake(BACKWARD)
+    def _(grad_out, q, k, v, out, lse, mask, key_padding_mask, is_causal, scale, dropout_p, seed):
+        return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+    def _setup_context(ctx, inputs, output):
+        q, k, v, mask, key_padding_mask, is_causal, scale, dropout_p, seed = inputs
+        out, lse = output
+        ctx.save_for_backward(q, k, v, out, lse, mask, key_padding_mask)
+        ctx.arguments = (is_causal, scale, dropout_p, seed)
+        ctx.mark_non_differentiable(lse)
+
+    def _backward(ctx, grad_out, grad_lse):
+        q, k, v, out, lse, mask, key_padding_mask = ctx.saved_tensors
+        dq, dk, dv = torch.ops.kernels.attention_backward(grad_out, q, k, v, out, lse, mask, key_padding_mask,
+                                                          *ctx.arguments)
+        return dq, dk, dv, None, None, None, None, None, None
+
+    torch.library.register_autograd(FORWARD, _backward, setup_context=_setup_context)
+
+
+def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                                 enable_gqa=False, *, key_padding_mask=None):
+    """The ``native`` backend, with the torch backend's call signature (arguments validated by the caller)."""
+    batch, heads, sq, sk = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    mask = None
+    if attn_mask is not None:
+        if attn_mask.dtype != torch.bool and attn_mask.dtype != q.dtype:
+            attn_mask = attn_mask.to(q.dtype)  # before the expand: converts the small tensor only
+        mask = attn_mask.expand(batch, heads, sq, sk)  # a view: broadcast dimensions get stride 0
+    if key_padding_mask is not None:
+        key_padding_mask = key_padding_mask.bool()
+    seed = int(torch.randint(2**31, (1,)).item()) if dropout_p > 0.0 else 0
+    out, _ = torch.ops.kernels.attention_forward(q, k, v, mask, key_padding_mask, bool(is_causal), scale,
+                                                 float(dropout_p), seed)
+    return out
+
+
+def unsupported(q=None, k=None, v=None, attn_mask=None, **_) -> str | None:
+    """Why the native backend cannot serve a call, or None (the registry's ``check=``)."""
+    if q is None or k is None or v is None:
+        return None
+    if v.shape[-1] != q.shape[-1]:
+        return (f"argument `v` has head dim {v.shape[-1]} and `q` {q.shape[-1]}; backend 'native' needs equal "
+                "head dims")
+    if q.shape[-1] > 256:
+        return f"argument `q` has head dim {q.shape[-1]}; backend 'native' supports head dims up to 256"
+    if q.dim() != 4:
+        return f"argument `q` has {q.dim()} dimensions; backend 'native' takes (B, H, S, D) tensors"
+    if attn_mask is not None and attn_mask.requires_grad:
+        return "argument `attn_mask` requires grad; backend 'native' does not differentiate the mask"
+    if q.device.type == "cuda":
+        return _cuda_unsupported(q, k, v)
+    return None
+
+
+_CUDA_HEAD_DIMS = (64, 128)
+
+
+def _cuda_unsupported(q, k, v) -> str | None:
+    if q.shape[-1] not in _CUDA_HEAD_DIMS:
+        return (f"argument `q` has head dim {q.shape[-1]}; backend 'native' on cuda supports head dims "
+                f"{', '.join(map(str, _CUDA_HEAD_DIMS))}")
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        return ("argument `q` requires grad; backend 'native' serves CUDA inference only until its backward kernels "
+                "have passed the GPU tier")
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The dropout keep-mask of a seed (for tests: the reference takes it as `dropout_mask=`)
+# ----------------------------------------------------------------------------------------------------------------------
+
+def _philox_first_word(seed: int, offset: np.ndarray) -> np.ndarray:
+    """Philox4x32-10 (Triton's constants and key schedule): the first output word for counters (offset, 0, 0)."""
+    c0 = (offset & 0xFFFFFFFF).astype(np.uint64)
+    c1 = (offset >> 32).astype(np.uint64)
+    c2 = np.zeros_like(c0)
+    c3 = np.zeros_like(c0)
+    k0, k1 = seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF
+    low = np.uint64(0xFFFFFFFF)
+    for _ in range(10):
+        a0, a2 = c0, c2
+        b_prod = np.uint64(0xCD9E8D57) * a2  # 32 x 32 -> 64 bits, exact in uint64
+        a_prod = np.uint64(0xD2511F53) * a0
+        c0 = (b_prod >> np.uint64(32)) ^ c1 ^ np.uint64(k0)
+        c2 = (a_prod >> np.uint64(32)) ^ c3 ^ np.uint64(k1)
+        c1 = b_prod & low
+        c3 = a_prod & low
+        k0 = (k0 + 0x9E3779B9) & 0xFFFFFFFF
+        k1 = (k1 + 0xBB67AE85) & 0xFFFFFFFF
+    return c0.astype(np.uint32)
+
+
+def dropout_uniform(seed: int, shape) -> torch.Tensor:
+    """The fp32 uniform numbers in [0, 1) of Triton's ``tl.rand(seed, offset)`` for every element of a
+    ``(B, H, Sq, Sk)`` tensor, with ``offset = ((b*H + h)*Sq + i)*Sk + j`` (the row-major element index)."""
+    count = math.prod(shape)
+    x = _philox_first_word(int(seed), np.arange(count, dtype=np.int64)).view(np.int32)
+    x = np.where(x < 0, ~x, x)
+    uniform = x.astype(np.float32) * np.float32(4.6566127342e-10)
+    return torch.from_numpy(uniform.reshape(shape))
+
+
+def dropout_keep_mask(seed: int, shape, dropout_p: float) -> torch.Tensor:
+    """The bool keep-mask (True = kept) that the native kernels apply for ``seed`` on a ``(B, H, Sq, Sk)`` call."""
+    return dropout_uniform(seed, shape) >= float(dropout_p)  # compared in fp32, as in the kernels
