@@ -7,11 +7,28 @@ TORCH_LIBRARY(kernels, m) {
   // out = x + residual, elementwise, same shape and dtype. The smallest op: it proves the build and the dispatch.
   m.def("residual_add(Tensor x, Tensor residual) -> Tensor");
 
+  // layer_norm / rms_norm (rms=true) with the fused residual add, on (M, N) rows; weight and bias (N,).
+  // Forward returns (y, h = x + residual or empty, mean (M,) or empty for rms, rstd (M,)), statistics in fp32 (fp64
+  // for fp64). Backward takes the normalised input h (x or x + residual) and the gradient dh reaching the returned h;
+  // returns (dx, which is also the residual's gradient, dweight or empty, dbias or empty).
+  m.def("layer_norm_forward(Tensor x, Tensor? residual, Tensor? weight, Tensor? bias, float eps, bool rms) "
+        "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("layer_norm_backward(Tensor dy, Tensor? dh, Tensor h, Tensor mean, Tensor rstd, Tensor? weight, "
+        "bool has_bias, bool rms) -> (Tensor, Tensor, Tensor)");
   // masked_softmax: y = softmax(scale * x + mask) over the last dim; mask bool (True = keep) or of x's dtype (added),
   // broadcastable to x and read through its strides; is_causal masks j > i over (Sq, Sk), top-left aligned.
   // backward: dx = scale * y * (grad - sum(grad * y)) per row.
   m.def("masked_softmax_forward(Tensor x, Tensor? mask, float scale, bool is_causal) -> Tensor");
   m.def("masked_softmax_backward(Tensor grad, Tensor y, float scale) -> Tensor");
+  // feed_forward (kernels.linear, kernels.feed_forward): a GEMM with fused epilogues, 2-D tensors (csrc/cpu/linear.cpp,
+  // csrc/cuda/linear.cu; autograd in kernels/_ops/feed_forward_native.py). linear_forward returns
+  // (residual + dropout(act(x @ weight.T + bias)), the pre-activation when save_pre else an empty (0, width) tensor);
+  // linear_act_backward returns (act'(pre) * dropout(grad @ weight or grad), its column sums in the op-math dtype).
+  // `seed` is a one-element int64 tensor (read only when dropout_p > 0).
+  m.def("linear_forward(Tensor x, Tensor weight, Tensor? bias, str? activation, float dropout_p, Tensor seed, "
+        "Tensor? residual, bool save_pre) -> (Tensor, Tensor)");
+  m.def("linear_act_backward(Tensor grad, Tensor? weight, Tensor pre, str? activation, float dropout_p, "
+        "Tensor seed) -> (Tensor, Tensor)");
 }
 
 // The Python module kernels._C: importing it loads the library above. `with_cuda` says whether CUDA kernels were

@@ -10,7 +10,7 @@ from ._backend import (
     use_backend,
 )
 from ._extension import extension_status
-from .attention import scaled_dot_product_attention, varlen_attention
+from .attention import attention_with_kv_cache, scaled_dot_product_attention, varlen_attention
 from .feed_forward import feed_forward, linear
 from .layer_norm import layer_norm, rms_norm
 from .masked_softmax import masked_softmax
@@ -19,6 +19,7 @@ from .residual_add import residual_add
 __all__ = [
     "BACKENDS",
     "BackendError",
+    "attention_with_kv_cache",
     "backend_table",
     "extension_status",
     "feed_forward",

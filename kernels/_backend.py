@@ -229,8 +229,8 @@ def backend_table() -> list[dict[str, str]]:
                 "backend": backend,
                 "dtypes by device": served,
                 "usable here": ", ".join(here) or "-",
-                "auto order": " > ".join(
-                    f"{dev}: {'/'.join(order)}" for dev, order in entry.auto_order.items()) if backend == "torch" else "",
+                "auto tries": "; ".join(
+                    f"{dev}: {' > '.join(order)}" for dev, order in entry.auto_order.items()) if backend == "torch" else "",
                 "limits": implementation.notes,
             })
     return rows

@@ -1,7 +1,20 @@
-"""``kernels.scaled_dot_product_attention`` (SDPA-compatible, plus ``key_padding_mask``) and
-``kernels.varlen_attention`` (packed sequences)."""
+"""``kernels.scaled_dot_product_attention`` (SDPA-compatible, plus ``key_padding_mask``), ``kernels.varlen_attention``
+(packed sequences) and ``kernels.attention_with_kv_cache`` (decoding against a key/value cache).
+
+Every backend receives the arguments normalised by :func:`normalize_attention_args` (the one place that validates
+them, so every backend raises the same errors): 4-D ``(B, H, S, D)`` tensors, ``attn_mask`` as a ``(B, H, Sq, Sk)``
+view (zero strides where it broadcasts, never materialised), ``key_padding_mask`` as bool ``(B, Sk)`` and ``scale``
+as a float.
+
+Causal alignment: ``scaled_dot_product_attention`` and ``varlen_attention`` align top-left like SDPA (query ``i`` sees
+keys ``j <= i``); ``attention_with_kv_cache`` aligns bottom-right, to the end of each cache (query ``i`` of ``Sq`` is
+the token at position ``cache_seqlens[b] - Sq + i``), which is what a decoding step needs.
+"""
 
 from __future__ import annotations
+
+import math
+from typing import NamedTuple
 
 import torch
 
@@ -9,7 +22,138 @@ from . import _backend, reference
 from ._backend import Implementation
 
 _ALL = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_CUDA_FAST = (torch.float16, torch.bfloat16, torch.float32)
+MAX_HEAD_DIM = 256
 
+
+class AttentionArgs(NamedTuple):
+    """Validated arguments of ``scaled_dot_product_attention``; ``batch_shape`` restores the caller's leading dims."""
+
+    q: torch.Tensor  # (B, H, Sq, D)
+    k: torch.Tensor  # (B, Hkv, Sk, D)
+    v: torch.Tensor  # (B, Hkv, Sk, Dv)
+    attn_mask: torch.Tensor | None  # (B, H, Sq, Sk) view, bool (True = take part) or floating (added)
+    dropout_p: float
+    is_causal: bool
+    scale: float
+    enable_gqa: bool
+    key_padding_mask: torch.Tensor | None  # (B, Sk) bool, True = padding
+    batch_shape: tuple
+
+
+def _tensor(name, value, optional=False):
+    if value is None and optional:
+        return
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"argument `{name}` must be a tensor{' or None' if optional else ''}, got {type(value).__name__}")
+
+
+def _same_device(name, value, q):
+    if value.device != q.device:
+        raise ValueError(f"argument `{name}` is on {value.device}; expected {q.device} (the device of `q`)")
+
+
+def _dropout_and_scale(dropout_p, scale, head_dim):
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"argument `dropout_p` must be a number in [0, 1); got {dropout_p!r}")
+    if scale is None:
+        return float(dropout_p), 1.0 / math.sqrt(head_dim)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"argument `scale` must be a finite number or None; got {scale!r}")
+    return float(dropout_p), float(scale)
+
+
+def _heads(q_heads, k_heads, enable_gqa, name="k"):
+    if k_heads == q_heads:
+        return
+    if not enable_gqa:
+        raise ValueError(f"argument `{name}` has {k_heads} heads and `q` {q_heads}: pass enable_gqa=True for GQA/MQA")
+    if k_heads == 0 or q_heads % k_heads != 0:
+        raise ValueError(f"argument `{name}` has {k_heads} heads, which does not divide the {q_heads} heads of `q`")
+
+
+def normalize_attention_args(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False,
+                             key_padding_mask=None) -> AttentionArgs:
+    """Validates SDPA's arguments (errors name the argument) and normalises them for the backends.
+
+    ``q`` ``(*batch, H, Sq, D)``, ``k`` ``(*batch, Hkv, Sk, D)``, ``v`` ``(*batch, Hkv, Sk, Dv)`` with ``Hkv == H``
+    or, with ``enable_gqa``, ``Hkv`` dividing ``H``; ``attn_mask`` bool or floating, broadcastable to
+    ``(*batch, H, Sq, Sk)``; ``key_padding_mask`` bool ``(*batch, Sk)``.
+    """
+    for name, value in (("q", q), ("k", k), ("v", v)):
+        _tensor(name, value)
+    _tensor("attn_mask", attn_mask, optional=True)
+    _tensor("key_padding_mask", key_padding_mask, optional=True)
+    if q.dim() < 3:
+        raise ValueError(f"argument `q` has shape {tuple(q.shape)}; expected (B, H, Sq, D) (at least 3 dimensions)")
+    if not q.is_floating_point():
+        raise ValueError(f"argument `q` has dtype {q.dtype}; expected a floating dtype")
+    batch_shape = tuple(q.shape[:-3])
+    heads, sq, head_dim = q.shape[-3:]
+    for name, value in (("k", k), ("v", v)):
+        if value.dim() != q.dim() or tuple(value.shape[:-3]) != batch_shape:
+            raise ValueError(f"argument `{name}` has shape {tuple(value.shape)}; expected (*{batch_shape}, Hkv, Sk, D) "
+                             "with the batch dimensions of `q`")
+        if value.dtype != q.dtype:
+            raise ValueError(f"argument `{name}` has dtype {value.dtype}; expected {q.dtype} (the dtype of `q`)")
+        _same_device(name, value, q)
+    if head_dim == 0:
+        raise ValueError(f"argument `q` has shape {tuple(q.shape)}; the head dimension must be at least 1")
+    if k.shape[-1] != head_dim:
+        raise ValueError(f"argument `k` has head dim {k.shape[-1]}; expected {head_dim} (the head dim of `q`)")
+    if v.shape[-3:-1] != k.shape[-3:-1]:
+        raise ValueError(f"argument `v` has shape {tuple(v.shape)}; expected (heads, Sk) = {tuple(k.shape[-3:-1])} "
+                         "like `k`")
+    _heads(heads, k.shape[-3], enable_gqa)
+    sk = k.shape[-2]
+    dropout_p, scale = _dropout_and_scale(dropout_p, scale, head_dim)
+    batch = math.prod(batch_shape)
+    if attn_mask is not None:
+        _same_device("attn_mask", attn_mask, q)
+        if attn_mask.dtype != torch.bool and not attn_mask.is_floating_point():
+            raise ValueError(f"argument `attn_mask` has dtype {attn_mask.dtype}; expected bool (True = take part) or "
+                             "a floating dtype (added to the scores)")
+        full = (*batch_shape, heads, sq, sk)
+        try:
+            attn_mask = torch.broadcast_to(attn_mask, full)
+        except RuntimeError:
+            raise ValueError(f"argument `attn_mask` has shape {tuple(attn_mask.shape)}, which does not broadcast to "
+                             f"{full} (*batch, H, Sq, Sk)") from None
+        attn_mask = attn_mask.reshape(batch, heads, sq, sk)
+    if key_padding_mask is not None:
+        _same_device("key_padding_mask", key_padding_mask, q)
+        if key_padding_mask.dtype != torch.bool:
+            raise ValueError(f"argument `key_padding_mask` has dtype {key_padding_mask.dtype}; expected bool "
+                             "(True = padding)")
+        if tuple(key_padding_mask.shape) != (*batch_shape, sk):
+            raise ValueError(f"argument `key_padding_mask` has shape {tuple(key_padding_mask.shape)}; expected "
+                             f"{(*batch_shape, sk)} (B, Sk)")
+        key_padding_mask = key_padding_mask.reshape(batch, sk)
+    return AttentionArgs(q.reshape(batch, heads, sq, head_dim), k.reshape(batch, *k.shape[-3:]),
+                         v.reshape(batch, *v.shape[-3:]), attn_mask, dropout_p, bool(is_causal), scale,
+                         bool(enable_gqa), key_padding_mask, batch_shape)
+
+
+def _unsupported_by_kernels(backend, q, k, v, attn_mask=None, **_):
+    """Limits shared by the fused backends (a reason naming the argument, or None)."""
+    if q.shape[-1] > MAX_HEAD_DIM:
+        return f"argument `q` has head dim {q.shape[-1]}; backend {backend!r} supports up to {MAX_HEAD_DIM}"
+    if v.shape[-1] != q.shape[-1]:
+        return (f"argument `v` has head dim {v.shape[-1]} and `q` {q.shape[-1]}; backend {backend!r} needs them "
+                "equal")
+    if attn_mask is not None and attn_mask.requires_grad and torch.is_grad_enabled():
+        return f"argument `attn_mask` requires grad; backend {backend!r} gives no gradient to the mask"
+    return None
+
+
+def _dropout_seed(dropout_p):
+    """The Philox seed of one forward, drawn from torch's (CPU) generator; None without dropout."""
+    return torch.randint(2**31, (1,), dtype=torch.int64) if dropout_p > 0.0 else None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Backends
+# ----------------------------------------------------------------------------------------------------------------------
 
 def _torch_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, is_causal=False, scale=None,
                   dropout_p=0.0):
@@ -21,28 +165,191 @@ def _torch_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_
         out = reference.scaled_dot_product_attention(qs, ks, vs, dropout_p=dropout_p, is_causal=is_causal,
                                                      scale=scale, enable_gqa=True)
         outputs.append(out[0].transpose(0, 1))
-    return torch.cat(outputs, dim=0)
+    return torch.cat(outputs, dim=0) if outputs else q.new_empty(q.shape)
 
 
-_backend.register(Implementation("attention", "torch", reference.scaled_dot_product_attention,
-                                 {"cpu": _ALL, "cuda": _ALL}, tensor_arg="q"))
-_backend.register(Implementation("varlen_attention", "torch", _torch_varlen, {"cpu": _ALL, "cuda": _ALL},
-                                 tensor_arg="q"))
+def kv_cache_mask(sq, sk, cache_seqlens, batch, is_causal, device):
+    """Bool keep-mask ``(B, 1, Sq, Sk)`` of decoding: key ``j`` is valid when ``j < cache_seqlens[b]`` and, causal,
+    when ``j <= cache_seqlens[b] - Sq + i`` (bottom-right alignment)."""
+    lengths = torch.full((batch,), sk, device=device) if cache_seqlens is None else cache_seqlens.to(device).long()
+    j = torch.arange(sk, device=device)
+    keep = j[None, None, :] < lengths[:, None, None]  # (B, 1, Sk)
+    if is_causal:
+        i = torch.arange(sq, device=device)
+        keep = keep & (j[None, None, :] <= (lengths[:, None, None] - sq + i[None, :, None]))
+    else:
+        keep = keep.expand(batch, sq, sk)
+    return keep[:, None]
 
+
+def _torch_kv_cache(q, k_cache, v_cache, cache_seqlens, is_causal, scale):
+    keep = kv_cache_mask(q.shape[2], k_cache.shape[2], cache_seqlens, q.shape[0], is_causal, q.device)
+    return reference.scaled_dot_product_attention(q, k_cache, v_cache, keep, scale=scale, enable_gqa=True)
+
+
+def _triton_attention(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa, *, key_padding_mask=None):
+    from ._ops import attention_triton
+
+    out, _ = attention_triton.attention(q, k, v, attn_mask, key_padding_mask, dropout_p, is_causal, scale,
+                                        _dropout_seed(dropout_p))
+    return out
+
+
+def _triton_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, is_causal=False, scale=None,
+                   dropout_p=0.0):
+    from ._ops import attention_triton
+
+    out, _ = attention_triton.varlen_attention(q, k, v, cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous(),
+                                               max_seqlen_q, max_seqlen_k, dropout_p, is_causal, scale,
+                                               _dropout_seed(dropout_p))
+    return out
+
+
+def _triton_kv_cache(q, k_cache, v_cache, cache_seqlens, is_causal, scale):
+    from ._ops import attention_triton
+
+    return attention_triton.attention_with_kv_cache(q, k_cache, v_cache, cache_seqlens, is_causal, scale)
+
+
+def _triton_check(**arguments):
+    return _unsupported_by_kernels("triton", **arguments)
+
+
+def _triton_kv_cache_check(q, k, v, **_):
+    reason = _unsupported_by_kernels("triton", q, k, v)
+    if reason is None and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        return "argument `q`, `k_cache` or `v_cache` requires grad; backend 'triton' decodes for inference only"
+    return reason
+
+
+def _register() -> None:
+    every = {"cpu": _ALL, "cuda": _ALL}
+    _backend.register(Implementation("attention", "torch", reference.scaled_dot_product_attention, every,
+                                     tensor_arg="q"))
+    _backend.register(Implementation("varlen_attention", "torch", _torch_varlen, every, tensor_arg="q"))
+    _backend.register(Implementation("attention_with_kv_cache", "torch", _torch_kv_cache, every, tensor_arg="q"))
+    if not _backend._triton_importable():
+        return
+    triton_dtypes = {"cpu": (torch.float32, torch.float16), "cuda": _CUDA_FAST}
+    notes = f"head dim <= {MAX_HEAD_DIM}; cpu only under TRITON_INTERPRET=1; fp32 dots use TF32 on GPUs"
+    _backend.register(Implementation("attention", "triton", _triton_attention, triton_dtypes, tensor_arg="q",
+                                     check=_triton_check, notes=notes))
+    _backend.register(Implementation("varlen_attention", "triton", _triton_varlen, triton_dtypes, tensor_arg="q",
+                                     check=_triton_check, notes=notes))
+    _backend.register(Implementation("attention_with_kv_cache", "triton", _triton_kv_cache, triton_dtypes,
+                                     tensor_arg="q", check=_triton_kv_cache_check,
+                                     notes=notes + "; inference only (no autograd)"))
+
+
+_register()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Public functions
+# ----------------------------------------------------------------------------------------------------------------------
 
 def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                                  enable_gqa=False, *, key_padding_mask=None, backend="auto"):
     """Attention on ``(B, H, S, D)`` tensors with ``F.scaled_dot_product_attention``'s semantics, plus a
-    ``(B, Sk)`` ``key_padding_mask`` (True = padding). Fully masked query rows give zeros."""
-    implementation = _backend.select("attention", backend, device=q.device, dtype=q.dtype)
-    return implementation.fn(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa,
-                             key_padding_mask=key_padding_mask)
+    ``(B, Sk)`` ``key_padding_mask`` (True = padding).
+
+    Boolean ``attn_mask``: True = take part; floating: added to the scores; broadcastable to ``(B, H, Sq, Sk)``.
+    ``is_causal`` is top-left aligned (query ``i`` sees keys ``j <= i``) and, unlike SDPA, combines with
+    ``attn_mask``. Fully masked query rows give zeros (and zero gradients). Dropout draws its Philox seed from torch's
+    generator, so ``torch.manual_seed`` reproduces it. For decoding against a cache, see
+    :func:`attention_with_kv_cache` (bottom-right alignment).
+    """
+    args = normalize_attention_args(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa, key_padding_mask)
+    implementation = _backend.select("attention", backend, device=args.q.device, dtype=args.q.dtype, q=args.q,
+                                     k=args.k, v=args.v, attn_mask=args.attn_mask,
+                                     key_padding_mask=args.key_padding_mask, dropout_p=args.dropout_p,
+                                     is_causal=args.is_causal)
+    out = implementation.fn(args.q, args.k, args.v, args.attn_mask, args.dropout_p, args.is_causal, args.scale,
+                            args.enable_gqa, key_padding_mask=args.key_padding_mask)
+    return out.reshape(*args.batch_shape, *out.shape[1:])
+
+
+def _check_cu_seqlens(name, cu, q):
+    _tensor(name, cu)
+    if cu.dim() != 1 or cu.numel() < 1:
+        raise ValueError(f"argument `{name}` has shape {tuple(cu.shape)}; expected (batch + 1,)")
+    if cu.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"argument `{name}` has dtype {cu.dtype}; expected int32 or int64")
+    _same_device(name, cu, q)
 
 
 def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, is_causal=False, scale=None,
                      dropout_p=0.0, backend="auto"):
-    """Attention over packed sequences: ``q`` ``(total_q, H, D)``, ``k``/``v`` ``(total_k, Hkv, D)``, sequence ``i``
-    spanning rows ``cu_seqlens[i]:cu_seqlens[i + 1]``."""
-    implementation = _backend.select("varlen_attention", backend, device=q.device, dtype=q.dtype)
-    return implementation.fn(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, is_causal=is_causal,
+    """Attention over packed sequences: ``q`` ``(total_q, H, D)``, ``k``/``v`` ``(total_k, Hkv, D)`` (``Hkv``
+    divides ``H``), sequence ``i`` spanning rows ``cu_seqlens[i]:cu_seqlens[i + 1]``; ``max_seqlen_q``/``_k`` bound
+    the sequence lengths (not checked against the offsets, which would synchronise with the GPU). Causal masking is
+    top-left within each sequence. Dropout counters use ``B = 1, Sq = total_q, Sk = total_k`` (see
+    ``kernels.triton.attention``)."""
+    for name, value in (("q", q), ("k", k), ("v", v)):
+        _tensor(name, value)
+        if value.dim() != 3:
+            raise ValueError(f"argument `{name}` has shape {tuple(value.shape)}; expected (total, heads, head_dim)")
+    if not q.is_floating_point():
+        raise ValueError(f"argument `q` has dtype {q.dtype}; expected a floating dtype")
+    for name, value in (("k", k), ("v", v)):
+        if value.dtype != q.dtype:
+            raise ValueError(f"argument `{name}` has dtype {value.dtype}; expected {q.dtype} (the dtype of `q`)")
+        _same_device(name, value, q)
+    if q.shape[-1] == 0 or k.shape[-1] != q.shape[-1]:
+        raise ValueError(f"argument `k` has head dim {k.shape[-1]}; expected {q.shape[-1]} (the head dim of `q`, >= 1)")
+    if v.shape[:2] != k.shape[:2]:
+        raise ValueError(f"argument `v` has shape {tuple(v.shape)}; expected (total_k, Hkv) = {tuple(k.shape[:2])}")
+    _heads(q.shape[1], k.shape[1], True)
+    _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q)
+    _check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, q)
+    if cu_seqlens_k.numel() != cu_seqlens_q.numel():
+        raise ValueError(f"argument `cu_seqlens_k` has {cu_seqlens_k.numel()} entries; expected "
+                         f"{cu_seqlens_q.numel()} like `cu_seqlens_q`")
+    for name, value in (("max_seqlen_q", max_seqlen_q), ("max_seqlen_k", max_seqlen_k)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"argument `{name}` must be a non-negative int; got {value!r}")
+    dropout_p, scale = _dropout_and_scale(dropout_p, scale, q.shape[-1])
+    implementation = _backend.select("varlen_attention", backend, device=q.device, dtype=q.dtype, q=q, k=k, v=v)
+    return implementation.fn(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, is_causal=bool(is_causal),
                              scale=scale, dropout_p=dropout_p)
+
+
+def attention_with_kv_cache(q, k_cache, v_cache, *, cache_seqlens=None, is_causal=True, scale=None, backend="auto"):
+    """Decoding: a few query positions against a long key/value cache, the keys split into ranges processed in
+    parallel and merged (flash-decoding).
+
+    ``q`` ``(B, H, Sq, D)``: the newest ``Sq`` tokens; ``k_cache``/``v_cache`` ``(B, Hkv, Smax, D)`` (``Hkv`` divides
+    ``H``); ``cache_seqlens`` ``(B,)`` int: the number of valid cache entries of each sequence, the new tokens
+    included (None: all ``Smax``). Causal alignment is bottom-right: query ``i`` is the token at position
+    ``cache_seqlens[b] - Sq + i`` and sees keys ``j <= cache_seqlens[b] - Sq + i``; with ``is_causal=False`` every
+    valid key. Queries that see no key give zeros. The triton backend serves inference (no autograd)."""
+    for name, value in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
+        _tensor(name, value)
+        if value.dim() != 4:
+            raise ValueError(f"argument `{name}` has shape {tuple(value.shape)}; expected (B, heads, S, head_dim)")
+    if not q.is_floating_point():
+        raise ValueError(f"argument `q` has dtype {q.dtype}; expected a floating dtype")
+    for name, value in (("k_cache", k_cache), ("v_cache", v_cache)):
+        if value.dtype != q.dtype:
+            raise ValueError(f"argument `{name}` has dtype {value.dtype}; expected {q.dtype} (the dtype of `q`)")
+        _same_device(name, value, q)
+        if value.shape[0] != q.shape[0]:
+            raise ValueError(f"argument `{name}` has batch {value.shape[0]}; expected {q.shape[0]} (the batch of `q`)")
+    if q.shape[-1] == 0 or k_cache.shape[-1] != q.shape[-1]:
+        raise ValueError(f"argument `k_cache` has head dim {k_cache.shape[-1]}; expected {q.shape[-1]} (the head dim "
+                         "of `q`, >= 1)")
+    if v_cache.shape[:3] != k_cache.shape[:3]:
+        raise ValueError(f"argument `v_cache` has shape {tuple(v_cache.shape)}; expected (B, Hkv, Smax) = "
+                         f"{tuple(k_cache.shape[:3])} like `k_cache`")
+    _heads(q.shape[1], k_cache.shape[1], True, name="k_cache")
+    if cache_seqlens is not None:
+        _tensor("cache_seqlens", cache_seqlens)
+        if cache_seqlens.shape != (q.shape[0],) or cache_seqlens.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"argument `cache_seqlens` has shape {tuple(cache_seqlens.shape)} and dtype "
+                             f"{cache_seqlens.dtype}; expected ({q.shape[0]},) int32 or int64")
+        _same_device("cache_seqlens", cache_seqlens, q)
+        cache_seqlens = cache_seqlens.contiguous()
+    _, scale = _dropout_and_scale(0.0, scale, q.shape[-1])
+    implementation = _backend.select("attention_with_kv_cache", backend, device=q.device, dtype=q.dtype, q=q,
+                                     k=k_cache, v=v_cache)
+    return implementation.fn(q, k_cache, v_cache, cache_seqlens, bool(is_causal), scale)

@@ -1,4 +1,27 @@
-"""``kernels.linear`` (a GEMM with a fused bias and activation) and ``kernels.feed_forward`` (the whole block)."""
+"""``kernels.linear`` (a GEMM with a fused bias and activation) and ``kernels.feed_forward`` (the whole block).
+
+Backends:
+
+* ``"triton"``: one GEMM kernel with epilogues (kernels/triton/linear.py): bias, every activation, the gated
+  combination, dropout and the residual add in the forward; the activation and dropout derivative and the bias
+  gradient in the epilogue of the gradient GEMM in the backward. The pre-activation is kept, not recomputed.
+* ``"native"``: ``at::addmm``/``at::mm`` (the platform BLAS on the CPU, cuBLAS through ATen on CUDA) followed by one
+  fused, vectorised epilogue pass of our own (csrc/cpu/linear.cpp, csrc/cuda/linear.cu). What is fused where:
+  the bias rides in the GEMM (``addmm``, beta = 1) for the first Linear; the activations (relu, erf and tanh GELU,
+  SiLU, the gated SwiGLU/GeGLU), dropout and the second Linear's bias + residual are our epilogue kernels; in the
+  backward the GEMM ``grad @ w2`` is followed by one pass that applies the dropout mask and the activation derivative
+  and reduces the bias gradient. cuBLASLt's own epilogues (bias, tanh-GELU with auxiliary output) are not used: this
+  project's build machines lack the cuBLAS headers, and an ATen GEMM plus our epilogue serves every activation alike.
+
+Gated activations: ``w1`` is ``(2 * ffn, d)``, rows ``[:ffn]`` the gate projection and ``[ffn:]`` the up projection;
+the activation output is ``act(gate) * up`` (``swiglu``: SiLU, ``geglu``: erf GELU), and ``b1`` is ``(2 * ffn,)``.
+
+Dropout (``dropout_p > 0``) acts on the activation output ``h`` (M rows = the flattened leading dimensions of ``x``,
+``ffn`` columns) with a counter-based RNG: Philox4x32-10 keyed by ``seed``, one counter per element,
+``row * ffn + col`` modulo 2**32, uniform ``u`` as Triton's ``tl.rand``; kept where ``u >= dropout_p``, scaled by
+``1 / (1 - dropout_p)``. The seed is ``torch.randint(2**31, (1,), device=x.device)``, drawn from torch's generator
+once per call (only when ``dropout_p > 0``) and saved for the backward; :func:`dropout_keep_mask` rebuilds the mask.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +29,232 @@ import torch
 
 from . import _backend, reference
 from ._backend import Implementation
+from ._extension import has_native_kernel
 
 _ALL = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_CUDA = (torch.float16, torch.bfloat16, torch.float32)
 
-_backend.register(Implementation("linear", "torch", reference.linear, {"cpu": _ALL, "cuda": _ALL}))
-_backend.register(Implementation("feed_forward", "torch", reference.feed_forward, {"cpu": _ALL, "cuda": _ALL}))
 
+# ----------------------------------------------------------------------------------------------------------------------
+# Dropout keep-mask (the same Philox formula as the kernels), for tests and for users checking a run
+# ----------------------------------------------------------------------------------------------------------------------
+
+_MASK32 = 0xFFFFFFFF
+_PHILOX_ROUND_A, _PHILOX_ROUND_B = 0xD2511F53, 0xCD9E8D57
+_PHILOX_KEY_A, _PHILOX_KEY_B = 0x9E3779B9, 0xBB67AE85
+
+
+def _mul32(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(high, low) 32-bit words of the 64-bit product of the constant ``a`` and the uint32 values in ``b`` (int64),
+    in 16-bit halves so that no intermediate leaves int64."""
+    b_hi, b_lo = b >> 16, b & 0xFFFF
+    lo_product = a * b_lo
+    mid = a * b_hi + (lo_product >> 16)  # the product >> 16
+    return mid >> 16, ((mid & 0xFFFF) << 16) | (lo_product & 0xFFFF)
+
+
+def philox_uniform(seed: int, counters: torch.Tensor) -> torch.Tensor:
+    """Triton's ``tl.rand(seed, counters)`` for uint32 ``counters`` (held in int64): fp32 uniforms in [0, 1)."""
+    c0 = counters & _MASK32
+    c1 = torch.zeros_like(c0)
+    c2 = torch.zeros_like(c0)
+    c3 = torch.zeros_like(c0)
+    k0, k1 = int(seed) & _MASK32, (int(seed) >> 32) & _MASK32
+    for _ in range(10):
+        hi_b, lo_b = _mul32(_PHILOX_ROUND_B, c2)
+        hi_a, lo_a = _mul32(_PHILOX_ROUND_A, c0)
+        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
+        k0, k1 = (k0 + _PHILOX_KEY_A) & _MASK32, (k1 + _PHILOX_KEY_B) & _MASK32
+    # uint32 -> int32 bit pattern -> non-negative int31 -> fp32 in [0, 1), as triton.language.random does.
+    signed = torch.where(c0 >= 2**31, c0 - 2**32, c0)
+    signed = torch.where(signed < 0, -signed - 1, signed)
+    return signed.to(torch.float32) * torch.tensor(4.6566127342e-10, dtype=torch.float32)
+
+
+def dropout_keep_mask(seed, rows: int, cols: int, dropout_p: float, device=None) -> torch.Tensor:
+    """The boolean keep-mask ``(rows, cols)`` that the kernels apply to the activation output for ``seed`` (an int or
+    the one-element seed tensor) and ``dropout_p``."""
+    seed = int(seed.item()) if isinstance(seed, torch.Tensor) else int(seed)
+    counters = torch.arange(rows, dtype=torch.int64)[:, None] * cols + torch.arange(cols, dtype=torch.int64)
+    uniform = philox_uniform(seed, counters & _MASK32)
+    return (uniform >= torch.tensor(dropout_p, dtype=torch.float32)).to(device)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Backends
+# ----------------------------------------------------------------------------------------------------------------------
+
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _draw_seed(dropout_p: float, device: torch.device) -> torch.Tensor:
+    if dropout_p > 0.0:
+        return torch.randint(2**31, (1,), dtype=torch.int64, device=device)
+    return torch.zeros(1, dtype=torch.int64, device=device)
+
+
+def _flatten(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(-1, x.shape[-1])
+
+
+def _runners(ops):
+    """The registry functions of one backend, over its composite ops (kernels/_ops/feed_forward_autograd.py)."""
+    linear_op, feed_forward_op = ops
+
+    def run_linear(x, weight, bias=None, *, activation=None):
+        out, _pre = linear_op(_flatten(x), weight, bias, activation, _needs_grad(x, weight, bias))
+        return out.reshape(*x.shape[:-1], out.shape[-1])
+
+    def run_feed_forward(x, w1, b1, w2, b2, *, activation="gelu", dropout_p=0.0, residual=None):
+        seed = _draw_seed(dropout_p, x.device)
+        flat_residual = None if residual is None else _flatten(residual)
+        save_pre = _needs_grad(x, w1, b1, w2, b2, residual)
+        out, _h, _pre = feed_forward_op(_flatten(x), w1, b1, w2, b2, activation, float(dropout_p), seed,
+                                        flat_residual, save_pre)
+        return out.reshape(*x.shape[:-1], out.shape[-1])
+
+    return run_linear, run_feed_forward
+
+
+def _torch_feed_forward(x, w1, b1, w2, b2, *, activation="gelu", dropout_p=0.0, residual=None):
+    return reference.feed_forward(x, w1, b1, w2, b2, activation, dropout_p, residual)
+
+
+def _native_built() -> bool:
+    """True when the loaded kernels._C defines this op's C++ primitives (an older build may not)."""
+    try:
+        torch.ops.kernels.linear_forward  # noqa: B018  (raises when the schema is absent)
+    except (AttributeError, RuntimeError):
+        return False
+    return has_native_kernel("linear_forward", "cpu")
+
+
+def _register() -> None:
+    _backend.register(Implementation("linear", "torch", reference.linear, {"cpu": _ALL, "cuda": _ALL}))
+    _backend.register(Implementation("feed_forward", "torch", _torch_feed_forward, {"cpu": _ALL, "cuda": _ALL}))
+    if _native_built():
+        from ._ops import feed_forward_native
+
+        run_linear, run_feed_forward = _runners(feed_forward_native.ops)
+        dtypes = {"cpu": (torch.float32, torch.float64, torch.bfloat16), "cuda": _CUDA}
+        _backend.register(Implementation("linear", "native", run_linear, dtypes, native_op="linear_forward"))
+        _backend.register(Implementation("feed_forward", "native", run_feed_forward, dtypes,
+                                         native_op="linear_forward"))
+    if _backend._triton_importable():
+        from ._ops import linear_triton
+
+        run_linear, run_feed_forward = _runners((linear_triton.linear, linear_triton.feed_forward))
+        dtypes = {"cpu": (torch.float32, torch.float16), "cuda": _CUDA}
+        notes = "cpu only under TRITON_INTERPRET=1"
+        _backend.register(Implementation("linear", "triton", run_linear, dtypes, notes=notes))
+        _backend.register(Implementation("feed_forward", "triton", run_feed_forward, dtypes, notes=notes))
+    # On CUDA the Triton kernel fuses the epilogues into the GEMM; native runs them as a pass after cuBLAS.
+    for op in ("linear", "feed_forward"):
+        _backend.set_auto_order(op, "cuda", ("triton", "native"))
+
+
+_register()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Argument checks (the same errors for every backend)
+# ----------------------------------------------------------------------------------------------------------------------
+
+def _check_tensor(value, name: str, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"argument `{name}` must be a tensor, got {type(value).__name__}")
+
+
+def _check_like(t, name: str, x: torch.Tensor) -> None:
+    if t is None:
+        return
+    if t.dtype != x.dtype:
+        raise ValueError(f"argument `{name}` has dtype {t.dtype}; expected {x.dtype} (the dtype of `x`)")
+    if t.device != x.device:
+        raise ValueError(f"argument `{name}` is on {t.device}; expected {x.device} (the device of `x`)")
+
+
+def _check_activation(activation) -> None:
+    if activation is not None and activation not in reference.ACTIVATIONS:
+        raise ValueError(f"argument `activation` must be one of {', '.join(reference.ACTIVATIONS)} or None; "
+                         f"got {activation!r}")
+
+
+def _check_projection(x, weight, bias, activation, w_name: str, b_name: str) -> int:
+    """Checks one Linear's weight (nn.Linear layout) and bias against ``x``; returns its output width."""
+    if not x.is_floating_point():
+        raise ValueError(f"argument `x` has dtype {x.dtype}; expected a floating dtype")
+    if x.dim() < 1:
+        raise ValueError("argument `x` must have at least 1 dimension (the features), got a scalar")
+    if weight.dim() != 2 or weight.shape[1] != x.shape[-1]:
+        raise ValueError(f"argument `{w_name}` has shape {tuple(weight.shape)}; expected (out_features, "
+                         f"{x.shape[-1]}) (nn.Linear layout, in_features = the last dimension of `x`)")
+    _check_like(weight, w_name, x)
+    width = weight.shape[0]
+    if activation in reference.GATED_ACTIVATIONS and width % 2 != 0:
+        raise ValueError(f"argument `{w_name}` has {width} rows; activation {activation!r} packs [gate; up] and "
+                         "needs an even number")
+    if bias is not None:
+        if bias.shape != (width,):
+            raise ValueError(f"argument `{b_name}` has shape {tuple(bias.shape)}; expected ({width},)")
+        _check_like(bias, b_name, x)
+    return width // 2 if activation in reference.GATED_ACTIVATIONS else width
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Public functions
+# ----------------------------------------------------------------------------------------------------------------------
 
 def linear(x, weight, bias=None, *, activation=None, backend="auto"):
-    """``activation(x @ weight.T + bias)`` with ``weight`` in ``nn.Linear`` layout ``(out, in)``."""
-    implementation = _backend.select("linear", backend, device=x.device, dtype=x.dtype)
+    """``activation(x @ weight.T + bias)`` with ``weight`` in ``nn.Linear`` layout ``(out, in)``.
+
+    ``activation``: None, ``relu``, ``gelu`` (erf, as ``nn.GELU()``), ``gelu_tanh``, ``silu``, or the gated
+    ``swiglu``/``geglu`` (``weight`` ``(2 * out, in)`` packs ``[gate; up]``; the result has ``out`` features).
+    """
+    _check_tensor(x, "x")
+    _check_tensor(weight, "weight")
+    _check_tensor(bias, "bias", optional=True)
+    _check_activation(activation)
+    _check_projection(x, weight, bias, activation, "weight", "bias")
+    implementation = _backend.select("linear", backend, device=x.device, dtype=x.dtype, activation=activation)
     return implementation.fn(x, weight, bias, activation=activation)
 
 
 def feed_forward(x, w1, b1, w2, b2, *, activation="gelu", dropout_p=0.0, residual=None, backend="auto"):
-    """``residual + Linear2(dropout(activation(Linear1(x))))``; gated activations take ``w1`` as ``[gate; up]``."""
-    implementation = _backend.select("feed_forward", backend, device=x.device, dtype=x.dtype)
-    return implementation.fn(x, w1, b1, w2, b2, activation=activation, dropout_p=dropout_p, residual=residual)
+    """``residual + Linear2(dropout(activation(Linear1(x))))``; gated activations take ``w1`` as ``[gate; up]``.
+
+    ``x`` ``(..., d)``, ``w1`` ``(ffn, d)`` (``(2 * ffn, d)`` for ``swiglu``/``geglu``), ``b1`` its bias or None,
+    ``w2`` ``(d_out, ffn)``, ``b2`` ``(d_out,)`` or None, ``residual`` None or ``(..., d_out)``. Dropout is applied
+    to the activation output with probability ``dropout_p`` (pass 0 in evaluation); see the module docstring for its
+    counter-based RNG.
+    """
+    _check_tensor(x, "x")
+    for value, name in ((w1, "w1"), (w2, "w2")):
+        _check_tensor(value, name)
+    for value, name in ((b1, "b1"), (b2, "b2"), (residual, "residual")):
+        _check_tensor(value, name, optional=True)
+    _check_activation(activation)
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p <= 1.0:
+        raise ValueError(f"argument `dropout_p` must be a number in [0, 1]; got {dropout_p!r}")
+    ffn = _check_projection(x, w1, b1, activation, "w1", "b1")
+    if w2.dim() != 2 or w2.shape[1] != ffn:
+        raise ValueError(f"argument `w2` has shape {tuple(w2.shape)}; expected (d_out, {ffn}) (nn.Linear layout, "
+                         "in_features = the activation's output width)")
+    _check_like(w2, "w2", x)
+    d_out = w2.shape[0]
+    if b2 is not None:
+        if b2.shape != (d_out,):
+            raise ValueError(f"argument `b2` has shape {tuple(b2.shape)}; expected ({d_out},)")
+        _check_like(b2, "b2", x)
+    if residual is not None:
+        expected = (*x.shape[:-1], d_out)
+        if tuple(residual.shape) != expected:
+            raise ValueError(f"argument `residual` has shape {tuple(residual.shape)}; expected {expected} "
+                             "(the shape of the output)")
+        _check_like(residual, "residual", x)
+    implementation = _backend.select("feed_forward", backend, device=x.device, dtype=x.dtype, activation=activation,
+                                     dropout_p=dropout_p)
+    return implementation.fn(x, w1, b1, w2, b2, activation=activation, dropout_p=float(dropout_p), residual=residual)

@@ -1,0 +1,269 @@
+// Layer norm and RMS norm on the CPU, with the fused residual add ("Add & Norm"), forward and backward.
+//
+// Layout: x, residual, y, h, dy, dh, dx are (M, N) rows, contiguous; weight and bias (N,); mean and rstd (M,) in the
+// accumulation type acc_t (float for float and bfloat16, double for double). RMS norm is layer norm with the mean
+// fixed at 0 (no centring, no mean(g) term in the backward), so one code path serves both; for RMS norm `mean` is an
+// empty tensor.
+//
+// Parallelism: at::parallel_for over rows. Each row is worked on in L1: the loops are plain contiguous loops that the
+// compiler vectorises (`omp simd` lets it reorder the fp reductions). bfloat16 rows are first widened into a per-thread
+// float buffer. Statistics are two-pass (mean, then the corrected centred sum of squares), exact for zero-variance rows.
+//
+// Backward determinism: the rows are cut into a fixed number of blocks (independent of the thread count); each block
+// sums its dweight/dbias contributions into its own row of a (blocks, N) buffer, and a second pass sums the blocks
+// in order, column by column.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <kernels/checks.h>
+#include <kernels/outputs.h>
+
+#include <algorithm>
+#include <cmath>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+namespace kernels {
+namespace {
+
+constexpr int64_t kMaxBlocks = 32;  // row blocks of the backward's dweight/dbias partial sums
+
+// The row as acc_t: the pointer itself when scalar_t is acc_t, else a widened copy in `buffer`.
+template <typename scalar_t, typename acc_t>
+const acc_t* widen(const scalar_t* row, acc_t* buffer, int64_t n) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    return row;
+  } else {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) buffer[j] = static_cast<acc_t>(row[j]);
+    return buffer;
+  }
+}
+
+// h = x + residual, rounded to scalar_t and written to `h`; returns the row as acc_t (h itself, or `buffer`).
+template <typename scalar_t, typename acc_t>
+const acc_t* add_residual(const scalar_t* x, const scalar_t* residual, scalar_t* h, acc_t* buffer, int64_t n) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) {
+    h[j] = static_cast<scalar_t>(static_cast<acc_t>(x[j]) + static_cast<acc_t>(residual[j]));
+  }
+  return widen<scalar_t, acc_t>(h, buffer, n);
+}
+
+template <typename scalar_t>
+void forward_rows(const scalar_t* x, const scalar_t* residual, const at::opmath_type<scalar_t>* weight,
+                  const at::opmath_type<scalar_t>* bias, scalar_t* y, scalar_t* h, at::opmath_type<scalar_t>* mean,
+                  at::opmath_type<scalar_t>* rstd, int64_t m, int64_t n, double eps, bool rms) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t grain = std::max<int64_t>(1, 16384 / n);
+  at::parallel_for(0, m, grain, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> buffer(std::is_same_v<scalar_t, acc_t> ? 0 : n);
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t offset = i * n;
+      const acc_t* row = residual != nullptr
+          ? add_residual<scalar_t, acc_t>(x + offset, residual + offset, h + offset, buffer.data(), n)
+          : widen<scalar_t, acc_t>(x + offset, buffer.data(), n);
+      acc_t mu = 0;
+      if (!rms) {
+        acc_t sum = 0;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t j = 0; j < n; ++j) sum += row[j];
+        mu = sum / n;
+      }
+      // The corrected two-pass variance: the centred pass also sums the residuals h - mu, which corrects the
+      // rounding of the first pass's mean (long fp32 sums of large values lose bits in the lanes' partial sums).
+      acc_t squares = 0, shift = 0;
+#pragma omp simd reduction(+ : squares, shift)
+      for (int64_t j = 0; j < n; ++j) {
+        squares += (row[j] - mu) * (row[j] - mu);
+        shift += row[j] - mu;
+      }
+      if (!rms) {
+        shift /= n;
+        mu += shift;
+        mean[i] = mu;
+        squares -= shift * shift * n;
+      }
+      const acc_t r = acc_t(1) / std::sqrt(std::max(squares, acc_t(0)) / n + static_cast<acc_t>(eps));
+      rstd[i] = r;
+      scalar_t* out = y + offset;
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) out[j] = static_cast<scalar_t>((row[j] - mu) * r * weight[j] + bias[j]);
+    }
+  });
+}
+
+// dx for the rows [begin, end), and their dweight/dbias contributions added to partial_dw / partial_db.
+template <typename scalar_t, bool kHasDh>
+void backward_rows(const scalar_t* dy, const scalar_t* dh, const scalar_t* h, const at::opmath_type<scalar_t>* mean,
+                   const at::opmath_type<scalar_t>* rstd, const at::opmath_type<scalar_t>* weight, scalar_t* dx,
+                   at::opmath_type<scalar_t>* partial_dw, at::opmath_type<scalar_t>* partial_db, int64_t begin,
+                   int64_t end, int64_t n) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr bool kWiden = !std::is_same_v<scalar_t, acc_t>;
+  std::vector<acc_t> h_buffer(kWiden ? n : 0), dy_buffer(kWiden ? n : 0);
+  for (int64_t i = begin; i < end; ++i) {
+    const int64_t offset = i * n;
+    const acc_t* hr = widen<scalar_t, acc_t>(h + offset, h_buffer.data(), n);
+    const acc_t* dyr = widen<scalar_t, acc_t>(dy + offset, dy_buffer.data(), n);
+    const acc_t mu = mean != nullptr ? mean[i] : acc_t(0);
+    const acc_t r = rstd[i];
+    // Row means of g = dy * weight and of g * xhat, with xhat = (h - mean) * rstd.
+    acc_t sum_g = 0, sum_gx = 0;
+#pragma omp simd reduction(+ : sum_g, sum_gx)
+    for (int64_t j = 0; j < n; ++j) {
+      const acc_t g = dyr[j] * weight[j];
+      sum_g += g;
+      sum_gx += g * (hr[j] - mu) * r;
+    }
+    const acc_t c1 = sum_gx / n;
+    const acc_t c2 = mean != nullptr ? sum_g / n : acc_t(0);  // RMS norm has no mean(g) term
+    scalar_t* out = dx + offset;
+    const scalar_t* dhr = kHasDh ? dh + offset : nullptr;
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) {
+      const acc_t xhat = (hr[j] - mu) * r;
+      acc_t grad = (dyr[j] * weight[j] - xhat * c1 - c2) * r;
+      if constexpr (kHasDh) grad += static_cast<acc_t>(dhr[j]);
+      out[j] = static_cast<scalar_t>(grad);
+      partial_dw[j] += dyr[j] * xhat;
+      partial_db[j] += dyr[j];
+    }
+  }
+}
+
+void check_rows(const at::Tensor& x, const char* name) {
+  check_dim(x, name, 2);
+  check_dtype(x, name, {at::kFloat, at::kDouble, at::kBFloat16});
+}
+
+void check_row_like(const c10::optional<at::Tensor>& t, const char* name, const at::Tensor& x, const char* x_name) {
+  if (!t.has_value()) return;
+  check_same_dtype(*t, name, x, x_name);
+  check_same_device(*t, name, x, x_name);
+  check_same_shape(*t, name, x, x_name);
+}
+
+void check_parameter(const c10::optional<at::Tensor>& t, const char* name, const at::Tensor& x) {
+  if (!t.has_value()) return;
+  check_same_dtype(*t, name, x, "x");
+  check_same_device(*t, name, x, "x");
+  TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == x.size(1), "argument `", name, "` has shape ", t->sizes(),
+                    "; expected (", x.size(1), ",) (the normalised size of `x`)");
+}
+
+// The parameter as a contiguous acc-typed (N,) tensor, or `fill` everywhere when absent.
+at::Tensor parameter_or(const c10::optional<at::Tensor>& t, int64_t n, at::ScalarType acc, double fill) {
+  if (t.has_value()) return t->to(acc).contiguous();
+  return at::full({n}, fill, at::TensorOptions().dtype(acc));
+}
+
+// The second reduction of the backward: (blocks, N) partial sums -> (N,), summing the blocks in order.
+template <typename acc_t>
+void sum_blocks_into(const acc_t* partial, acc_t* out, int64_t blocks, int64_t n) {
+  at::parallel_for(0, n, 4096, [&](int64_t begin, int64_t end) {
+    std::fill(out + begin, out + end, acc_t(0));
+    for (int64_t block = 0; block < blocks; ++block) {
+      const acc_t* row = partial + block * n;
+#pragma omp simd
+      for (int64_t j = begin; j < end; ++j) out[j] += row[j];
+    }
+  });
+}
+
+at::Tensor sum_blocks(const at::Tensor& partial, at::ScalarType out_dtype) {
+  at::Tensor total = at::empty({partial.size(1)}, partial.options());
+  AT_DISPATCH_FLOATING_TYPES(partial.scalar_type(), "layer_norm_sum_blocks", [&] {
+    sum_blocks_into<scalar_t>(partial.const_data_ptr<scalar_t>(), total.mutable_data_ptr<scalar_t>(),
+                              partial.size(0), partial.size(1));
+  });
+  return total.to(out_dtype);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_forward_cpu(
+    const at::Tensor& x, const c10::optional<at::Tensor>& residual, const c10::optional<at::Tensor>& weight,
+    const c10::optional<at::Tensor>& bias, double eps, bool rms) {
+  check_rows(x, "x");
+  check_row_like(residual, "residual", x, "x");
+  check_parameter(weight, "weight", x);
+  check_parameter(bias, "bias", x);
+  const int64_t m = x.size(0), n = x.size(1);
+  const at::ScalarType acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::Tensor xc = x.contiguous();
+  const at::Tensor rc = residual.has_value() ? residual->contiguous() : at::Tensor();
+  const at::Tensor w = parameter_or(weight, n, acc, 1.0);
+  const at::Tensor b = parameter_or(bias, n, acc, 0.0);
+  at::Tensor y = empty_output_like(xc);
+  at::Tensor h = residual.has_value() ? empty_output_like(xc) : at::empty({0}, x.options());
+  at::Tensor mean = empty_output({rms ? 0 : m}, x.options().dtype(acc));
+  at::Tensor rstd = empty_output({m}, x.options().dtype(acc));
+  if (x.numel() == 0) return {y, h, mean, rstd};
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "layer_norm_forward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    forward_rows<scalar_t>(xc.const_data_ptr<scalar_t>(),
+                           residual.has_value() ? rc.const_data_ptr<scalar_t>() : nullptr,
+                           w.const_data_ptr<acc_t>(), b.const_data_ptr<acc_t>(), y.mutable_data_ptr<scalar_t>(),
+                           residual.has_value() ? h.mutable_data_ptr<scalar_t>() : nullptr,
+                           rms ? nullptr : mean.mutable_data_ptr<acc_t>(), rstd.mutable_data_ptr<acc_t>(), m, n, eps,
+                           rms);
+  });
+  return {y, h, mean, rstd};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_backward_cpu(
+    const at::Tensor& dy, const c10::optional<at::Tensor>& dh, const at::Tensor& h, const at::Tensor& mean,
+    const at::Tensor& rstd, const c10::optional<at::Tensor>& weight, bool has_bias, bool rms) {
+  check_rows(h, "h");
+  check_row_like(dy, "dy", h, "h");
+  check_row_like(dh, "dh", h, "h");
+  check_parameter(weight, "weight", h);
+  const int64_t m = h.size(0), n = h.size(1);
+  const at::ScalarType acc = h.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK_VALUE(rstd.scalar_type() == acc && rstd.numel() == m, "argument `rstd` must be (", m, ",) ", acc);
+  TORCH_CHECK_VALUE(rms || (mean.scalar_type() == acc && mean.numel() == m), "argument `mean` must be (", m, ",) ",
+                    acc);
+  const at::Tensor dyc = dy.contiguous(), hc = h.contiguous();
+  const at::Tensor dhc = dh.has_value() ? dh->contiguous() : at::Tensor();
+  const at::Tensor meanc = mean.contiguous(), rstdc = rstd.contiguous();
+  const at::Tensor w = parameter_or(weight, n, acc, 1.0);
+  at::Tensor dx = empty_output_like(hc);
+  const int64_t blocks = std::max<int64_t>(1, std::min(m, kMaxBlocks));
+  const int64_t rows_per_block = m == 0 ? 0 : (m + blocks - 1) / blocks;
+  at::Tensor partial_dw = at::zeros({blocks, n}, h.options().dtype(acc));
+  at::Tensor partial_db = at::zeros({blocks, n}, h.options().dtype(acc));
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, h.scalar_type(), "layer_norm_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* dyp = dyc.const_data_ptr<scalar_t>();
+    const scalar_t* hp = hc.const_data_ptr<scalar_t>();
+    const scalar_t* dhp = dh.has_value() ? dhc.const_data_ptr<scalar_t>() : nullptr;
+    const acc_t* meanp = rms ? nullptr : meanc.const_data_ptr<acc_t>();
+    const acc_t* rstdp = rstdc.const_data_ptr<acc_t>();
+    const acc_t* wp = w.const_data_ptr<acc_t>();
+    scalar_t* dxp = dx.mutable_data_ptr<scalar_t>();
+    acc_t* dwp = partial_dw.mutable_data_ptr<acc_t>();
+    acc_t* dbp = partial_db.mutable_data_ptr<acc_t>();
+    at::parallel_for(0, blocks, 1, [&](int64_t first_block, int64_t last_block) {
+      for (int64_t block = first_block; block < last_block; ++block) {
+        const int64_t begin = block * rows_per_block, end = std::min(m, begin + rows_per_block);
+        const auto rows = dhp != nullptr ? &backward_rows<scalar_t, true> : &backward_rows<scalar_t, false>;
+        rows(dyp, dhp, hp, meanp, rstdp, wp, dxp, dwp + block * n, dbp + block * n, begin, end, n);
+      }
+    });
+  });
+  const at::ScalarType param_dtype = weight.has_value() ? weight->scalar_type() : h.scalar_type();
+  at::Tensor dweight = weight.has_value() ? sum_blocks(partial_dw, param_dtype) : at::empty({0}, h.options());
+  at::Tensor dbias = has_bias ? sum_blocks(partial_db, param_dtype) : at::empty({0}, h.options());
+  return {dx, dweight, dbias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(kernels, CPU, m) {
+  m.impl("layer_norm_forward", &layer_norm_forward_cpu);
+  m.impl("layer_norm_backward", &layer_norm_backward_cpu);
+}
+
+}  // namespace kernels

@@ -1,0 +1,527 @@
+// Layer norm and RMS norm on CUDA, with the fused residual add ("Add & Norm"), forward and backward.
+//
+// Layout: x, residual, y, h, dy, dh, dx are (M, N) rows, contiguous; weight and bias (N,); fp32 mean and rstd (M,)
+// (mean empty for RMS norm, which is layer norm with the mean fixed at 0). fp16, bf16 and fp32 in, fp32 arithmetic.
+//
+// Forward: one block per row. A thread owns the 16-byte packs threadIdx.x, threadIdx.x + blockDim.x, ... of the row.
+// When the row fits (kPacks > 0 packs per thread, at most 8), it is held in registers: sum -> mean, centred sum of
+// squares -> rstd (two-pass, exact for zero-variance rows), then the output. Longer rows (kPacks == 0) loop over
+// their packs three times; the second and third passes re-read h (written by the same thread in the first pass when
+// there is a residual, else x). Rows whose length or pointers do not allow 16-byte packs take the looped kernel with
+// one element per pack.
+//
+// Backward (deterministic, no atomics): G blocks each own a contiguous range of rows. Per row, the block reduces
+// mean(g * xhat) and mean(g) (g = dy * weight), writes dx = rstd * (g - xhat * mean(g * xhat) - mean(g)) (+ dh), and
+// each thread adds dy * xhat and dy for its columns into its own dweight/dbias partial sums (registers when cached, its
+// own entries of the (G, N) fp32 buffer when looped). A second kernel sums the G partial rows in order per column.
+//
+// Only c10's CUDA headers are used (not ATen/cuda/CUDAContext.h), so the file compiles wherever nvcc does.
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <kernels/checks.h>
+#include <kernels/outputs.h>
+
+#include <algorithm>
+#include <tuple>
+
+namespace kernels {
+namespace {
+
+constexpr int kMaxThreads = 512;
+
+// fp32, fp16 and bf16 (the dtypes served on CUDA; fp64 is rejected by the checks before dispatch).
+#define KERNELS_DISPATCH_CUDA_FLOATING_TYPES(TYPE, NAME, ...)                                  \
+  AT_DISPATCH_SWITCH(TYPE, NAME, AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__)                    \
+                         AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__) AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
+constexpr int kMaxForwardPacks = 8;   // 16-byte packs per thread held in registers; longer rows loop
+constexpr int kMaxBackwardPacks = 2;  // the backward keeps xhat, dy, dweight and dbias per element
+
+template <typename scalar_t, int kVec>
+struct alignas(sizeof(scalar_t) * kVec) Pack {
+  scalar_t v[kVec];
+};
+
+__device__ __forceinline__ float warp_sum(float value) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) value += __shfl_xor_sync(0xffffffffu, value, offset);
+  return value;
+}
+
+// The sums of `a` and `b` over the block (blockDim.x a multiple of 32), returned to every thread.
+// `shared` holds 64 floats; the leading barrier lets a block call this in a loop.
+__device__ __forceinline__ float2 block_sum2(float a, float b, float* shared) {
+  a = warp_sum(a);
+  b = warp_sum(b);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  __syncthreads();
+  if (lane == 0) {
+    shared[warp] = a;
+    shared[32 + warp] = b;
+  }
+  __syncthreads();
+  a = lane < warps ? shared[lane] : 0.f;
+  b = lane < warps ? shared[32 + lane] : 0.f;
+  return make_float2(warp_sum(a), warp_sum(b));
+}
+
+template <typename scalar_t, int kVec>
+__device__ __forceinline__ void load_pack(const scalar_t* base, int64_t pack, float (&out)[kVec]) {
+  const Pack<scalar_t, kVec> p = reinterpret_cast<const Pack<scalar_t, kVec>*>(base)[pack];
+#pragma unroll
+  for (int k = 0; k < kVec; ++k) out[k] = static_cast<float>(p.v[k]);
+}
+
+template <typename scalar_t, int kVec>
+__device__ __forceinline__ void store_pack(scalar_t* base, int64_t pack, const float (&in)[kVec]) {
+  Pack<scalar_t, kVec> p;
+#pragma unroll
+  for (int k = 0; k < kVec; ++k) p.v[k] = static_cast<scalar_t>(in[k]);
+  reinterpret_cast<Pack<scalar_t, kVec>*>(base)[pack] = p;
+}
+
+// The pack of the row to normalise: x, or h = x + residual rounded to scalar_t (and stored).
+template <typename scalar_t, int kVec>
+__device__ __forceinline__ void load_h(const scalar_t* x, const scalar_t* residual, scalar_t* h, int64_t pack,
+                                       float (&out)[kVec]) {
+  load_pack<scalar_t, kVec>(x, pack, out);
+  if (residual != nullptr) {
+    float r[kVec];
+    load_pack<scalar_t, kVec>(residual, pack, r);
+    Pack<scalar_t, kVec> rounded;
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) {
+      rounded.v[k] = static_cast<scalar_t>(out[k] + r[k]);
+      out[k] = static_cast<float>(rounded.v[k]);
+    }
+    reinterpret_cast<Pack<scalar_t, kVec>*>(h)[pack] = rounded;
+  }
+}
+
+template <typename scalar_t, int kVec>
+__device__ __forceinline__ void write_y(const scalar_t* weight, const scalar_t* bias, scalar_t* y, int64_t pack,
+                                        const float (&v)[kVec], float mu, float r) {
+  float w[kVec], b[kVec], out[kVec];
+#pragma unroll
+  for (int k = 0; k < kVec; ++k) w[k] = 1.f, b[k] = 0.f;
+  if (weight != nullptr) load_pack<scalar_t, kVec>(weight, pack, w);
+  if (bias != nullptr) load_pack<scalar_t, kVec>(bias, pack, b);
+#pragma unroll
+  for (int k = 0; k < kVec; ++k) out[k] = (v[k] - mu) * r * w[k] + b[k];
+  store_pack<scalar_t, kVec>(y, pack, out);
+}
+
+template <typename scalar_t, int kVec, int kPacks>
+__global__ void __launch_bounds__(kMaxThreads) layer_norm_forward_kernel(
+    const scalar_t* __restrict__ x, const scalar_t* __restrict__ residual, const scalar_t* __restrict__ weight,
+    const scalar_t* __restrict__ bias, scalar_t* __restrict__ y, scalar_t* __restrict__ h, float* __restrict__ mean,
+    float* __restrict__ rstd, int64_t n, float eps) {
+  __shared__ float shared[64];
+  const int64_t row = blockIdx.x;
+  const int64_t packs = n / kVec;
+  const scalar_t* xr = x + row * n;
+  const scalar_t* rr = residual != nullptr ? residual + row * n : nullptr;
+  scalar_t* hr = residual != nullptr ? h + row * n : nullptr;
+  scalar_t* yr = y + row * n;
+  const bool rms = mean == nullptr;
+  float mu = 0.f, r;
+  if constexpr (kPacks > 0) {
+    float v[kPacks][kVec];
+    float sum = 0.f;
+#pragma unroll
+    for (int p = 0; p < kPacks; ++p) {
+      const int64_t pack = threadIdx.x + static_cast<int64_t>(p) * blockDim.x;
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) v[p][k] = 0.f;
+      if (pack < packs) load_h<scalar_t, kVec>(xr, rr, hr, pack, v[p]);
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) sum += v[p][k];
+    }
+    if (!rms) mu = block_sum2(sum, 0.f, shared).x / n;
+    float squares = 0.f;
+#pragma unroll
+    for (int p = 0; p < kPacks; ++p) {
+      if (threadIdx.x + static_cast<int64_t>(p) * blockDim.x < packs) {
+#pragma unroll
+        for (int k = 0; k < kVec; ++k) squares += (v[p][k] - mu) * (v[p][k] - mu);
+      }
+    }
+    r = rsqrtf(block_sum2(squares, 0.f, shared).x / n + eps);
+#pragma unroll
+    for (int p = 0; p < kPacks; ++p) {
+      const int64_t pack = threadIdx.x + static_cast<int64_t>(p) * blockDim.x;
+      if (pack < packs) write_y<scalar_t, kVec>(weight, bias, yr, pack, v[p], mu, r);
+    }
+  } else {
+    // Looped: the passes after the first re-read h (this thread wrote its packs of h) or x.
+    const scalar_t* source = residual != nullptr ? hr : xr;
+    float v[kVec];
+    float sum = 0.f;
+    for (int64_t pack = threadIdx.x; pack < packs; pack += blockDim.x) {
+      load_h<scalar_t, kVec>(xr, rr, hr, pack, v);
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) sum += v[k];
+    }
+    if (!rms) mu = block_sum2(sum, 0.f, shared).x / n;
+    float squares = 0.f;
+    for (int64_t pack = threadIdx.x; pack < packs; pack += blockDim.x) {
+      load_pack<scalar_t, kVec>(source, pack, v);
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) squares += (v[k] - mu) * (v[k] - mu);
+    }
+    r = rsqrtf(block_sum2(squares, 0.f, shared).x / n + eps);
+    for (int64_t pack = threadIdx.x; pack < packs; pack += blockDim.x) {
+      load_pack<scalar_t, kVec>(source, pack, v);
+      write_y<scalar_t, kVec>(weight, bias, yr, pack, v, mu, r);
+    }
+  }
+  if (threadIdx.x == 0) {
+    if (!rms) mean[row] = mu;
+    rstd[row] = r;
+  }
+}
+
+// Per pack: xhat, dy and g = dy * weight, and the pack's contributions to sum(g * xhat) and sum(g).
+template <typename scalar_t, int kVec>
+__device__ __forceinline__ void gradient_terms(const scalar_t* hr, const scalar_t* dyr, const scalar_t* weight,
+                                               int64_t pack, float mu, float r, float (&xhat)[kVec],
+                                               float (&dy)[kVec], float (&g)[kVec], float& sum_gx, float& sum_g) {
+  load_pack<scalar_t, kVec>(hr, pack, xhat);
+  load_pack<scalar_t, kVec>(dyr, pack, dy);
+  float w[kVec];
+#pragma unroll
+  for (int k = 0; k < kVec; ++k) w[k] = 1.f;
+  if (weight != nullptr) load_pack<scalar_t, kVec>(weight, pack, w);
+#pragma unroll
+  for (int k = 0; k < kVec; ++k) {
+    xhat[k] = (xhat[k] - mu) * r;
+    g[k] = dy[k] * w[k];
+    sum_gx += g[k] * xhat[k];
+    sum_g += g[k];
+  }
+}
+
+template <typename scalar_t, int kVec>
+__device__ __forceinline__ void write_dx(const scalar_t* dhr, scalar_t* dxr, int64_t pack, const float (&xhat)[kVec],
+                                         const float (&g)[kVec], float c1, float c2, float r) {
+  float dh[kVec], out[kVec];
+#pragma unroll
+  for (int k = 0; k < kVec; ++k) dh[k] = 0.f;
+  if (dhr != nullptr) load_pack<scalar_t, kVec>(dhr, pack, dh);
+#pragma unroll
+  for (int k = 0; k < kVec; ++k) out[k] = (g[k] - xhat[k] * c1 - c2) * r + dh[k];
+  store_pack<scalar_t, kVec>(dxr, pack, out);
+}
+
+template <typename scalar_t, int kVec, int kPacks>
+__global__ void __launch_bounds__(kMaxThreads) layer_norm_backward_kernel(
+    const scalar_t* __restrict__ dy, const scalar_t* __restrict__ dh, const scalar_t* __restrict__ h,
+    const scalar_t* __restrict__ weight, const float* __restrict__ mean, const float* __restrict__ rstd,
+    scalar_t* __restrict__ dx, float* __restrict__ partial_dw, float* __restrict__ partial_db, int64_t m, int64_t n,
+    int64_t rows_per_block) {
+  __shared__ float shared[64];
+  const int64_t packs = n / kVec;
+  const int64_t first = blockIdx.x * rows_per_block;
+  const int64_t last = first + rows_per_block < m ? first + rows_per_block : m;
+  float* dw_row = partial_dw + blockIdx.x * n;  // this block's partial sums; each thread owns its packs' entries
+  float* db_row = partial_db + blockIdx.x * n;
+  if constexpr (kPacks > 0) {
+    float dw[kPacks][kVec], db[kPacks][kVec];
+#pragma unroll
+    for (int p = 0; p < kPacks; ++p) {
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) dw[p][k] = db[p][k] = 0.f;
+    }
+    for (int64_t row = first; row < last; ++row) {
+      const float mu = mean != nullptr ? mean[row] : 0.f, r = rstd[row];
+      float xhat[kPacks][kVec], g[kPacks][kVec], dyv[kPacks][kVec];
+      float sum_gx = 0.f, sum_g = 0.f;
+#pragma unroll
+      for (int p = 0; p < kPacks; ++p) {
+        const int64_t pack = threadIdx.x + static_cast<int64_t>(p) * blockDim.x;
+        if (pack < packs) {
+          gradient_terms<scalar_t, kVec>(h + row * n, dy + row * n, weight, pack, mu, r, xhat[p], dyv[p], g[p],
+                                         sum_gx, sum_g);
+        }
+      }
+      const float2 sums = block_sum2(sum_gx, sum_g, shared);
+      const float c1 = sums.x / n, c2 = mean != nullptr ? sums.y / n : 0.f;
+#pragma unroll
+      for (int p = 0; p < kPacks; ++p) {
+        const int64_t pack = threadIdx.x + static_cast<int64_t>(p) * blockDim.x;
+        if (pack < packs) {
+          write_dx<scalar_t, kVec>(dh != nullptr ? dh + row * n : nullptr, dx + row * n, pack, xhat[p], g[p], c1,
+                                   c2, r);
+#pragma unroll
+          for (int k = 0; k < kVec; ++k) {
+            dw[p][k] += dyv[p][k] * xhat[p][k];
+            db[p][k] += dyv[p][k];
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int p = 0; p < kPacks; ++p) {
+      const int64_t pack = threadIdx.x + static_cast<int64_t>(p) * blockDim.x;
+      if (pack < packs) {
+#pragma unroll
+        for (int k = 0; k < kVec; ++k) {
+          dw_row[pack * kVec + k] = dw[p][k];
+          db_row[pack * kVec + k] = db[p][k];
+        }
+      }
+    }
+  } else {
+    for (int64_t pack = threadIdx.x; pack < packs; pack += blockDim.x) {
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) dw_row[pack * kVec + k] = db_row[pack * kVec + k] = 0.f;
+    }
+    for (int64_t row = first; row < last; ++row) {
+      const float mu = mean != nullptr ? mean[row] : 0.f, r = rstd[row];
+      float xhat[kVec], g[kVec], dyv[kVec];
+      float sum_gx = 0.f, sum_g = 0.f;
+      for (int64_t pack = threadIdx.x; pack < packs; pack += blockDim.x) {
+        gradient_terms<scalar_t, kVec>(h + row * n, dy + row * n, weight, pack, mu, r, xhat, dyv, g, sum_gx, sum_g);
+      }
+      const float2 sums = block_sum2(sum_gx, sum_g, shared);
+      const float c1 = sums.x / n, c2 = mean != nullptr ? sums.y / n : 0.f;
+      for (int64_t pack = threadIdx.x; pack < packs; pack += blockDim.x) {
+        float unused_gx = 0.f, unused_g = 0.f;
+        gradient_terms<scalar_t, kVec>(h + row * n, dy + row * n, weight, pack, mu, r, xhat, dyv, g, unused_gx,
+                                       unused_g);
+        write_dx<scalar_t, kVec>(dh != nullptr ? dh + row * n : nullptr, dx + row * n, pack, xhat, g, c1, c2, r);
+#pragma unroll
+        for (int k = 0; k < kVec; ++k) {
+          dw_row[pack * kVec + k] += dyv[k] * xhat[k];
+          db_row[pack * kVec + k] += dyv[k];
+        }
+      }
+    }
+  }
+}
+
+// The second reduction: out[j] = sum over the G partial rows of partial[., j], in order.
+template <typename scalar_t>
+__global__ void sum_partials_kernel(const float* __restrict__ partial, scalar_t* __restrict__ out, int64_t groups,
+                                    int64_t n) {
+  const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (j >= n) return;
+  float total = 0.f;
+  for (int64_t g = 0; g < groups; ++g) total += partial[g * n + j];
+  out[j] = static_cast<scalar_t>(total);
+}
+
+// How a row is cut among threads: packs of kVec elements (16 bytes, or 1 element when the row or a pointer does not
+// allow 16-byte packs), `packs` packs per thread held in registers (0: looped), `threads` per block.
+struct RowPlan {
+  bool vectorised;
+  int packs;
+  int threads;
+};
+
+RowPlan plan_row(int64_t n, int vec, bool aligned, int max_packs) {
+  const bool vectorised = aligned && n % vec == 0;
+  const int64_t row_packs = vectorised ? n / vec : n;
+  if (vectorised) {
+    for (int packs = 1; packs <= max_packs; packs *= 2) {
+      const int64_t threads = (row_packs + packs - 1) / packs;
+      if (threads <= kMaxThreads) {
+        return {true, packs, static_cast<int>(std::max<int64_t>(32, (threads + 31) / 32 * 32))};
+      }
+    }
+  }
+  const int64_t threads = std::min<int64_t>(kMaxThreads, std::max<int64_t>(32, (row_packs + 31) / 32 * 32));
+  return {vectorised, 0, static_cast<int>(threads)};
+}
+
+bool aligned16(const at::Tensor& t) {
+  return !t.defined() || t.numel() == 0 || reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0;
+}
+
+// Calls launcher.template run<kVec, kPacks>() for the plan's compile-time configuration (kPacks = 0: looped).
+template <int kVec, typename Launcher>
+void with_plan(const RowPlan& plan, const Launcher& launcher) {
+  if (!plan.vectorised) {
+    launcher.template run<1, 0>();
+    return;
+  }
+  switch (plan.packs) {
+    case 1: launcher.template run<kVec, 1>(); break;
+    case 2: launcher.template run<kVec, 2>(); break;
+    case 4: launcher.template run<kVec, 4>(); break;
+    case 8: launcher.template run<kVec, 8>(); break;
+    default: launcher.template run<kVec, 0>(); break;
+  }
+}
+
+template <typename scalar_t>
+struct ForwardLauncher {
+  const scalar_t *x, *residual, *weight, *bias;
+  scalar_t *y, *h;
+  float *mean, *rstd;
+  int64_t m, n;
+  float eps;
+  int threads;
+  cudaStream_t stream;
+
+  template <int kVec, int kPacks>
+  void run() const {
+    if constexpr (kPacks <= kMaxForwardPacks) {
+      layer_norm_forward_kernel<scalar_t, kVec, kPacks><<<m, threads, 0, stream>>>(x, residual, weight, bias, y, h,
+                                                                                    mean, rstd, n, eps);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  }
+};
+
+template <typename scalar_t>
+struct BackwardLauncher {
+  const scalar_t *dy, *dh, *h, *weight;
+  const float *mean, *rstd;
+  scalar_t* dx;
+  float *partial_dw, *partial_db;
+  int64_t m, n, groups, rows_per_block;
+  int threads;
+  cudaStream_t stream;
+
+  template <int kVec, int kPacks>
+  void run() const {
+    if constexpr (kPacks <= kMaxBackwardPacks) {  // larger ones are never planned for the backward
+      layer_norm_backward_kernel<scalar_t, kVec, kPacks><<<groups, threads, 0, stream>>>(
+          dy, dh, h, weight, mean, rstd, dx, partial_dw, partial_db, m, n, rows_per_block);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  }
+};
+
+void check_rows(const at::Tensor& x, const char* name) {
+  check_dim(x, name, 2);
+  check_dtype(x, name, {at::kFloat, at::kHalf, at::kBFloat16});
+}
+
+void check_row_like(const c10::optional<at::Tensor>& t, const char* name, const at::Tensor& x, const char* x_name) {
+  if (!t.has_value()) return;
+  check_same_dtype(*t, name, x, x_name);
+  check_same_device(*t, name, x, x_name);
+  check_same_shape(*t, name, x, x_name);
+}
+
+void check_parameter(const c10::optional<at::Tensor>& t, const char* name, const at::Tensor& x) {
+  if (!t.has_value()) return;
+  check_same_dtype(*t, name, x, "x");
+  check_same_device(*t, name, x, "x");
+  TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == x.size(1), "argument `", name, "` has shape ", t->sizes(),
+                    "; expected (", x.size(1), ",) (the normalised size of `x`)");
+}
+
+at::Tensor contiguous_or_undefined(const c10::optional<at::Tensor>& t) {
+  return t.has_value() ? t->contiguous() : at::Tensor();
+}
+
+template <typename scalar_t>
+const scalar_t* pointer_or_null(const at::Tensor& t) {
+  return t.defined() ? t.const_data_ptr<scalar_t>() : nullptr;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_forward_cuda(
+    const at::Tensor& x, const c10::optional<at::Tensor>& residual, const c10::optional<at::Tensor>& weight,
+    const c10::optional<at::Tensor>& bias, double eps, bool rms) {
+  check_rows(x, "x");
+  check_row_like(residual, "residual", x, "x");
+  check_parameter(weight, "weight", x);
+  check_parameter(bias, "bias", x);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t m = x.size(0), n = x.size(1);
+  const at::Tensor xc = x.contiguous(), rc = contiguous_or_undefined(residual);
+  const at::Tensor wc = contiguous_or_undefined(weight), bc = contiguous_or_undefined(bias);
+  at::Tensor y = empty_output_like(xc);
+  at::Tensor h = residual.has_value() ? empty_output_like(xc) : at::empty({0}, x.options());
+  at::Tensor mean = empty_output({rms ? 0 : m}, x.options().dtype(at::kFloat));
+  at::Tensor rstd = empty_output({m}, x.options().dtype(at::kFloat));
+  if (x.numel() == 0) return {y, h, mean, rstd};
+  const bool aligned = aligned16(xc) && aligned16(rc) && aligned16(wc) && aligned16(bc) && aligned16(y) &&
+                       aligned16(h);
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  KERNELS_DISPATCH_CUDA_FLOATING_TYPES(x.scalar_type(), "layer_norm_forward_cuda", [&] {
+    constexpr int kVec = 16 / sizeof(scalar_t);
+    const RowPlan plan = plan_row(n, kVec, aligned, kMaxForwardPacks);
+    const ForwardLauncher<scalar_t> launcher{
+        xc.const_data_ptr<scalar_t>(), pointer_or_null<scalar_t>(rc), pointer_or_null<scalar_t>(wc),
+        pointer_or_null<scalar_t>(bc), y.mutable_data_ptr<scalar_t>(),
+        residual.has_value() ? h.mutable_data_ptr<scalar_t>() : nullptr,
+        rms ? nullptr : mean.mutable_data_ptr<float>(), rstd.mutable_data_ptr<float>(), m, n,
+        static_cast<float>(eps), plan.threads, stream};
+    with_plan<kVec>(plan, launcher);
+  });
+  return {y, h, mean, rstd};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_backward_cuda(
+    const at::Tensor& dy, const c10::optional<at::Tensor>& dh, const at::Tensor& h, const at::Tensor& mean,
+    const at::Tensor& rstd, const c10::optional<at::Tensor>& weight, bool has_bias, bool rms) {
+  check_rows(h, "h");
+  check_row_like(dy, "dy", h, "h");
+  check_row_like(dh, "dh", h, "h");
+  check_parameter(weight, "weight", h);
+  const int64_t m = h.size(0), n = h.size(1);
+  TORCH_CHECK_VALUE(rstd.scalar_type() == at::kFloat && rstd.numel() == m, "argument `rstd` must be (", m,
+                    ",) float32");
+  TORCH_CHECK_VALUE(rms || (mean.scalar_type() == at::kFloat && mean.numel() == m), "argument `mean` must be (", m,
+                    ",) float32");
+  const c10::cuda::CUDAGuard guard(h.device());
+  const at::Tensor dyc = dy.contiguous(), hc = h.contiguous(), dhc = contiguous_or_undefined(dh);
+  const at::Tensor wc = contiguous_or_undefined(weight), meanc = mean.contiguous(), rstdc = rstd.contiguous();
+  at::Tensor dx = empty_output_like(hc);
+  const at::ScalarType param_dtype = weight.has_value() ? weight->scalar_type() : h.scalar_type();
+  at::Tensor dweight = at::empty({weight.has_value() ? n : 0}, h.options().dtype(param_dtype));
+  at::Tensor dbias = at::empty({has_bias ? n : 0}, h.options().dtype(param_dtype));
+  if (m == 0 || n == 0) {
+    dweight.zero_();
+    dbias.zero_();
+    return {dx, dweight, dbias};
+  }
+  int sms = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, h.get_device()));
+  const bool aligned = aligned16(dyc) && aligned16(hc) && aligned16(dhc) && aligned16(wc) && aligned16(dx);
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  KERNELS_DISPATCH_CUDA_FLOATING_TYPES(h.scalar_type(), "layer_norm_backward_cuda", [&] {
+    constexpr int kVec = 16 / sizeof(scalar_t);
+    const RowPlan plan = plan_row(n, kVec, aligned, kMaxBackwardPacks);
+    // Enough row groups to fill every SM with about 2048 threads; each writes one row of partial sums.
+    const int64_t wanted = std::min<int64_t>(m, static_cast<int64_t>(sms) * std::max(1, 2048 / plan.threads));
+    const int64_t rows_per_block = (m + wanted - 1) / wanted;
+    const int64_t groups = (m + rows_per_block - 1) / rows_per_block;
+    at::Tensor partial_dw = empty_output({groups, n}, h.options().dtype(at::kFloat));
+    at::Tensor partial_db = empty_output({groups, n}, h.options().dtype(at::kFloat));
+    const BackwardLauncher<scalar_t> launcher{
+        dyc.const_data_ptr<scalar_t>(), pointer_or_null<scalar_t>(dhc), hc.const_data_ptr<scalar_t>(),
+        pointer_or_null<scalar_t>(wc), rms ? nullptr : meanc.const_data_ptr<float>(), rstdc.const_data_ptr<float>(),
+        dx.mutable_data_ptr<scalar_t>(), partial_dw.mutable_data_ptr<float>(), partial_db.mutable_data_ptr<float>(),
+        m, n, groups, rows_per_block, plan.threads, stream};
+    with_plan<kVec>(plan, launcher);
+    const int blocks = static_cast<int>((n + 255) / 256);
+    if (weight.has_value()) {
+      sum_partials_kernel<scalar_t><<<blocks, 256, 0, stream>>>(partial_dw.const_data_ptr<float>(),
+                                                                  dweight.mutable_data_ptr<scalar_t>(), groups, n);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    if (has_bias) {
+      sum_partials_kernel<scalar_t><<<blocks, 256, 0, stream>>>(partial_db.const_data_ptr<float>(),
+                                                                  dbias.mutable_data_ptr<scalar_t>(), groups, n);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
+  return {dx, dweight, dbias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(kernels, CUDA, m) {
+  m.impl("layer_norm_forward", &layer_norm_forward_cuda);
+  m.impl("layer_norm_backward", &layer_norm_backward_cuda);
+}
+
+}  // namespace kernels

@@ -1,0 +1,105 @@
+"""The composite ops ``kernels::<backend>_linear`` and ``kernels::<backend>_feed_forward`` with their fake
+implementations and autograd, built once per backend from that backend's three primitives (registered ops):
+
+* ``forward(x, weight, bias, activation, dropout_p, seed, residual, save_pre) -> (out, pre)``: the GEMM with its
+  epilogues (kernels/triton/linear.py documents the semantics);
+* ``act_backward(grad, weight, pre, activation, dropout_p, seed) -> (grad_pre, grad_bias fp32)``: the activation and
+  dropout derivative in the epilogue of ``grad @ weight`` (or of ``grad`` itself when ``weight`` is None), with the
+  bias gradient;
+* ``matmul(a, b) -> a @ b`` for the weight and input gradients.
+
+All tensors here are 2-D: the public functions flatten the leading dimensions. The backward only calls registered ops,
+so AOTAutograd traces it under ``torch.compile``.
+"""
+
+from typing import Callable, Optional
+
+import torch
+
+from ..reference import GATED_ACTIVATIONS
+
+
+def _width_out(weight: torch.Tensor, activation: Optional[str]) -> int:
+    return weight.shape[0] // 2 if activation in GATED_ACTIVATIONS else weight.shape[0]
+
+
+def _column_sums(grad: torch.Tensor) -> torch.Tensor:
+    """The bias gradient of a Linear without activation, accumulated in fp32 (fp64 for fp64)."""
+    return grad.sum(0, dtype=torch.promote_types(grad.dtype, torch.float32))
+
+
+def define(backend: str, forward: Callable, act_backward: Callable, matmul: Callable):
+    """Registers ``kernels::{backend}_linear`` and ``kernels::{backend}_feed_forward``; returns both ops."""
+
+    @torch.library.custom_op(f"kernels::{backend}_linear", mutates_args=())
+    def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], activation: Optional[str],
+               save_pre: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        seed = torch.zeros(1, dtype=torch.int64, device=x.device)
+        return forward(x, weight, bias, activation, 0.0, seed, None, save_pre and activation is not None)
+
+    @linear.register_fake
+    def _(x, weight, bias, activation, save_pre):
+        pre_rows = x.shape[0] if save_pre and activation is not None else 0
+        return (x.new_empty((x.shape[0], _width_out(weight, activation))),
+                x.new_empty((pre_rows, weight.shape[0])))
+
+    def linear_setup(ctx, inputs, output):
+        x, weight, bias, activation, _save_pre = inputs
+        ctx.activation = activation
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        ctx.save_for_backward(x, weight, output[1])
+
+    def linear_backward(ctx, grad_out, _grad_pre):
+        x, weight, pre = ctx.saved_tensors
+        if ctx.activation is None:
+            grad_pre, grad_bias = grad_out, _column_sums(grad_out)
+        else:
+            seed = torch.zeros(1, dtype=torch.int64, device=x.device)
+            grad_pre, grad_bias = act_backward(grad_out, None, pre, ctx.activation, 0.0, seed)
+        grad_x = matmul(grad_pre, weight)  # (M, K)
+        grad_w = matmul(grad_pre.t(), x)  # (N, K)
+        grad_b = None if ctx.bias_dtype is None else grad_bias.to(ctx.bias_dtype)
+        return grad_x, grad_w, grad_b, None, None
+
+    linear.register_autograd(linear_backward, setup_context=linear_setup)
+
+    @torch.library.custom_op(f"kernels::{backend}_feed_forward", mutates_args=())
+    def feed_forward(x: torch.Tensor, w1: torch.Tensor, b1: Optional[torch.Tensor], w2: torch.Tensor,
+                     b2: Optional[torch.Tensor], activation: Optional[str], dropout_p: float, seed: torch.Tensor,
+                     residual: Optional[torch.Tensor], save_pre: bool
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # h = dropout(act(x @ w1.T + b1)): (M, ffn); pre = x @ w1.T + b1: (M, ffn or 2 ffn), kept for the backward.
+        h, pre = forward(x, w1, b1, activation, dropout_p, seed, None, save_pre)
+        out, _ = forward(h, w2, b2, None, 0.0, seed, residual, False)  # (M, d_out)
+        return out, h, pre
+
+    @feed_forward.register_fake
+    def _(x, w1, b1, w2, b2, activation, dropout_p, seed, residual, save_pre):
+        rows = x.shape[0]
+        return (x.new_empty((rows, w2.shape[0])), x.new_empty((rows, _width_out(w1, activation))),
+                x.new_empty((rows if save_pre else 0, w1.shape[0])))
+
+    def feed_forward_setup(ctx, inputs, output):
+        x, w1, b1, w2, b2, activation, dropout_p, seed, residual, _save_pre = inputs
+        ctx.activation, ctx.dropout_p = activation, dropout_p
+        ctx.dtypes = (None if b1 is None else b1.dtype, None if b2 is None else b2.dtype)
+        ctx.has_residual = residual is not None
+        _out, h, pre = output
+        ctx.save_for_backward(x, w1, w2, seed, h, pre)
+
+    def feed_forward_backward(ctx, grad_out, _grad_h, _grad_pre):
+        x, w1, w2, seed, h, pre = ctx.saved_tensors
+        b1_dtype, b2_dtype = ctx.dtypes
+        # Second Linear: grad_w2 = grad_out.T @ h (d_out, ffn), grad_b2 = column sums of grad_out.
+        grad_w2 = matmul(grad_out.t(), h)
+        grad_b2 = None if b2_dtype is None else _column_sums(grad_out).to(b2_dtype)
+        # The activation and dropout derivatives in the epilogue of grad_out @ w2, with the bias gradient of b1.
+        grad_pre, grad_bias1 = act_backward(grad_out, w2, pre, ctx.activation, ctx.dropout_p, seed)
+        grad_x = matmul(grad_pre, w1)  # (M, d)
+        grad_w1 = matmul(grad_pre.t(), x)  # (ffn or 2 ffn, d)
+        grad_b1 = None if b1_dtype is None else grad_bias1.to(b1_dtype)
+        grad_residual = grad_out if ctx.has_residual else None
+        return grad_x, grad_w1, grad_b1, grad_w2, grad_b2, None, None, None, grad_residual, None
+
+    feed_forward.register_autograd(feed_forward_backward, setup_context=feed_forward_setup)
+    return linear, feed_forward

@@ -1,0 +1,572 @@
+"""kernels.scaled_dot_product_attention on every backend usable here, against the fp64 reference (testing.md's
+tolerance rule) and against F.scaled_dot_product_attention. CPU shapes are small (Triton runs under the interpreter);
+the gpu-marked tests repeat the cases at realistic sizes, in bf16, and check determinism, compile and CUDA graphs."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import kernels
+from kernels import BackendError, _backend, reference
+from kernels.testing import assert_close, available_devices, backends_for, check_against_reference
+
+CASES = [(device, backend) for device in available_devices()
+         for backend in backends_for("attention", device) + ["torch"]]
+FAST = [case for case in CASES if case[1] != "torch"]
+CPU_DTYPES = (torch.float32, torch.float16)
+
+
+def ids(case):
+    return f"{case[0]}-{case[1]}"
+
+
+def attention(backend, *args, dropout_mask=None, **kwargs):
+    """The public function on one backend; ``dropout_mask`` is the reference's, ignored here."""
+    return kernels.scaled_dot_product_attention(*args, backend=backend, **kwargs)
+
+
+def qkv(batch, heads, sq, sk, d, *, device, dtype=torch.float32, kv_heads=None, grad=True, scale=1.0):
+    kv_heads = heads if kv_heads is None else kv_heads
+    q = torch.randn(batch, heads, sq, d, device=device, dtype=dtype) * scale
+    k = torch.randn(batch, kv_heads, sk, d, device=device, dtype=dtype) * scale
+    v = torch.randn(batch, kv_heads, sk, d, device=device, dtype=dtype)
+    return [t.requires_grad_(grad) for t in (q, k, v)]
+
+
+def check(backend, *args, **kwargs):
+    return check_against_reference(functools.partial(attention, backend), reference.scaled_dot_product_attention,
+                                   *args, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Shapes, causal, cross-attention, dtypes
+# ----------------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("case", CASES, ids=ids)
+@pytest.mark.parametrize("sq,sk,is_causal", [(1, 1, True), (17, 17, True), (17, 45, False), (17, 45, True),
+                                             (45, 17, False), (45, 17, True)])
+def test_lengths_cross_and_causal(case, sq, sk, is_causal):
+    device, backend = case
+    check(backend, *qkv(2, 2, sq, sk, 32, device=device), is_causal=is_causal)
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("case", FAST, ids=ids)
+@pytest.mark.parametrize("head_dim", [40, 64, 80, 96, 128, 256])  # 16 and 32: in the other tests
+def test_head_dims(case, head_dim):
+    device, backend = case
+    check(backend, *qkv(1, 1, 33, 40, head_dim, device=device), is_causal=head_dim % 32 == 0)
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("case", FAST, ids=ids)
+@pytest.mark.parametrize("seqlen", [113, 203])
+def test_odd_lengths(case, seqlen):
+    device, backend = case
+    check(backend, *qkv(1, 1, seqlen, seqlen, 16, device=device), is_causal=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", FAST, ids=ids)
+@pytest.mark.parametrize("sq,sk", [(1023, 17), (17, 1023)])
+def test_length_1023(case, sq, sk):
+    """1023 along each axis on the CPU (1023 x 1023 is in the GPU tier)."""
+    device, backend = case
+    check(backend, *qkv(1, 1, sq, sk, 16, device=device))
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("case", CASES, ids=ids)
+def test_fp16(case):
+    device, backend = case
+    check(backend, *qkv(2, 2, 33, 47, 32, device=device, dtype=torch.float16), is_causal=True)
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("case", FAST, ids=ids)
+def test_fp16_large_magnitudes(case):
+    """Scores of a few thousand (x20 inputs) overflow fp16 if formed in fp16; the kernels form them in fp32."""
+    device, backend = case
+    q, k, v = qkv(1, 2, 33, 33, 64, device=device, dtype=torch.float16, scale=20.0)
+    out = check(backend, q, k, v)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("case", CASES, ids=ids)
+@pytest.mark.parametrize("kv_heads", [1, 2])
+def test_gqa_and_mqa(case, kv_heads):
+    device, backend = case
+    check(backend, *qkv(2, 4, 17, 37, 32, device=device, kv_heads=kv_heads), is_causal=kv_heads == 2,
+          enable_gqa=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Masks
+# ----------------------------------------------------------------------------------------------------------------------
+
+MASK_SHAPES = {"full": (2, 2, 20, 70), "per-batch": (2, 1, 20, 70), "keys": (1, 2, 1, 70), "2d": (20, 70)}
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("case", CASES, ids=ids)
+@pytest.mark.parametrize("shape,kind", [("full", "bool"), ("per-batch", "bool"), ("keys", "bool"), ("2d", "bool"),
+                                        ("full", "additive"), ("keys", "additive")])
+def test_attn_mask_broadcast(case, shape, kind):
+    device, backend = case
+    if kind == "bool":
+        mask = torch.rand(MASK_SHAPES[shape], device=device) > 0.4
+        mask[..., 32:64] = False  # a whole key block masked (skipped by the kernels)
+        mask[..., :32] = True  # and one with nothing masked
+    else:
+        mask = torch.randn(MASK_SHAPES[shape], device=device)
+        mask[..., 32:64] = float("-inf")
+    check(backend, *qkv(2, 2, 20, 70, 32, device=device), attn_mask=mask)
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("case", CASES, ids=ids)
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_key_padding_mask_and_combinations(case, is_causal):
+    device, backend = case
+    padding = torch.rand(2, 70, device=device) > 0.7
+    padding[1, 40:] = True
+    mask = torch.rand(20, 70, device=device) > 0.3
+    check(backend, *qkv(2, 2, 20, 70, 32, device=device), attn_mask=mask, is_causal=is_causal,
+          key_padding_mask=padding)
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("case", CASES, ids=ids)
+@pytest.mark.parametrize("kind", ["bool", "additive", "padding"])
+def test_fully_masked_rows_give_zeros_and_zero_gradients(case, kind):
+    device, backend = case
+    q, k, v = qkv(2, 2, 33, 40, 32, device=device)
+    kwargs = {}
+    if kind == "padding":
+        padding = torch.rand(2, 40, device=device) > 0.5
+        padding[1] = True  # batch 1: every key is padding
+        kwargs["key_padding_mask"] = padding
+        dead = (slice(1, 2), slice(None), slice(None))
+    else:
+        keep = torch.rand(2, 2, 33, 40, device=device) > 0.3
+        keep[:, :, 5] = False
+        keep[:, :, 20:] = False  # rows 20.. of the second query block: all masked
+        dead = (slice(None), slice(None), [5, *range(20, 33)])
+        kwargs["attn_mask"] = keep if kind == "bool" else torch.zeros(keep.shape, device=device).masked_fill(
+            ~keep, float("-inf"))
+    out = check(backend, q, k, v, **kwargs)
+    assert torch.equal(out[dead], torch.zeros_like(out[dead]))
+    grad, = torch.autograd.grad(attention(backend, q, k, v, **kwargs).sum(), q)
+    assert torch.equal(grad[dead], torch.zeros_like(grad[dead]))
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("case", CASES, ids=ids)
+def test_no_keys(case):
+    """Sk = 0: every row is fully masked, so zeros (SDPA gives NaN there)."""
+    device, backend = case
+    q, k, v = qkv(1, 2, 5, 0, 16, device=device)
+    out = attention(backend, q, k, v)
+    assert torch.equal(out, torch.zeros_like(out))
+    grads = torch.autograd.grad(out.sum(), (q, k, v))
+    assert torch.equal(grads[0], torch.zeros_like(q)) and grads[1].shape == k.shape
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("case", CASES, ids=ids)
+@pytest.mark.parametrize("shape", [(0, 2, 5, 5), (1, 2, 0, 5)])
+def test_empty(case, shape):
+    device, backend = case
+    batch, heads, sq, sk = shape
+    q, k, v = qkv(batch, heads, sq, sk, 16, device=device)
+    out = attention(backend, q, k, v)
+    assert out.shape == q.shape
+    grads = torch.autograd.grad(out.sum(), (q, k, v), allow_unused=True)
+    assert all(g is None or g.shape == t.shape for g, t in zip(grads, (q, k, v)))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Layouts
+# ----------------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("case", CASES, ids=ids)
+def test_packed_qkv_projection(case):
+    """q, k, v as strided views of one (B, S, 3, H, D) projection, the common layout of a fused qkv linear."""
+    device, backend = case
+    packed = torch.randn(2, 37, 3, 2, 32, device=device)
+    q, k, v = (packed[:, :, i].transpose(1, 2).requires_grad_(False) for i in range(3))
+    q, k, v = (t.detach().requires_grad_(True) for t in (q, k, v))
+    assert not q.is_contiguous()
+    check(backend, q, k, v, is_causal=True)
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("case", FAST, ids=ids)
+def test_transposed_and_sliced_inputs(case):
+    device, backend = case
+    q = torch.randn(1, 2, 32, 40, device=device).transpose(-1, -2).detach().requires_grad_(True)  # head dim stride
+    k = torch.randn(1, 2, 90, 32, device=device)[:, :, ::2].detach().requires_grad_(True)  # every other key
+    v = torch.randn(1, 4, 45, 32, device=device)[:, ::2].detach().requires_grad_(True)  # every other head
+    check(backend, q, k, v)
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("case", CASES, ids=ids)
+def test_three_dimensional_inputs(case):
+    """(H, S, D) inputs like SDPA's unbatched form."""
+    device, backend = case
+    q, k, v = (t[0].detach().requires_grad_(True) for t in qkv(1, 2, 17, 19, 16, device=device))
+    check(backend, q, k, v, is_causal=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Against F.scaled_dot_product_attention, on inputs SDPA accepts
+# ----------------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("case", CASES, ids=ids)
+@pytest.mark.parametrize("variant", ["plain", "causal", "bool mask", "additive mask", "gqa", "scale"])
+def test_matches_torch_sdpa(case, variant):
+    device, backend = case
+    q, k, v = qkv(2, 4, 21, 21 if variant == "causal" else 35, 32, device=device,
+                  kv_heads=2 if variant == "gqa" else None, grad=False)
+    kwargs = {"plain": {}, "causal": {"is_causal": True}, "gqa": {"enable_gqa": True}, "scale": {"scale": 0.3},
+              "bool mask": {"attn_mask": torch.rand(21, 35, device=device) > 0.5},
+              "additive mask": {"attn_mask": torch.randn(2, 1, 21, 35, device=device)}}[variant]
+    out = attention(backend, q, k, v, **kwargs)
+    expected = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), **{
+        key: (value.double() if isinstance(value, torch.Tensor) and value.is_floating_point() else value)
+        for key, value in kwargs.items()})
+    expected = torch.nan_to_num(expected)  # rows SDPA leaves NaN when a bool mask drops every key are zeros here
+    assert_close(out, expected)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Dropout
+# ----------------------------------------------------------------------------------------------------------------------
+
+def keep_mask_for_next_call(seed, shape, dropout_p, device):
+    """The keep-mask the next forward will use after ``torch.manual_seed(seed)`` (it draws its Philox seed first)."""
+    from kernels.triton.attention import dropout_keep_mask
+
+    torch.manual_seed(seed)
+    philox_seed = int(torch.randint(2**31, (1,), dtype=torch.int64))
+    keep = dropout_keep_mask(philox_seed, shape, dropout_p, device=device)
+    torch.manual_seed(seed)
+    return keep
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("case", FAST, ids=ids)
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_dropout_matches_reference_with_the_same_keep_mask(case, is_causal):
+    device, backend = case
+    q, k, v = qkv(1, 2, 33, 40, 32, device=device, kv_heads=1)
+    keep = keep_mask_for_next_call(7, (1, 2, 33, 40), 0.25, device)
+    check(backend, q, k, v, dropout_p=0.25, is_causal=is_causal, enable_gqa=True, dropout_mask=keep)
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("case", FAST, ids=ids)
+def test_dropout_reproducible_from_torch_seed(case):
+    device, backend = case
+    q, k, v = qkv(1, 2, 17, 33, 16, device=device, grad=False)
+    runs = []
+    for seed in (3, 3, 4):
+        torch.manual_seed(seed)
+        runs.append(attention(backend, q, k, v, dropout_p=0.5))
+    assert torch.equal(runs[0], runs[1])
+    assert not torch.equal(runs[0], runs[2])
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("dropout_p", [0.1, 0.5])
+def test_dropout_keep_probability(dropout_p):
+    """131072 Philox draws: the kept fraction is within 5 standard deviations of 1 - p, and no row or column
+    pattern (the first and second halves of the key range keep alike)."""
+    from kernels.triton.attention import dropout_keep_mask
+
+    device = available_devices()[-1]
+    keep = dropout_keep_mask(1234, (2, 2, 64, 512), dropout_p, device=device).double()
+    sigma = (dropout_p * (1 - dropout_p) / keep.numel()) ** 0.5
+    assert abs(keep.mean().item() - (1 - dropout_p)) < 5 * sigma
+    halves = keep[..., :256].mean() - keep[..., 256:].mean()
+    assert abs(halves.item()) < 10 * sigma
+    assert not torch.equal(keep[0, 0], keep[0, 1])  # heads draw different masks
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Backward: determinism
+# ----------------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("case", FAST, ids=ids)
+def test_backward_is_deterministic(case):
+    device, backend = case
+    q, k, v = qkv(1, 4, 40, 40, 16, device=device, kv_heads=1)
+    grad = torch.randn(1, 4, 40, 16, device=device)
+    first = torch.autograd.grad(attention(backend, q, k, v, is_causal=True, enable_gqa=True), (q, k, v), grad)
+    second = torch.autograd.grad(attention(backend, q, k, v, is_causal=True, enable_gqa=True), (q, k, v), grad)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Negative control: the checker must catch a kernel that ignores a mask
+# ----------------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("case", FAST, ids=ids)
+def test_negative_control_mask_ignored(case):
+    device, backend = case
+    padding = torch.rand(2, 40, device=device) > 0.5
+
+    def mask_ignored(q, k, v, key_padding_mask=None):
+        return attention(backend, q, k, v)
+
+    with pytest.raises(AssertionError, match="output"):
+        check_against_reference(mask_ignored, reference.scaled_dot_product_attention,
+                                *qkv(2, 2, 17, 40, 16, device=device), key_padding_mask=padding)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Bad inputs name the argument; backend selection
+# ----------------------------------------------------------------------------------------------------------------------
+
+def _bad_inputs():
+    q = torch.randn(2, 4, 8, 16)
+    k = torch.randn(2, 4, 10, 16)
+    v = torch.randn(2, 4, 10, 16)
+    return [
+        ("q not a tensor", dict(q=q.tolist()), TypeError, "`q`"),
+        ("q 2-D", dict(q=q[0, 0]), ValueError, "`q`"),
+        ("k head dim", dict(k=k[..., :8]), ValueError, "`k`"),
+        ("k dtype", dict(k=k.double()), ValueError, "`k`"),
+        ("v length", dict(v=v[:, :, :9]), ValueError, "`v`"),
+        ("gqa without enable_gqa", dict(k=k[:, :2], v=v[:, :2]), ValueError, "`k`.*enable_gqa"),
+        ("gqa heads not dividing", dict(k=k[:, :3], v=v[:, :3], enable_gqa=True), ValueError, "`k`"),
+        ("mask shape", dict(attn_mask=torch.ones(8, 11, dtype=torch.bool)), ValueError, "`attn_mask`"),
+        ("mask dtype", dict(attn_mask=torch.ones(8, 10, dtype=torch.int32)), ValueError, "`attn_mask`"),
+        ("padding shape", dict(key_padding_mask=torch.zeros(2, 9, dtype=torch.bool)), ValueError,
+         "`key_padding_mask`"),
+        ("padding dtype", dict(key_padding_mask=torch.zeros(2, 10)), ValueError, "`key_padding_mask`"),
+        ("dropout", dict(dropout_p=1.0), ValueError, "`dropout_p`"),
+        ("scale", dict(scale="big"), ValueError, "`scale`"),
+        ("backend", dict(backend="cuda"), ValueError, "`backend`"),
+    ], dict(q=q, k=k, v=v)
+
+
+@pytest.mark.parametrize("bad", _bad_inputs()[0], ids=[b[0] for b in _bad_inputs()[0]])
+def test_bad_inputs_name_the_argument(bad):
+    _, change, error, match = bad
+    arguments = {**_bad_inputs()[1], **change}
+    with pytest.raises(error, match=match):
+        kernels.scaled_dot_product_attention(**arguments)
+
+
+@pytest.mark.interpret
+@pytest.mark.skipif(not FAST, reason="no fast attention backend here")
+def test_unsupported_calls_fall_back_or_raise():
+    device, backend = FAST[0]
+    q, k, v = qkv(1, 1, 3, 3, 264, device=device, grad=False)
+    with pytest.raises(BackendError, match="`q`"):
+        attention(backend, q, k, v)
+    saved = _backend._REGISTRY["attention"].auto_order[device]
+    _backend.set_auto_order("attention", device, (backend,))
+    try:
+        with pytest.warns(RuntimeWarning, match="`q`"):
+            out = kernels.scaled_dot_product_attention(q, k, v)  # "auto": falls back to torch, saying why
+    finally:
+        _backend.set_auto_order("attention", device, saved)
+    assert_close(out, reference.scaled_dot_product_attention(q.double(), k.double(), v.double()))
+    mask = torch.zeros(3, 3, device=device, requires_grad=True)
+    with pytest.raises(BackendError, match="`attn_mask`"):
+        attention(backend, *qkv(1, 1, 3, 3, 16, device=device), attn_mask=mask)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# torch.library: opcheck and torch.compile
+# ----------------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.interpret
+@pytest.mark.skipif(not any(b == "triton" for _, b in FAST), reason="triton backend not usable here")
+def test_opcheck_triton():
+    """Every optional input present (broadcast mask view, padding, dropout seed), causal, GQA."""
+    from kernels._ops import attention_triton  # noqa: F401  (registers the ops)
+
+    device = [d for d, b in FAST if b == "triton"][0]
+    q, k, v = qkv(1, 2, 5, 7, 16, device=device, kv_heads=1)
+    mask = (torch.rand(5, 7, device=device) > 0.3).expand(1, 2, 5, 7)
+    padding = torch.zeros(1, 7, dtype=torch.bool, device=device)
+    torch.library.opcheck(torch.ops.kernels.triton_attention.default,
+                          (q, k, v, mask, padding, 0.2, True, 0.25, torch.tensor([11])))
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("case", FAST, ids=ids)
+def test_compile_fullgraph_traces_through(case):
+    device, backend = case
+    q, k, v = qkv(1, 2, 9, 9, 16, device=device)
+    padding = torch.zeros(1, 9, dtype=torch.bool, device=device)
+
+    def step(q, k, v):
+        return kernels.scaled_dot_product_attention(q, k, v, is_causal=True, key_padding_mask=padding,
+                                                    backend=backend)
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    assert_close(compiled(q, k, v), reference.scaled_dot_product_attention(
+        q.double(), k.double(), v.double(), is_causal=True))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# GPU tier
+# ----------------------------------------------------------------------------------------------------------------------
+
+GPU_FAST = [case for case in FAST if case[0] == "cuda"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", GPU_FAST, ids=ids)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("mask", ["none", "causal", "padding", "bool", "additive"])
+def test_gpu_realistic(case, dtype, head_dim, mask):
+    device, backend = case
+    q, k, v = qkv(2, 8, 1023, 1023, head_dim, device=device, dtype=dtype, kv_heads=2)
+    kwargs = {"enable_gqa": True}
+    if mask == "causal":
+        kwargs["is_causal"] = True
+    elif mask == "padding":
+        padding = torch.zeros(2, 1023, dtype=torch.bool, device=device)
+        padding[1, 700:] = True
+        kwargs["key_padding_mask"] = padding
+    elif mask == "bool":
+        kwargs["attn_mask"] = torch.rand(1023, 1023, device=device) > 0.2
+    elif mask == "additive":
+        kwargs["attn_mask"] = torch.randn(2, 1, 1023, 1023, device=device, dtype=dtype)
+    check(backend, q, k, v, **kwargs)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", GPU_FAST, ids=ids)
+def test_gpu_fp32_tf32_tolerance(case):
+    """fp32 inputs use TF32 dots on GPUs: documented tolerance 2e-3 absolute + 2e-3 relative at O(1) values."""
+    device, backend = case
+    check(backend, *qkv(2, 4, 203, 203, 64, device=device), is_causal=True, atol=2e-3, rtol=2e-3,
+          grad_atol=1e-2, grad_rtol=1e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", GPU_FAST, ids=ids)
+def test_gpu_deterministic_50x(case):
+    device, backend = case
+    q, k, v = qkv(4, 16, 1024, 1024, 128, device=device, dtype=torch.bfloat16, kv_heads=4)
+    grad = torch.randn(4, 16, 1024, 128, device=device, dtype=torch.bfloat16)
+    first = torch.autograd.grad(attention(backend, q, k, v, is_causal=True, enable_gqa=True), (q, k, v), grad)
+    for _ in range(50):
+        again = torch.autograd.grad(attention(backend, q, k, v, is_causal=True, enable_gqa=True), (q, k, v), grad)
+        assert all(torch.equal(a, b) for a, b in zip(first, again))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", GPU_FAST, ids=ids)
+def test_gpu_dropout_statistics_and_reference(case):
+    device, backend = case
+    q, k, v = qkv(2, 4, 203, 203, 64, device=device, dtype=torch.bfloat16)
+    keep = keep_mask_for_next_call(5, (2, 4, 203, 203), 0.2, device)
+    assert abs(keep.float().mean().item() - 0.8) < 0.01
+    check(backend, q, k, v, dropout_p=0.2, dropout_mask=keep)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", GPU_FAST, ids=ids)
+def test_gpu_compile_and_cuda_graph(case):
+    device, backend = case
+    q, k, v = qkv(2, 8, 512, 512, 64, device=device, dtype=torch.bfloat16, grad=False)
+    padding = torch.zeros(2, 512, dtype=torch.bool, device=device)
+    padding[0, 400:] = True
+
+    def step(q, k, v):
+        return kernels.scaled_dot_product_attention(q, k, v, key_padding_mask=padding, backend=backend)
+
+    expected = step(q, k, v)  # also warms up autotuning, which must not run during capture
+    compiled = torch.compile(step, fullgraph=True)
+    torch.testing.assert_close(compiled(q, k, v), expected)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step(q, k, v)
+    q.normal_()
+    graph.replay()
+    torch.testing.assert_close(captured, step(q, k, v))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", GPU_FAST, ids=ids)
+def test_gpu_memory_linear_in_length(case):
+    """No (Sq, Sk) matrix: peak memory of forward + backward grows linearly with the sequence length."""
+    device, backend = case
+    peaks = []
+    for seqlen in (2048, 8192):
+        q, k, v = qkv(1, 8, seqlen, seqlen, 128, device=device, dtype=torch.bfloat16)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        attention(backend, q, k, v, is_causal=True).sum().backward()
+        peaks.append(torch.cuda.max_memory_allocated(device) - base)
+    assert peaks[1] < 5 * peaks[0]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The block map the Triton kernels skip tiles by
+# ----------------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.skipif(not kernels._backend._triton_importable(), reason="triton not installed")
+def test_block_map_labels():
+    from kernels.triton.attention import FULL, PARTIAL, SKIP, block_map
+
+    keep = torch.ones(64, 96, dtype=torch.bool)
+    keep[:32, 32:64] = False  # tile (0, 1): all masked
+    keep[:32, 70] = False  # tile (0, 2): partly
+    labels = block_map(keep.expand(2, 3, 64, 96), None, 2, 3, 64, 96, 32, 32)
+    assert labels.shape == (2, 3, 2, 3) and labels.stride()[:2] == (0, 0)  # broadcast, not materialised
+    assert labels[0, 0].tolist() == [[FULL, SKIP, PARTIAL], [FULL, FULL, FULL]]
+    additive = torch.zeros(64, 96).masked_fill(~keep, float("-inf"))
+    additive[40, 5] = 0.5  # a finite bias is mask work too
+    labels = block_map(additive.expand(2, 3, 64, 96), None, 2, 3, 64, 96, 32, 32)
+    assert labels[1, 2].tolist() == [[FULL, SKIP, PARTIAL], [PARTIAL, FULL, FULL]]
+    padding = torch.zeros(2, 90, dtype=torch.bool)
+    padding[1, 64:] = True  # the last (partial) key tile of batch 1: all padding
+    padding[0, 3] = True
+    labels = block_map(None, padding, 2, 3, 64, 90, 32, 32)
+    assert labels[:, 0, 0].tolist() == [[PARTIAL, FULL, FULL], [FULL, FULL, SKIP]]
+
+
+def philox_uniform(seed: int, offset: int) -> float:
+    """The keep-mask draw of the module docstring of kernels.triton.attention, in plain Python (Philox4x32-10,
+    key = seed, counter = (offset low, offset high, 0, 0), first word to [0, 1) like tl.rand)."""
+    word = 0xFFFFFFFF
+    k0, k1, c0, c1, c2, c3 = seed & word, seed >> 32, offset & word, offset >> 32, 0, 0
+    for _ in range(10):
+        p0, p1 = 0xD2511F53 * c0, 0xCD9E8D57 * c2
+        c0, c1, c2, c3 = ((p1 >> 32) ^ c1 ^ k0) & word, p1 & word, ((p0 >> 32) ^ c3 ^ k1) & word, p0 & word
+        k0, k1 = (k0 + 0x9E3779B9) & word, (k1 + 0xBB67AE85) & word
+    x = c0 - (1 << 32) if c0 >= 1 << 31 else c0
+    return float(torch.tensor((~x if x < 0 else x), dtype=torch.float32) * torch.tensor(4.6566127342e-10))
+
+
+@pytest.mark.interpret
+@pytest.mark.skipif(not kernels._backend._triton_importable(), reason="triton not installed")
+def test_keep_mask_follows_the_documented_formula():
+    """The formula the native backend reproduces: offset = ((b * H + h) * Sq + i) * Sk + j."""
+    from kernels.triton.attention import dropout_keep_mask
+
+    device = available_devices()[-1]
+    seed, shape, p = 987654321, (2, 3, 5, 7), 0.4
+    keep = dropout_keep_mask(seed, shape, p, device=device).cpu()
+    expected = torch.tensor([philox_uniform(seed, index) >= p for index in range(keep.numel())]).reshape(shape)
+    assert torch.equal(keep, expected)

@@ -1,0 +1,197 @@
+"""kernels.linear: a GEMM with a fused bias and activation, on every backend of this machine (triton under the
+interpreter, native C++ on CPU; plus CUDA in the gpu tier), against kernels.reference.linear."""
+
+import pytest
+import torch
+
+import kernels
+from kernels import reference
+from kernels.testing import assert_close, available_devices, backends_for, check_against_reference
+
+ACTIVATIONS = (None,) + reference.ACTIVATIONS
+DTYPES_BY_BACKEND = {"torch": (torch.float32,), "native": (torch.float32, torch.float64, torch.bfloat16),
+                     "triton": (torch.float32, torch.float16)}
+
+
+def _backends(device="cpu"):
+    return ["torch"] + backends_for("linear", device)
+
+
+def _inputs(rows, d_in, d_out, activation, dtype=torch.float32, device="cpu", bias=True):
+    """x (rows, d_in), weight (d_out or 2 d_out, d_in) scaled like nn.Linear's init, bias; all requiring grad."""
+    width = 2 * d_out if activation in reference.GATED_ACTIVATIONS else d_out
+    x = torch.randn(rows, d_in, device=device).to(dtype).requires_grad_()
+    weight = (torch.randn(width, d_in, device=device) / max(d_in, 1) ** 0.5).to(dtype).requires_grad_()
+    b = torch.randn(width, device=device).to(dtype).requires_grad_() if bias else None
+    return x, weight, b
+
+
+def _run(backend):
+    def run(x, weight, bias=None, *, activation=None):
+        return kernels.linear(x, weight, bias, activation=activation, backend=backend)
+    return run
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_each_activation_matches_reference(backend, activation):
+    x, weight, bias = _inputs(7, 65, 33, activation)
+    check_against_reference(_run(backend), reference.linear, x, weight, bias, activation=activation)
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("rows, d_in, d_out", [(1, 1, 1), (7, 129, 65), (33, 17, 1)])
+def test_odd_sizes(backend, rows, d_in, d_out):
+    x, weight, bias = _inputs(rows, d_in, d_out, "gelu")
+    check_against_reference(_run(backend), reference.linear, x, weight, bias, activation="gelu")
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_leading_dimensions_and_no_bias(backend):
+    x = torch.randn(2, 3, 24, requires_grad=True)
+    weight = (torch.randn(40, 24) / 5).requires_grad_()
+    check_against_reference(_run(backend), reference.linear, x, weight, None, activation="swiglu")
+
+
+@pytest.mark.parametrize("backend", backends_for("linear", "cpu"))
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_other_dtypes(backend, dtype):
+    if dtype not in DTYPES_BY_BACKEND[backend]:
+        pytest.skip(f"backend {backend} does not serve {dtype} on cpu")
+    x, weight, bias = _inputs(9, 40, 24, "silu", dtype=dtype)
+    check_against_reference(_run(backend), reference.linear, x, weight, bias, activation="silu")
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_non_contiguous_inputs(backend):
+    x = torch.randn(16, 10).t().requires_grad_()  # (10, 16) with strides (1, 10)
+    weight = (torch.randn(20, 32) / 4)[:, ::2].requires_grad_()  # (20, 16), column stride 2
+    bias = torch.randn(40)[::2].requires_grad_()
+    assert not x.is_contiguous() and not weight.is_contiguous() and not bias.is_contiguous()
+    check_against_reference(_run(backend), reference.linear, x, weight, bias, activation="gelu_tanh")
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_empty_input(backend):
+    x, weight, bias = _inputs(0, 8, 6, "relu")
+    out = kernels.linear(x, weight, bias, activation="relu", backend=backend)
+    assert out.shape == (0, 6)
+    out.sum().backward()
+    assert torch.equal(weight.grad, torch.zeros_like(weight))
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_large_magnitudes_stay_finite(backend):
+    x = torch.randn(5, 16) * 100
+    weight = torch.randn(12, 16) * 10
+    for activation in ("gelu", "gelu_tanh", "silu"):
+        out = kernels.linear(x, weight, None, activation=activation, backend=backend)
+        assert torch.isfinite(out).all()
+        assert_close(out, reference.linear(x.double(), weight.double(), None, activation=activation),
+                     rtol=1e-5, atol=1e-3)
+
+
+def test_bad_inputs():
+    x, weight, bias = _inputs(4, 8, 6, None)
+    with pytest.raises(TypeError, match="`x`"):
+        kernels.linear(x.tolist(), weight)
+    with pytest.raises(ValueError, match="`weight` has shape"):
+        kernels.linear(x, weight.t())
+    with pytest.raises(ValueError, match="`bias` has shape"):
+        kernels.linear(x, weight, bias[:5])
+    with pytest.raises(ValueError, match="`weight` has dtype"):
+        kernels.linear(x, weight.double())
+    with pytest.raises(ValueError, match="`activation` must be one of"):
+        kernels.linear(x, weight, activation="tanh")
+    with pytest.raises(ValueError, match="even number"):
+        kernels.linear(x, weight[:5], activation="swiglu")
+    with pytest.raises(ValueError, match="`backend`"):
+        kernels.linear(x, weight, backend="cuda")
+
+
+def test_negative_control_wrong_gelu_fails_the_checker():
+    # erf GELU computed as tanh GELU: close (~1e-3) but not within the fp32 table, so the checker must reject it.
+    x, weight, bias = _inputs(7, 65, 33, "gelu")
+
+    def wrong(x, weight, bias=None, *, activation=None):
+        return kernels.linear(x, weight, bias, activation="gelu_tanh", backend=_backends()[-1])
+
+    with pytest.raises(AssertionError):
+        check_against_reference(wrong, reference.linear, x, weight, bias, activation="gelu")
+
+
+@pytest.mark.parametrize("backend", backends_for("linear", "cpu"))
+def test_opcheck_composite_op(backend):
+    op = getattr(torch.ops.kernels, f"{backend}_linear")
+    for activation in ("geglu", None):
+        x, weight, bias = _inputs(3, 4, 5, activation)
+        torch.library.opcheck(op, (x, weight, bias, activation, True))
+
+
+@pytest.mark.skipif("native" not in backends_for("linear", "cpu"), reason="kernels._C lacks the linear ops")
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_gradcheck_fp64_native(activation):
+    x, weight, bias = _inputs(3, 5, 4, activation, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda *a: kernels.linear(*a, activation=activation, backend="native"),
+                                    (x, weight, bias))
+
+
+@pytest.mark.parametrize("backend", backends_for("linear", "cpu"))
+def test_torch_compile_fullgraph(backend):
+    x, weight, bias = _inputs(6, 16, 8, "geglu")
+    compiled = torch.compile(lambda *a: kernels.linear(*a, activation="geglu", backend=backend), fullgraph=True,
+                             backend="aot_eager")
+    check_against_reference(lambda x, w, b, activation=None: compiled(x, w, b), reference.linear, x, weight, bias,
+                            activation="geglu")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# GPU tier
+# ----------------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", backends_for("linear", "cuda") if "cuda" in available_devices() else [])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("rows, d_in, d_out", [(1, 1, 1), (7, 129, 65), (1000, 768, 3072)])
+def test_gpu_matches_reference(backend, dtype, activation, rows, d_in, d_out):
+    x, weight, bias = _inputs(rows, d_in, d_out, activation, dtype=dtype, device="cuda")
+    check_against_reference(_run(backend), reference.linear, x, weight, bias, activation=activation)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", backends_for("linear", "cuda") if "cuda" in available_devices() else [])
+def test_gpu_fp32_tf32_off(backend):
+    x, weight, bias = _inputs(257, 300, 130, "gelu", device="cuda")
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        check_against_reference(_run(backend), reference.linear, x, weight, bias, activation="gelu",
+                                atol=1e-4, rtol=1e-4, grad_atol=1e-3, grad_rtol=1e-4)  # GPU fp32 vs fp32 reference
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", backends_for("linear", "cuda") if "cuda" in available_devices() else [])
+def test_gpu_deterministic(backend):
+    x, weight, bias = _inputs(1024, 512, 1024, "swiglu", dtype=torch.bfloat16, device="cuda")
+    first = kernels.linear(x, weight, bias, activation="swiglu", backend=backend)
+    grad = torch.randn_like(first)
+    first_grads = torch.autograd.grad(first, (x, weight, bias), grad)
+    for _ in range(50):
+        out = kernels.linear(x, weight, bias, activation="swiglu", backend=backend)
+        assert torch.equal(out, first)
+        for g, g0 in zip(torch.autograd.grad(out, (x, weight, bias), grad), first_grads):
+            assert torch.equal(g, g0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", backends_for("linear", "cuda") if "cuda" in available_devices() else [])
+def test_gpu_torch_compile_inductor(backend):
+    x, weight, bias = _inputs(256, 128, 256, "gelu", dtype=torch.bfloat16, device="cuda")
+    compiled = torch.compile(lambda *a: kernels.linear(*a, activation="gelu", backend=backend), fullgraph=True)
+    check_against_reference(lambda x, w, b, activation=None: compiled(x, w, b), reference.linear, x, weight, bias,
+                            activation="gelu")
