@@ -39,7 +39,9 @@ def _build_cuda() -> bool:
 
 
 def _cxx_flags() -> list[str]:
-    flags = ["-O3", "-std=c++17", "-fopenmp", "-DKERNELS_CPU_OPENMP"]
+    # -fno-trapping-math (as torch's own build): lets GCC if-convert selects and float->int conversions, without which
+    # loops such as a polynomial exp do not vectorise.
+    flags = ["-O3", "-std=c++17", "-fopenmp", "-DKERNELS_CPU_OPENMP", "-fno-trapping-math"]
     if os.environ.get("KERNELS_PORTABLE") != "1" and platform.machine() in ("x86_64", "AMD64"):
         flags.append("-march=native")
     return flags

@@ -25,12 +25,13 @@ namespace {
 using masked_softmax::MaskIndexer;
 using masked_softmax::MaskKind;
 
-// exp(x) for x <= 0 in fp32, branch-free so that loops over it vectorise: x = n ln2 + r with |r| <= ln2 / 2,
-// exp(r) by a degree-7 polynomial (Cephes' expf coefficients, ~1 ulp), 2^n from the exponent bits. Arguments below
-// -87 (exp < 1.2e-38, including -inf for masked elements) give exactly 0.
+// exp(x) for x <= 0 in fp32, branch- and select-free so that loops over it vectorise: x = n ln2 + r with
+// |r| <= ln2 / 2, exp(r) by a degree-7 polynomial (Cephes' expf coefficients, ~1 ulp), 2^n from the exponent bits.
+// n is clamped at -127, whose exponent bits are those of 0.0f: arguments below about -88 (exp < 6e-39, including
+// -inf for masked elements) give exactly 0.
 inline float exp_nonpositive(float x) {
-  const float clamped = std::max(x, -87.0f);
-  const float n = std::floor(clamped * 1.44269504088896341f + 0.5f);
+  const float n = std::floor(std::max(x * 1.44269504088896341f, -127.0f) + 0.5f);
+  const float clamped = std::max(x, -88.0296919f);  // -127 ln2: keeps r finite where the result is 0
   float r = clamped - n * 0.693359375f;  // ln2 in two parts, so that n * ln2 is exact enough
   r = r + n * 2.12194440e-4f;
   const float r2 = r * r;
@@ -44,7 +45,7 @@ inline float exp_nonpositive(float x) {
   const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
   float two_n;
   std::memcpy(&two_n, &bits, sizeof(two_n));
-  return x < -87.0f ? 0.0f : p * two_n;
+  return p * two_n;
 }
 
 inline double exp_nonpositive(double x) { return std::exp(x); }

@@ -41,9 +41,11 @@ constexpr int kWarpMaxCols = 1024;
 constexpr int kBlockMaxCols = 16384;
 
 struct MaxOp {
+  static constexpr float kIdentity = -INFINITY;
   __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
 };
 struct SumOp {
+  static constexpr float kIdentity = 0.0f;
   __device__ float operator()(float a, float b) const { return a + b; }
 };
 
@@ -65,7 +67,7 @@ __device__ __forceinline__ float row_reduce(float v, Op op, float* scratch) {
     __syncthreads();  // scratch may still be read by the previous reduction
     if (lane == 0) scratch[warp] = v;
     __syncthreads();
-    v = lane < kWarps ? scratch[lane] : scratch[0];
+    v = lane < kWarps ? scratch[lane] : Op::kIdentity;
     v = warp_reduce(v, op);
   }
   return v;

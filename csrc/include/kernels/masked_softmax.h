@@ -36,9 +36,16 @@ struct MaskIndexer {
   inline int64_t row_offset(int64_t row) const {
     int64_t offset = (row % sq) * stride_q;
     int64_t rest = row / sq;
-    for (int d = lead_dims - 1; d >= 0; --d) {
-      offset += (rest % lead_sizes[d]) * lead_strides[d];
-      rest /= lead_sizes[d];
+    // A loop of fixed length: the arrays are indexed by constants, so on a GPU they stay in registers (a runtime
+    // index would copy the struct to local memory).
+#ifdef __CUDACC__
+#pragma unroll
+#endif
+    for (int d = kMaxDims - 3; d >= 0; --d) {
+      if (d < lead_dims) {
+        offset += (rest % lead_sizes[d]) * lead_strides[d];
+        rest /= lead_sizes[d];
+      }
     }
     return offset;
   }
