@@ -393,10 +393,13 @@ def _gpu_backend(op, backend):
                                    (333, 1000), (77, 127), (16, 1)])
 def test_gpu_realistic(op, backend, dtype, shape):
     _gpu_backend(op, backend)
+    # fp32 on a GPU is compared with an fp32 reference (testing.md): the fixed table then measures reduction order
+    # (dweight sums thousands of rows, a row sums up to 65536 elements), so fp32 gets a documented wider table.
+    tolerance = dict(atol=1e-4, rtol=1e-4, grad_atol=1e-3, grad_rtol=1e-4) if dtype == torch.float32 else {}
     args, kwargs = _inputs(op, shape, dtype=dtype, device="cuda", residual=True)
-    check_against_reference(_fn(op, backend), _ref(op), *args, **kwargs)
+    check_against_reference(_fn(op, backend), _ref(op), *args, **tolerance, **kwargs)
     args, kwargs = _inputs(op, shape, dtype=dtype, device="cuda", bias=False)
-    check_against_reference(_fn(op, backend), _ref(op), *args, **kwargs)
+    check_against_reference(_fn(op, backend), _ref(op), *args, **tolerance, **kwargs)
 
 
 @pytest.mark.gpu
