@@ -70,8 +70,9 @@ def test_hidden_sizes(op, backend, hidden, residual):
     # A row of one element has zero variance: rstd = eps**-0.5 ~ 316 multiplies the rounding of g - mean(g) (~1e-7 in
     # fp32) in dx, so the fixed fp32 gradient table needs that factor (plain PyTorch in fp32 misses it as well).
     grad_atol = _ZERO_VARIANCE_GRAD_ATOL if hidden == 1 else None
+    shape = (3, 5, hidden) if hidden < 2048 else (2, hidden)  # long rows: few of them (the interpreter is slow)
     for dtype in _dtypes(backend):
-        args, kwargs = _inputs(op, (3, 5, hidden), dtype=dtype, residual=residual)
+        args, kwargs = _inputs(op, shape, dtype=dtype, residual=residual)
         check_against_reference(_fn(op, backend), _ref(op), *args, grad_atol=grad_atol, **kwargs)
 
 
@@ -221,9 +222,8 @@ def _op_samples(device, dtype):
     w = torch.randn(n, device=device, dtype=dtype, requires_grad=True)
     b = torch.randn(n, device=device, dtype=dtype, requires_grad=True)
     yield (x, r, w, b, 1e-5, False)
-    yield (x, None, w, None, 1e-5, False)
-    yield (x, r, w, None, 1e-6, True)
     yield (x, None, None, None, 1e-6, True)
+    yield (x, r, w, None, 1e-6, True)
 
 
 def _registered_ops(device):
@@ -393,10 +393,13 @@ def _gpu_backend(op, backend):
                                    (333, 1000), (77, 127), (16, 1)])
 def test_gpu_realistic(op, backend, dtype, shape):
     _gpu_backend(op, backend)
+    # fp32 on a GPU is compared with an fp32 reference (testing.md): the fixed table then measures reduction order
+    # (dweight sums thousands of rows, a row sums up to 65536 elements), so fp32 gets a documented wider table.
+    tolerance = dict(atol=1e-4, rtol=1e-4, grad_atol=1e-3, grad_rtol=1e-4) if dtype == torch.float32 else {}
     args, kwargs = _inputs(op, shape, dtype=dtype, device="cuda", residual=True)
-    check_against_reference(_fn(op, backend), _ref(op), *args, **kwargs)
+    check_against_reference(_fn(op, backend), _ref(op), *args, **tolerance, **kwargs)
     args, kwargs = _inputs(op, shape, dtype=dtype, device="cuda", bias=False)
-    check_against_reference(_fn(op, backend), _ref(op), *args, **kwargs)
+    check_against_reference(_fn(op, backend), _ref(op), *args, **tolerance, **kwargs)
 
 
 @pytest.mark.gpu

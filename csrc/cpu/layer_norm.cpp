@@ -7,7 +7,7 @@
 //
 // Parallelism: at::parallel_for over rows. Each row is worked on in L1: the loops are plain contiguous loops that the
 // compiler vectorises (`omp simd` lets it reorder the fp reductions). bfloat16 rows are first widened into a per-thread
-// float buffer. Statistics are two-pass (mean, then the corrected centred sum of squares), exact for zero-variance rows.
+// float buffer. Statistics take one pass over the row with shifted data (see forward_rows), exact for zero-variance rows.
 //
 // Backward determinism: the rows are cut into a fixed number of blocks (independent of the thread count); each block
 // sums its dweight/dbias contributions into its own row of a (blocks, N) buffer, and a second pass sums the blocks
@@ -66,26 +66,23 @@ void forward_rows(const scalar_t* x, const scalar_t* residual, const at::opmath_
       const acc_t* row = residual != nullptr
           ? add_residual<scalar_t, acc_t>(x + offset, residual + offset, h + offset, buffer.data(), n)
           : widen<scalar_t, acc_t>(x + offset, buffer.data(), n);
+      // One pass over the row for both statistics, on d = h - k with k = the row's first element (the shifted-data
+      // algorithm): exact for constant rows, and no cancellation while |mean - k| is a few standard deviations,
+      // which holds since k is a sample of the row. RMS norm takes k = 0 and the sum of squares alone.
+      const acc_t k = rms ? acc_t(0) : row[0];
+      acc_t sum = 0, squares = 0;
+#pragma omp simd reduction(+ : sum, squares)
+      for (int64_t j = 0; j < n; ++j) {
+        const acc_t d = row[j] - k;
+        sum += d;
+        squares += d * d;
+      }
       acc_t mu = 0;
       if (!rms) {
-        acc_t sum = 0;
-#pragma omp simd reduction(+ : sum)
-        for (int64_t j = 0; j < n; ++j) sum += row[j];
-        mu = sum / n;
-      }
-      // The corrected two-pass variance: the centred pass also sums the residuals h - mu, which corrects the
-      // rounding of the first pass's mean (long fp32 sums of large values lose bits in the lanes' partial sums).
-      acc_t squares = 0, shift = 0;
-#pragma omp simd reduction(+ : squares, shift)
-      for (int64_t j = 0; j < n; ++j) {
-        squares += (row[j] - mu) * (row[j] - mu);
-        shift += row[j] - mu;
-      }
-      if (!rms) {
-        shift /= n;
-        mu += shift;
+        const acc_t shift = sum / n;
+        mu = k + shift;
         mean[i] = mu;
-        squares -= shift * shift * n;
+        squares -= shift * sum;  // sum(d^2) - (sum d)^2 / n: the centred sum of squares
       }
       const acc_t r = acc_t(1) / std::sqrt(std::max(squares, acc_t(0)) / n + static_cast<acc_t>(eps));
       rstd[i] = r;

@@ -40,10 +40,15 @@ def register_autograd(forward_op, backward_op) -> None:
         _y, h, mean, rstd = output
         ctx.has_residual, ctx.has_bias, ctx.rms = residual is not None, bias is not None, rms
         ctx.save_for_backward(h if residual is not None else x, mean, rstd, weight)
+        # Outputs that receive no gradient arrive as None instead of zero-filled tensors: a post-norm layer that
+        # drops h then costs no (M, N) zeros to allocate and read.
+        ctx.set_materialize_grads(False)
 
     def backward(ctx, dy, dh, _dmean, _drstd):
         normalised, mean, rstd, weight = ctx.saved_tensors
         dh = dh if ctx.has_residual else None
+        if dy is None:  # only h was used: its gradient passes to x and residual; none reaches weight and bias
+            return dh, dh, None, None, None, None
         dx, dweight, dbias = backward_op(dy, dh, normalised, mean, rstd, weight, ctx.has_bias, ctx.rms)
         return (dx, dx if ctx.has_residual else None, dweight if weight is not None else None,
                 dbias if ctx.has_bias else None, None, None)
