@@ -23,6 +23,7 @@
 #include <torch/library.h>
 
 #include <kernels/checks.h>
+#include <kernels/layer_norm.h>
 #include <kernels/outputs.h>
 
 #include <algorithm>
@@ -400,21 +401,6 @@ struct BackwardLauncher {
 void check_rows(const at::Tensor& x, const char* name) {
   check_dim(x, name, 2);
   check_dtype(x, name, {at::kFloat, at::kHalf, at::kBFloat16});
-}
-
-void check_row_like(const c10::optional<at::Tensor>& t, const char* name, const at::Tensor& x, const char* x_name) {
-  if (!t.has_value()) return;
-  check_same_dtype(*t, name, x, x_name);
-  check_same_device(*t, name, x, x_name);
-  check_same_shape(*t, name, x, x_name);
-}
-
-void check_parameter(const c10::optional<at::Tensor>& t, const char* name, const at::Tensor& x) {
-  if (!t.has_value()) return;
-  check_same_dtype(*t, name, x, "x");
-  check_same_device(*t, name, x, "x");
-  TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == x.size(1), "argument `", name, "` has shape ", t->sizes(),
-                    "; expected (", x.size(1), ",) (the normalised size of `x`)");
 }
 
 at::Tensor contiguous_or_undefined(const c10::optional<at::Tensor>& t) {

@@ -19,6 +19,7 @@
 #include <torch/library.h>
 
 #include <kernels/checks.h>
+#include <kernels/linear_checks.h>
 #include <kernels/linear_epilogue.h>
 #include <kernels/outputs.h>
 #include <kernels/philox.h>
@@ -150,31 +151,9 @@ std::tuple<at::Tensor, at::Tensor> linear_forward_cuda(const at::Tensor& x, cons
                                                        std::optional<c10::string_view> activation, double dropout_p,
                                                        const at::Tensor& seed,
                                                        const std::optional<at::Tensor>& residual, bool save_pre) {
-  check_dim(x, "x", 2);
-  check_dim(weight, "weight", 2);
-  check_dtype(x, "x", {at::kFloat, at::kHalf, at::kBFloat16});
-  check_same_dtype(weight, "weight", x, "x");
-  check_same_device(weight, "weight", x, "x");
-  TORCH_CHECK_VALUE(weight.size(1) == x.size(1), "argument `weight` has shape ", weight.sizes(), "; expected (",
-                    "out_features, ", x.size(1), ")");
   const ActivationSpec spec = parse_activation(activation);
+  const at::Tensor res = check_linear_forward(x, weight, bias, residual, spec, {at::kFloat, at::kHalf, at::kBFloat16});
   const int64_t M = x.size(0), width = weight.size(0), N = spec.gated ? width / 2 : width;
-  TORCH_CHECK_VALUE(!spec.gated || width % 2 == 0, "argument `weight` has ", width, " rows; a gated activation "
-                    "packs [gate; up] and needs an even number");
-  if (bias.has_value()) {
-    check_same_dtype(*bias, "bias", x, "x");
-    check_same_device(*bias, "bias", x, "x");
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == width, "argument `bias` has shape ", bias->sizes(),
-                      "; expected (", width, ")");
-  }
-  at::Tensor res;
-  if (residual.has_value()) {
-    check_same_dtype(*residual, "residual", x, "x");
-    check_same_device(*residual, "residual", x, "x");
-    TORCH_CHECK_VALUE(residual->dim() == 2 && residual->size(0) == M && residual->size(1) == N,
-                      "argument `residual` has shape ", residual->sizes(), "; expected (", M, ", ", N, ")");
-    res = residual->contiguous();
-  }
   const c10::cuda::CUDAGuard guard(x.device());
   const DropoutArgs dropout = make_dropout(dropout_p, seed, x);
   const auto options = x.options().memory_format(at::MemoryFormat::Contiguous);
