@@ -97,7 +97,15 @@ def timed_closure(forward: Callable[[], Any], inputs: list[torch.Tensor], mode: 
 
 
 def compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``torch.compile`` of a peer, or :class:`Unavailable` when compilation cannot work here."""
+    """``torch.compile`` of a peer, or :class:`Unavailable` when compilation cannot work here.
+
+    Donated buffers are switched off: they forbid ``retain_graph=True``, which the ``bwd`` mode needs to time the
+    same backward repeatedly.
+    """
+    import torch._functorch.config as functorch_config
+
+    if hasattr(functorch_config, "donated_buffer"):
+        functorch_config.donated_buffer = False
     try:
         return torch.compile(fn)
     except Exception as error:  # noqa: BLE001  (any failure makes the provider unavailable, with the reason)
