@@ -38,6 +38,17 @@ TORCH_LIBRARY(kernels, m) {
         "float scale, float dropout_p, int seed) -> (Tensor, Tensor)");
   m.def("attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor? mask, "
         "Tensor? key_padding_mask, bool is_causal, float scale, float dropout_p, int seed) -> (Tensor, Tensor, Tensor)");
+  // varlen attention (kernels.varlen_attention, native backend): packed sequences, q (Tq, H, D), k/v (Tk, Hkv, D);
+  // sequence i spans rows cu_seqlens_q[i]:cu_seqlens_q[i+1] of q and cu_seqlens_k[i]:cu_seqlens_k[i+1] of k/v
+  // (int32, (N + 1,)); max_seqlen_q/_k bound the lengths. Causal masking is top-left within each sequence. Dropout
+  // keeps (h, i, j) (i, j global row indices) when Philox(seed, (h*Tq + i)*Tk + j) >= dropout_p, the dense formula
+  // with B = 1. Returns out (Tq, H, D) contiguous and lse (H, Tq) (fp32; fp64 for fp64), +inf for rows with no key.
+  m.def("varlen_attention_forward(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens_q, Tensor cu_seqlens_k, "
+        "int max_seqlen_q, int max_seqlen_k, bool is_causal, float scale, float dropout_p, int seed) "
+        "-> (Tensor, Tensor)");
+  m.def("varlen_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
+        "Tensor cu_seqlens_q, Tensor cu_seqlens_k, int max_seqlen_q, int max_seqlen_k, bool is_causal, float scale, "
+        "float dropout_p, int seed) -> (Tensor, Tensor, Tensor)");
 }
 
 // The Python module kernels._C: importing it loads the library above. `with_cuda` says whether CUDA kernels were
