@@ -90,6 +90,30 @@ def test_matches_reference_dtypes(dtype, kind):
                             **_mask_kwargs(kind, b, h, sq, sk, dtype))
 
 
+@pytest.mark.parametrize("lengths", [(300, 141, 17), (0, 159, 290)], ids=["suffix", "prefix"])
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_padding_runs_trim_the_key_blocks(lengths, is_causal):
+    """Right- and left-padded batches: the kernels narrow each 128-key block to its unpadded keys (whole 16-key
+    panels) and causal tiles to the keys their rows see; the keys trimmed away or kept must not change the result."""
+    sk = 300
+    padding = torch.zeros(3, sk, dtype=torch.bool)
+    for b, n in enumerate(lengths):
+        if n == 0:
+            padding[b, :150] = True  # prefix padding, first visible key mid-block
+        else:
+            padding[b, n:] = True
+    q, k, v = _inputs(3, 2, 2, sk, sk, 16)
+    check_against_reference(_native, reference.scaled_dot_product_attention, q, k, v, is_causal=is_causal,
+                            key_padding_mask=padding)
+
+
+@pytest.mark.parametrize("scale", [0.3, -0.3])
+def test_negative_scale(scale):
+    """A negative scale flips which score is the row maximum (the unmasked fast path needs scale > 0)."""
+    q, k, v = _inputs(1, 2, 2, 33, 140, 16)
+    check_against_reference(_native, reference.scaled_dot_product_attention, q, k, v, scale=scale)
+
+
 @pytest.mark.parametrize("dtype,magnitude", [(torch.float32, 1.0), (torch.bfloat16, 30.0)])
 def test_scale_and_large_magnitudes(dtype, magnitude):
     q, k, v = _inputs(1, 2, 2, 40, 70, 32, dtype)
@@ -219,6 +243,52 @@ def test_opcheck_backward():
     out, lse = ops.attention_forward(q, k, v, mask, padding, causal, scale, p, seed)
     torch.library.opcheck(ops.attention_backward.default,
                           (torch.randn_like(out), q, k, v, out, lse, mask, padding, causal, scale, p, seed))
+
+
+# The varlen ops: packed (T, H, D) tensors, int32 offsets (sequences of 3, 0 and 6 queries; 5, 2 and 6 keys).
+def _varlen_sample(dtype=torch.float32, requires_grad=False):
+    cu_q = torch.tensor([0, 3, 3, 9], dtype=torch.int32)
+    cu_k = torch.tensor([0, 5, 7, 13], dtype=torch.int32)
+    q = torch.randn(9, 4, 8, dtype=dtype, requires_grad=requires_grad)
+    k, v = (torch.randn(13, 2, 8, dtype=dtype, requires_grad=requires_grad) for _ in range(2))
+    return q, k, v, cu_q, cu_k, 6, 6
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_varlen_gradcheck_fp64(is_causal):
+    q, k, v, cu_q, cu_k, max_q, max_k = _varlen_sample(torch.float64, requires_grad=True)
+
+    def fn(q, k, v):
+        return ops.varlen_attention_forward(q, k, v, cu_q, cu_k, max_q, max_k, is_causal, 0.4, 0.0, 0)[0]
+
+    assert torch.autograd.gradcheck(fn, (q, k, v))
+
+
+@pytest.mark.parametrize("dropout_p", [0.0, 0.25])
+def test_opcheck_varlen(dropout_p):
+    q, k, v, cu_q, cu_k, max_q, max_k = _varlen_sample(requires_grad=True)
+    args = (cu_q, cu_k, max_q, max_k, True, 0.35, dropout_p, 5)
+    torch.library.opcheck(ops.varlen_attention_forward.default, (q, k, v, *args))
+    out, lse = ops.varlen_attention_forward(q.detach(), k.detach(), v.detach(), *args)
+    assert lse.shape == (4, 9)
+    torch.library.opcheck(ops.varlen_attention_backward.default,
+                          (torch.randn_like(out), q.detach(), k.detach(), v.detach(), out, lse, *args))
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(cu_q=torch.tensor([0, 3, 3, 9])), "`cu_seqlens_q`.*dtype"),
+    (dict(cu_k=torch.tensor([0, 5, 4, 13], dtype=torch.int32)), "`cu_seqlens_k`.*non-decreasing"),
+    (dict(cu_k=torch.tensor([0, 5, 7, 14], dtype=torch.int32)), "`cu_seqlens_k`.*within"),
+    (dict(max_q=5), "`max_seqlen_q`"),
+    (dict(cu_k=torch.tensor([0, 5, 13], dtype=torch.int32)), "`cu_seqlens_k` has 3 entries"),
+])
+def test_varlen_op_bad_offsets_name_the_argument(change, match):
+    q, k, v, cu_q, cu_k, max_q, max_k = _varlen_sample()
+    arguments = dict(cu_q=cu_q, cu_k=cu_k, max_q=max_q)
+    arguments.update(change)
+    with pytest.raises(ValueError, match=match):
+        ops.varlen_attention_forward(q, k, v, arguments["cu_q"], arguments["cu_k"], arguments["max_q"], max_k, False,
+                                     0.35, 0.0, 0)
 
 
 def test_compiles_fullgraph():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import kernels
-from kernels import reference
+from kernels import _backend, reference
 from kernels.attention import kv_cache_mask
 from kernels.testing import assert_close, available_devices, backends_for, check_against_reference
 
@@ -60,10 +60,17 @@ def test_varlen_matches_reference(case, is_causal):
                             *packed([1, 40, 9], [23, 9, 40], 2, 1, 32, device), is_causal=is_causal)
 
 
+def skip_unserved(backend, device, dtype):
+    served = _backend.implementations("varlen_attention")[backend].dtypes.get(device, ())
+    if dtype not in served:
+        pytest.skip(f"backend {backend!r} does not serve {dtype} on {device} (a documented limit)")
+
+
 @pytest.mark.interpret
 @pytest.mark.parametrize("case", VARLEN_FAST, ids=ids)
 def test_varlen_fp16_and_head_dim_80(case):
     device, backend = case
+    skip_unserved(backend, device, torch.float16)
     check_against_reference(functools.partial(varlen, backend), varlen_reference,
                             *packed([33, 5], [33, 5], 2, 2, 80, device, torch.float16), is_causal=True)
 
@@ -82,6 +89,15 @@ def test_varlen_dropout_same_keep_mask(case):
     torch.manual_seed(21)
     check_against_reference(functools.partial(varlen, backend), varlen_reference, *args, is_causal=True,
                             dropout_p=0.3, dropout_mask=keep)
+
+
+@pytest.mark.parametrize("case", VARLEN_FAST, ids=ids)
+def test_varlen_bf16_gqa_and_empty_sequences(case):
+    """bf16 where served; sequences of length 0 (queries or keys) give no rows / zero rows, GQA 4/2 heads."""
+    device, backend = case
+    skip_unserved(backend, device, torch.bfloat16)
+    check_against_reference(functools.partial(varlen, backend), varlen_reference,
+                            *packed([5, 0, 70, 3], [5, 4, 70, 0], 4, 2, 24, device, torch.bfloat16))
 
 
 @pytest.mark.interpret

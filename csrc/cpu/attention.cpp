@@ -1,26 +1,35 @@
 // Fused masked attention on the CPU, flash style: scores are computed one (query block x key block) tile at a time
-// with an online softmax, so no (Sq, Sk) matrix is ever stored.
+// with an online softmax, so no (Sq, Sk) matrix is ever stored. Dense calls (attention_forward/_backward) and packed
+// sequences (varlen_attention_forward/_backward) share the kernels: a call is a list of sequences, each a range of
+// query rows and key rows of the (B', H, S', D) tensors (dense: one per batch entry; varlen: one per pair of offsets
+// of the (T, H, D) tensors viewed as (1, H, T, D)).
 //
 // Layouts: q (B, H, Sq, D), k and v (B, Hkv, Sk, D) read through their strides (any layout, no copy); out
 // (B, H, Sq, D) contiguous in q's dtype; lse (B, H, Sq) = log-sum-exp of the scaled, masked scores per query row, in
 // fp32 (fp64 for fp64 inputs), +inf for a row with no visible key (its output is zero and its gradients are zero).
+// Varlen: (Tq, H, D) / (Tk, Hkv, D) tensors, out (Tq, H, D), lse (H, Tq).
 // Masks, combined by the kernels and never expanded: `mask` is None or a bool (True = take part) or floating (added
 // to the scaled scores) tensor viewed as (B, H, Sq, Sk) with stride-0 broadcast dimensions; `is_causal` hides key
-// j > query i (top-left aligned); `key_padding_mask` is None or bool (B, Sk), True = padding (hidden).
+// j > query i (top-left aligned, within each sequence); `key_padding_mask` is None or bool (B, Sk), True = padding.
 // Dropout: keep element (b, h, i, j) when Philox(seed, ((b*H + h)*Sq + i)*Sk + j) >= p (kernels/philox.h, the same
-// numbers as Triton's tl.rand), kept probabilities scaled by 1 / (1 - p).
+// numbers as Triton's tl.rand; varlen: B = 1 and global row indices), kept probabilities scaled by 1 / (1 - p).
+//
+// Work skipped: each 128-key block is narrowed to the keys that take part (the first to the last unpadded key,
+// widened to 16-key panels), and, under causality, to the keys its query tile sees; empty blocks are skipped.
 //
 // Numerics: inputs are converted to T = fp32 (fp64 for fp64) once, into blocked, zero-padded tiles; every product and
-// the softmax run in T. The tile products use a small register-blocked kernel on GCC/Clang vector types (AVX2: 8
-// floats), the exponentials a vectorised polynomial (fp32) or std::exp (fp64).
+// the softmax run in T. Scores are kept in base-2 units (scale * log2 e folded into one multiply) so the exponential
+// is a power of two: a vectorised polynomial for fp32 (exp2_scaled), std::exp2 for fp64. The fp32 tile products go
+// to torch's CPU BLAS (block_gemm); fp64 uses a small register-blocked kernel on GCC/Clang vector types.
 //
-// Parallelism: the forward runs at::parallel_for over B x H x query blocks. The backward runs over B x Hkv: one task
-// owns the dK/dV of its key/value head (and the dQ of the heads that share it, GQA), so no two tasks write the same
-// element and the result does not depend on the thread count (deterministic, no atomics).
+// Parallelism: the forward runs at::parallel_for over sequences x heads x query blocks. The backward runs over
+// sequences x Hkv: one task owns the dK/dV of its key/value head (and the dQ of the heads that share it, GQA), so no
+// two tasks write the same element and the result does not depend on the thread count (deterministic, no atomics).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/native/CPUBlas.h>
 #include <torch/library.h>
 
 #include <kernels/checks.h>
@@ -37,7 +46,10 @@
 namespace kernels {
 namespace {
 
-constexpr int64_t kBlockQ = 64;   // query rows per tile
+// Query rows per tile: the forward takes 128 (fewer, larger BLAS calls: measured ~1.2x over 64 on (4, 8, 512, 64)),
+// the backward 64 (its transposed tiles and five products per tile fit the caches better: 128 measured ~0.8x).
+constexpr int64_t kForwardRows = 128;
+constexpr int64_t kBackwardRows = 64;
 constexpr int64_t kBlockK = 128;  // keys per tile
 constexpr int kRows = 6;          // rows of the register tile of the product kernel (12 accumulators)
 
@@ -113,6 +125,21 @@ void gemm(int64_t m, int64_t n, int64_t k_dim, const T* a, int64_t lda, const T*
   }
 }
 
+// The tile products: C[M x N] (+)= A[M x K] * B[K x N], row-major. fp32 goes to torch's CPU BLAS (its batch-reduce
+// GEMM entry point, MKL or oneDNN underneath; it took the (4, 8, 512, 64) fp32 forward from ~0.75x to ~1.0x of torch's
+// SDPA, one thread); fp64, and torch builds without that entry point, use the register-tiled kernel above.
+template <typename T>
+void block_gemm(int64_t m, int64_t n, int64_t k_dim, const T* a, int64_t lda, const T* b, int64_t ldb, T* c,
+                int64_t ldc, bool accumulate) {
+#ifdef CPUBLAS_BRGEMM_F32F32F32
+  if constexpr (std::is_same_v<T, float>) {
+    at::native::cpublas::brgemm(m, n, k_dim, lda, ldb, ldc, accumulate, a, b, c);
+    return;
+  }
+#endif
+  gemm<T>(m, n, k_dim, a, lda, b, ldb, c, ldc, accumulate);
+}
+
 // max of x[0 : n], n a multiple of panel<T>(), in vector lanes (a scalar loop would be latency bound).
 template <typename T>
 inline T row_max(const T* x, int64_t n) {
@@ -138,34 +165,34 @@ void transpose(int64_t rows, int64_t cols, const T* src, int64_t lds, T* dst, in
   }
 }
 
-// x[j] = exp(x[j] - shift) over n (a multiple of panel<T>()) elements, returning their sum; -inf gives exactly 0.
-// fp32: exp(x) = 2^n * 2^f with n = round(x log2 e), |f| <= 1/2, 2^f by its degree-7 Taylor polynomial (relative
-// error < 1e-8, below fp32 rounding); results below 2^-126 flush to 0.
-inline float exp_shifted(float* x, int64_t n, float shift) {
+// x[j] = 2^(x[j] * scale - shift) over n (a multiple of panel<T>()) elements, returning their sum. The exponents are
+// in base-2 units (the scale includes log2 e) and shift is the row maximum or the row's log-sum-exp, so
+// x[j] * scale - shift <= 0 (up to rounding): only underflow needs care. fp32: 2^t = 2^r * 2^f with r = round(t) in
+// [-127, 0], |f| <= 1/2; 2^f by a degree-6 polynomial (least squares in relative error on [-1/2, 1/2]: 1e-7 in fp32,
+// under one ulp). t is clamped to -127 (so -inf gives -127): r = -127 builds the exponent field 0, i.e. the factor
+// +0.0, so masked scores and results below 2^-126 become exactly 0. r is read from the mantissa of t + 1.5 * 2^23
+// (its low bits hold round(t)).
+inline float exp2_scaled(float* x, int64_t n, float scale, float shift) {
   using V = Vec<float>::type;
   typedef int32_t I __attribute__((vector_size(32)));
   constexpr int W = Vec<float>::kWidth;
-  constexpr float kLog2e = 1.44269504088896341f, kLn2 = 0.693147180559945309f;
-  constexpr float kC[8] = {1.f, kLn2, kLn2 * kLn2 / 2, kLn2 * kLn2 * kLn2 / 6, 0.00961812910762847716f,
-                           0.00133335581464284434f, 0.000154035303933816099f, 1.52527338040598403e-05f};
+  constexpr float kMagic = 12582912.f;  // 1.5 * 2^23
+  constexpr float kC[7] = {1.0f, 0.6931471824645996f, 0.24022646248340607f, 0.05550329014658928f,
+                           0.009618519805371761f, 0.0013399859890341759f, 0.00015337577497120947f};
   V sum = V{};
   for (int64_t j = 0; j < n; j += W) {
-    V t = (load(x + j) - shift) * kLog2e;
-    const I tiny = t < -126.f;  // also -inf and NaN-free: masked scores are -inf
-    t = t < -126.f ? V{} - 126.f : t;
-    t = t > 127.f ? V{} + 127.f : t;
-    const V rounded = (t + 12582912.f) - 12582912.f;  // round to nearest (1.5 * 2^23 trick)
-    const V f = t - rounded;
-    V p = V{} + kC[7];
-    for (int c = 6; c >= 0; --c) p = p * f + kC[c];
-    const I e = (__builtin_convertvector(rounded, I) + 127) << 23;
-    V scale;
-    std::memcpy(&scale, &e, sizeof(scale));
-    V r = p * scale;
+    V t = load(x + j) * scale - shift;
+    t = t > -127.f ? t : V{} - 127.f;
+    const V magic = t + kMagic;
+    const V f = t - (magic - kMagic);
+    V p = V{} + kC[6];
+    for (int c = 5; c >= 0; --c) p = p * f + kC[c];
     I bits;
-    std::memcpy(&bits, &r, sizeof(bits));
-    bits &= ~tiny;
-    std::memcpy(&r, &bits, sizeof(r));
+    std::memcpy(&bits, &magic, sizeof(bits));
+    bits = (bits << 23) + (127 << 23);  // the low 9 bits of magic's pattern are r mod 512: exponent field r + 127
+    V factor;
+    std::memcpy(&factor, &bits, sizeof(factor));
+    const V r = p * factor;
     store(x + j, r);
     sum += r;
   }
@@ -174,129 +201,187 @@ inline float exp_shifted(float* x, int64_t n, float shift) {
   return total;
 }
 
-inline double exp_shifted(double* x, int64_t n, double shift) {
+inline double exp2_scaled(double* x, int64_t n, double scale, double shift) {
   double total = 0.0;
-  for (int64_t j = 0; j < n; ++j) total += x[j] = std::exp(x[j] - shift);
+  for (int64_t j = 0; j < n; ++j) total += x[j] = std::exp2(x[j] * scale - shift);
   return total;
 }
 
-// The masks of one (b, h) pair, read through strides.
+constexpr double kLog2e = 1.44269504088896340736, kLn2 = 0.69314718055994530942;
+
+// The masks of one (b, h) pair of a dense call, read through strides.
 struct Masks {
   const void* mask = nullptr;  // at (b, h): element (i, j) at mask + i * stride_q + j * stride_k
   at::ScalarType mask_type = at::kBool;
   int64_t stride_q = 0, stride_k = 0;
-  const bool* padding = nullptr;  // at b: key j is padding when padding[j * padding_stride]
-  int64_t padding_stride = 0;
   bool causal = false;
-  int64_t keys = 0;  // Sk
 };
 
-// s[0 : width] = scores of query row i against keys k0 + [0, width): scaled, plus `key_bias` (0, or -inf for a
-// padding key or a key past Sk), then causality and the mask; hidden keys are -inf. Returns the row's maximum.
+// s[0 : width] = scores of query row i against keys k0 + [0, width) (indices within the sequence), in base-2 units:
+// scaled by scale2 = scale * log2 e, plus `key_bias` when given (0, or -inf for a padding key), then causality, the
+// keys past `keys` (the sequence's length) and the mask (additive values also times log2 e); hidden keys are -inf.
+// Returns the row's maximum.
 template <typename T>
-T mask_row(T* s, int64_t width, int64_t i, int64_t k0, T scale, const T* key_bias, const Masks& masks) {
+T mask_row(T* s, int64_t width, int64_t i, int64_t k0, T scale2, const T* key_bias, int64_t keys, const Masks& masks) {
   using V = typename Vec<T>::type;
   constexpr T kNegInf = -std::numeric_limits<T>::infinity();
   constexpr int W = Vec<T>::kWidth;
   V top = V{} + kNegInf;  // scale, bias and max in one pass
-  for (int64_t j = 0; j < width; j += W) {
-    const V x = load(s + j) * scale + load(key_bias + j);
-    store(s + j, x);
-    top = top > x ? top : x;
+  if (key_bias != nullptr) {
+    for (int64_t j = 0; j < width; j += W) {
+      const V x = load(s + j) * scale2 + load(key_bias + j);
+      store(s + j, x);
+      top = top > x ? top : x;
+    }
+  } else {
+    for (int64_t j = 0; j < width; j += W) {
+      const V x = load(s + j) * scale2;
+      store(s + j, x);
+      top = top > x ? top : x;
+    }
   }
   T row_top = top[0];
   for (int l = 1; l < W; ++l) row_top = std::max(row_top, top[l]);
-  int64_t valid = width;
-  if (masks.causal && i + 1 - k0 < width) {
-    valid = std::max<int64_t>(i + 1 - k0, 0);
+  int64_t valid = std::min(width, keys - k0);
+  if (masks.causal) valid = std::min(valid, i + 1 - k0);
+  valid = std::max<int64_t>(valid, 0);
+  if (valid < width) {
     std::fill(s + valid, s + width, kNegInf);
     if (masks.mask == nullptr) return row_max(s, width);
   }
   if (masks.mask == nullptr) return row_top;
   const int64_t base = i * masks.stride_q + k0 * masks.stride_k, st = masks.stride_k;
+  const T log2e = static_cast<T>(kLog2e);
   AT_DISPATCH_FLOATING_TYPES_AND3(at::kBool, at::kHalf, at::kBFloat16, masks.mask_type, "attention_mask", [&] {
     const scalar_t* m = static_cast<const scalar_t*>(masks.mask) + base;
-    const int64_t n = std::min(valid, masks.keys - k0);
-    for (int64_t j = 0; j < n; ++j) {
+    for (int64_t j = 0; j < valid; ++j) {
       if constexpr (std::is_same_v<scalar_t, bool>) {
         if (!m[j * st]) s[j] = kNegInf;
       } else {
-        s[j] += static_cast<T>(m[j * st]);
+        s[j] += static_cast<T>(m[j * st]) * log2e;
       }
     }
   });
   return row_max(s, width);
 }
 
+// Whether query row i sees every key of k0 + [0, width) with no mask or bias: then the row keeps its raw products,
+// its maximum is the raw maximum times scale2 (> 0), and the exponential applies the scale (one pass fewer).
+inline bool plain_row(int64_t i, int64_t k0, int64_t width, int64_t keys, bool has_bias, double scale2,
+                      const Masks& masks) {
+  return !has_bias && masks.mask == nullptr && scale2 > 0 && k0 + width <= keys && (!masks.causal || k0 + width <= i + 1);
+}
+
+// One attention problem of a call: batch entry b of a dense call, or one packed sequence of a varlen call. Its query
+// rows are [q_begin, q_begin + q_len) of the sequence dimension of the (B', H, S', D) tensors at batch index `batch`
+// (always 0 for varlen, whose (T, H, D) tensors are viewed as (1, H, T, D)); its keys [k_begin, k_begin + k_len).
+struct Sequence {
+  int64_t batch, q_begin, q_len, k_begin, k_len;
+};
+
+// The keys of one key block that take part, [lo, hi) within the block, widened to whole register panels.
+struct KeyRange {
+  int64_t lo = 0, hi = 0;
+  int64_t width() const { return hi - lo; }
+};
+
 // Everything the kernels need about one call.
 struct Problem {
-  int64_t batch, heads, kv_heads, sq, sk, dim, dim_padded;
+  int64_t heads, kv_heads, dim, dim_padded;
+  int64_t sq_total, sk_total;  // the tensors' sequence dims: the Sq and Sk of the dropout counter
+  int64_t max_q = 0;
+  std::vector<Sequence> seqs;
+  std::vector<int64_t> key_base;  // seqs + 1 offsets of each sequence's keys padded to whole blocks
   double scale, dropout_p;
   uint64_t seed;
   bool causal;
-  std::optional<at::Tensor> mask, padding;
+  std::optional<at::Tensor> mask, padding;  // dense calls only
+  std::vector<KeyRange> ranges;  // per padded key block: the keys that take part (lo = hi: none)
 
   int64_t group() const { return kv_heads > 0 ? heads / kv_heads : 1; }  // query heads per key/value head (GQA)
+  int64_t query_blocks() const { return round_up(max_q, kForwardRows) / kForwardRows; }
+  int64_t padded_keys() const { return key_base.back(); }
+  int64_t max_padded_keys() const {
+    int64_t longest = 0;
+    for (size_t s = 0; s < seqs.size(); ++s) longest = std::max(longest, key_base[s + 1] - key_base[s]);
+    return longest;
+  }
 
-  Masks masks(int64_t b, int64_t h) const {
+  Masks masks(const Sequence& seq, int64_t h) const {
     Masks m;
     m.causal = causal;
-    m.keys = sk;
     if (mask.has_value()) {
       const at::Tensor& t = *mask;
       m.mask = static_cast<const char*>(t.const_data_ptr()) +
-               (b * t.stride(0) + h * t.stride(1)) * static_cast<int64_t>(t.element_size());
+               (seq.batch * t.stride(0) + h * t.stride(1)) * static_cast<int64_t>(t.element_size());
       m.mask_type = t.scalar_type();
       m.stride_q = t.stride(2);
       m.stride_k = t.stride(3);
     }
-    if (padding.has_value()) {
-      m.padding = padding->const_data_ptr<bool>() + b * padding->stride(0);
-      m.padding_stride = padding->stride(1);
-    }
     return m;
   }
 
-  // A key block can be skipped when causality hides it from every row of the query block, or every key is padding.
-  bool skip(int64_t q0, int64_t q_rows, int64_t k0, const std::vector<char>& block_has_keys, int64_t b) const {
-    if (causal && k0 > q0 + q_rows - 1) return true;
-    return !block_has_keys[b * round_up(sk, kBlockK) / kBlockK + k0 / kBlockK];
+  // The key-padding bias of sequence s from key k0 on (0 or -inf per key), or null without a padding mask.
+  template <typename T>
+  const T* key_bias(const std::vector<T>& bias, int64_t s, int64_t k0) const {
+    return bias.empty() ? nullptr : bias.data() + key_base[s] + k0;
   }
 
-  // Per batch, keys padded to whole blocks: 0 for a key that takes part, -inf for padding and for keys past Sk.
+  // Per padded key block of each sequence: the keys that exist and are not padding, widened to panels of width
+  // `panel`; and, with a padding mask, the per-key bias. A block whose keys are all padding gets an empty range.
   template <typename T>
-  std::vector<T> key_bias() const {
-    const int64_t width = round_up(sk, kBlockK);
-    std::vector<T> bias(batch * width, -std::numeric_limits<T>::infinity());
-    for (int64_t b = 0; b < batch; ++b) {
-      const Masks m = masks(b, 0);
-      for (int64_t j = 0; j < sk; ++j) {
-        bias[b * width + j] = m.padding != nullptr && m.padding[j * m.padding_stride] ? bias[b * width + j] : T(0);
+  void find_key_ranges(std::vector<T>& bias) {
+    const int64_t width = panel<T>();
+    ranges.assign(padded_keys() / kBlockK, KeyRange{});
+    if (padding.has_value()) bias.assign(padded_keys(), -std::numeric_limits<T>::infinity());
+    for (size_t s = 0; s < seqs.size(); ++s) {
+      const Sequence& seq = seqs[s];
+      const bool* pad = padding.has_value() ? padding->const_data_ptr<bool>() + seq.batch * padding->stride(0) : nullptr;
+      const int64_t pad_stride = padding.has_value() ? padding->stride(1) : 0;
+      for (int64_t k0 = 0; k0 < seq.k_len; k0 += kBlockK) {
+        const int64_t n = std::min(kBlockK, seq.k_len - k0);
+        int64_t first = n, last = -1;
+        for (int64_t j = 0; j < n; ++j) {
+          if (pad != nullptr && pad[(seq.k_begin + k0 + j) * pad_stride]) continue;
+          first = std::min(first, j);
+          last = j;
+          if (pad != nullptr) bias[key_base[s] + k0 + j] = T(0);
+        }
+        KeyRange& range = ranges[(key_base[s] + k0) / kBlockK];
+        if (last >= 0) range = KeyRange{first / width * width, round_up(last + 1, width)};
       }
     }
-    return bias;
   }
 
-  // For each (b, key block): whether any of its keys takes part.
-  template <typename T>
-  static std::vector<char> blocks_with_keys(const std::vector<T>& bias) {
-    std::vector<char> has(bias.size() / kBlockK);
-    for (size_t blk = 0; blk < has.size(); ++blk) {
-      has[blk] = std::any_of(bias.begin() + blk * kBlockK, bias.begin() + (blk + 1) * kBlockK,
-                             [](T x) { return x == T(0); });
-    }
-    return has;
+  // The keys of block (s, kb) that query rows [q0, q0 + rows) of the sequence may see (empty: skip the block).
+  KeyRange visible(int64_t s, int64_t kb, int64_t q0, int64_t rows, int64_t width) const {
+    KeyRange r = ranges[key_base[s] / kBlockK + kb];
+    if (causal) r.hi = std::min(r.hi, round_up(std::max<int64_t>(q0 + rows - kb * kBlockK, 0), width));
+    if (r.hi <= r.lo) r = KeyRange{};
+    return r;
   }
 
-  uint64_t dropout_offset(int64_t b, int64_t h, int64_t i, int64_t j) const {
-    return static_cast<uint64_t>(((b * heads + h) * sq + i) * sk + j);
+  // Philox counter of element (i, j) of head h of sequence seq (i, j within the sequence).
+  uint64_t dropout_offset(const Sequence& seq, int64_t h, int64_t i, int64_t j) const {
+    return static_cast<uint64_t>(((seq.batch * heads + h) * sq_total + seq.q_begin + i) * sk_total + seq.k_begin + j);
   }
 };
 
-// rows x dim of a (B, H, S, D) tensor at (b, h, row0) -> dst (rows x dim_padded, zero padding), converted to T.
+// Element (b, h, row) of a (B', H, S', D) tensor (any strides): a pointer to its head-dim vector.
+template <typename scalar_t>
+inline const scalar_t* row_ptr(const at::Tensor& x, int64_t b, int64_t h, int64_t row) {
+  return x.const_data_ptr<scalar_t>() + b * x.stride(0) + h * x.stride(1) + row * x.stride(2);
+}
+
+template <typename scalar_t>
+inline scalar_t* mutable_row_ptr(at::Tensor& x, int64_t b, int64_t h, int64_t row) {
+  return x.mutable_data_ptr<scalar_t>() + b * x.stride(0) + h * x.stride(1) + row * x.stride(2);
+}
+
+// rows x dim of a (B', H, S', D) tensor at (b, h, row0) -> dst (rows x ld, zero padding), converted to T.
 template <typename T, typename scalar_t>
 void pack_rows(const at::Tensor& x, int64_t b, int64_t h, int64_t row0, int64_t rows, int64_t dim, int64_t ld, T* dst) {
-  const scalar_t* src = x.const_data_ptr<scalar_t>() + b * x.stride(0) + h * x.stride(1) + row0 * x.stride(2);
+  const scalar_t* src = row_ptr<scalar_t>(x, b, h, row0);
   const int64_t sr = x.stride(2), sd = x.stride(3);
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t d = 0; d < dim; ++d) dst[r * ld + d] = static_cast<T>(src[r * sr + d * sd]);
@@ -304,222 +389,266 @@ void pack_rows(const at::Tensor& x, int64_t b, int64_t h, int64_t row0, int64_t 
   }
 }
 
-// K or V of head (b, hkv), blocked by kBlockK keys: row-major blocks (kBlockK x Dp) into `rows`, and/or transposed
-// blocks (Dp x kBlockK) into `columns`; keys past Sk are zero.
+// rows x dim of dst at (b, h, row0) = src (rows x ld) * factor, converted to scalar_t (dst through its strides).
 template <typename T, typename scalar_t>
-void pack_keys(const at::Tensor& x, int64_t b, int64_t hkv, const Problem& p, T* rows, T* columns) {
-  const int64_t dp = p.dim_padded, blocks = round_up(p.sk, kBlockK) / kBlockK;
-  std::vector<T> block(kBlockK * dp);
-  for (int64_t kb = 0; kb < blocks; ++kb) {
-    const int64_t k0 = kb * kBlockK, n = std::min(kBlockK, p.sk - k0);
-    T* dst = rows != nullptr ? rows + kb * kBlockK * dp : block.data();
-    pack_rows<T, scalar_t>(x, b, hkv, k0, n, p.dim, dp, dst);
-    std::fill(dst + n * dp, dst + kBlockK * dp, T(0));
-    if (columns != nullptr) transpose(kBlockK, dp, dst, dp, columns + kb * kBlockK * dp, kBlockK);
+void unpack_rows(const T* src, int64_t ld, int64_t rows, int64_t dim, T factor, at::Tensor& x, int64_t b, int64_t h,
+                 int64_t row0) {
+  scalar_t* dst = mutable_row_ptr<scalar_t>(x, b, h, row0);
+  const int64_t sr = x.stride(2), sd = x.stride(3);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t d = 0; d < dim; ++d) dst[r * sr + d * sd] = static_cast<scalar_t>(src[r * ld + d] * factor);
   }
 }
 
+// K or V of (sequence seq, head hkv), blocked by kBlockK keys: row-major blocks (kBlockK x Dp) into `rows`, and/or
+// transposed blocks (Dp x kBlockK) into `columns`; keys past the sequence's length are zero.
+template <typename T, typename scalar_t>
+void pack_keys(const at::Tensor& x, const Sequence& seq, int64_t hkv, const Problem& p, T* rows, T* columns) {
+  const int64_t dp = p.dim_padded;
+  std::vector<T> block(kBlockK * dp);
+  for (int64_t k0 = 0; k0 < seq.k_len; k0 += kBlockK) {
+    const int64_t n = std::min(kBlockK, seq.k_len - k0);
+    T* dst = rows != nullptr ? rows + k0 * dp : block.data();
+    pack_rows<T, scalar_t>(x, seq.batch, hkv, seq.k_begin + k0, n, p.dim, dp, dst);
+    std::fill(dst + n * dp, dst + kBlockK * dp, T(0));
+    if (columns != nullptr) transpose(kBlockK, dp, dst, dp, columns + k0 * dp, kBlockK);
+  }
+}
+
+// q, k, v, out, lse: (B', H, S', D) / (B', H, S') views (varlen: B' = 1); out and lse are written through strides.
 template <typename scalar_t>
-void forward_kernel(const Problem& p, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out,
+void forward_kernel(Problem& p, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out,
                     at::Tensor& lse) {
   using T = at::opmath_type<scalar_t>;
   constexpr T kNegInf = -std::numeric_limits<T>::infinity();
-  const int64_t dp = p.dim_padded, key_blocks = round_up(p.sk, kBlockK) / kBlockK;
-  const int64_t query_blocks = round_up(p.sq, kBlockQ) / kBlockQ, group = p.group();
-  const int64_t per_head = key_blocks * kBlockK * dp;
+  const int64_t dp = p.dim_padded, padded_keys = p.padded_keys(), query_blocks = p.query_blocks();
+  const int64_t group = p.group(), seqs = static_cast<int64_t>(p.seqs.size());
 
-  // K transposed (Dp x kBlockK per block) and V (kBlockK x Dp per block), per (b, hkv), in T.
-  std::vector<T> kt(p.batch * p.kv_heads * per_head), vb(p.batch * p.kv_heads * per_head);
-  at::parallel_for(0, p.batch * p.kv_heads, 1, [&](int64_t begin, int64_t end) {
+  // K transposed (Dp x kBlockK per block) and V (kBlockK x Dp per block) per (hkv, sequence), in T.
+  std::vector<T> kt(p.kv_heads * padded_keys * dp), vb(p.kv_heads * padded_keys * dp);
+  at::parallel_for(0, seqs * p.kv_heads, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
-      pack_keys<T, scalar_t>(k, t / p.kv_heads, t % p.kv_heads, p, nullptr, kt.data() + t * per_head);
-      pack_keys<T, scalar_t>(v, t / p.kv_heads, t % p.kv_heads, p, vb.data() + t * per_head, nullptr);
+      const int64_t s = t / p.kv_heads, hkv = t % p.kv_heads, at_key = (hkv * padded_keys + p.key_base[s]) * dp;
+      pack_keys<T, scalar_t>(k, p.seqs[s], hkv, p, nullptr, kt.data() + at_key);
+      pack_keys<T, scalar_t>(v, p.seqs[s], hkv, p, vb.data() + at_key, nullptr);
     }
   });
-  const std::vector<T> key_bias = p.key_bias<T>();
-  const std::vector<char> has_keys = Problem::blocks_with_keys(key_bias);
-  const T scale = static_cast<T>(p.scale);
+  std::vector<T> bias;
+  p.find_key_ranges(bias);
+  const T scale2 = static_cast<T>(p.scale * kLog2e);
   const float drop = static_cast<float>(p.dropout_p);
+  const T keep_scale = static_cast<T>(1.0 / (1.0 - p.dropout_p));
 
-  at::parallel_for(0, p.batch * p.heads * query_blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> qt(kBlockQ * dp), s(kBlockQ * kBlockK), o(kBlockQ * dp), m(kBlockQ), l(kBlockQ);
+  at::parallel_for(0, seqs * p.heads * query_blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> qt(kForwardRows * dp), s(kForwardRows * kBlockK), o(kForwardRows * dp);
+    std::vector<T> m(kForwardRows), l(kForwardRows);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t qb = task % query_blocks, bh = task / query_blocks, b = bh / p.heads, h = bh % p.heads;
-      const int64_t q0 = qb * kBlockQ, rows = std::min(kBlockQ, p.sq - q0), kv = b * p.kv_heads + h / group;
-      const Masks masks = p.masks(b, h);
-      pack_rows<T, scalar_t>(q, b, h, q0, rows, p.dim, dp, qt.data());
+      const int64_t qb = task % query_blocks, sh = task / query_blocks, si = sh / p.heads, h = sh % p.heads;
+      const Sequence& seq = p.seqs[si];
+      const int64_t q0 = qb * kForwardRows;
+      if (q0 >= seq.q_len) continue;
+      const int64_t rows = std::min(kForwardRows, seq.q_len - q0), hkv = h / group;
+      const Masks masks = p.masks(seq, h);
+      pack_rows<T, scalar_t>(q, seq.batch, h, seq.q_begin + q0, rows, p.dim, dp, qt.data());
       std::fill(o.begin(), o.end(), T(0));
       std::fill(m.begin(), m.end(), kNegInf);
       std::fill(l.begin(), l.end(), T(0));
-      for (int64_t kb = 0; kb < key_blocks; ++kb) {
-        const int64_t k0 = kb * kBlockK;
-        if (p.skip(q0, rows, k0, has_keys, b)) continue;
-        // s = q k^T (rows x kBlockK), then scale and mask.
-        gemm<T>(rows, kBlockK, dp, qt.data(), dp, kt.data() + kv * per_head + kb * kBlockK * dp, kBlockK, s.data(),
-                kBlockK, false);
+      for (int64_t kb = 0; kb * kBlockK < seq.k_len; ++kb) {
+        const KeyRange keys = p.visible(si, kb, q0, rows, panel<T>());
+        if (keys.width() == 0) continue;
+        const int64_t k0 = kb * kBlockK + keys.lo, width = keys.width();
+        const int64_t at_key = (hkv * padded_keys + p.key_base[si] + kb * kBlockK) * dp;
+        // s = q k^T (rows x width, row stride kBlockK), then scale and mask.
+        block_gemm<T>(rows, width, dp, qt.data(), dp, kt.data() + at_key + keys.lo, kBlockK, s.data(), kBlockK, false);
         for (int64_t r = 0; r < rows; ++r) {
           T* row = s.data() + r * kBlockK;
-          const T block_max =
-              mask_row<T>(row, kBlockK, q0 + r, k0, scale, key_bias.data() + b * key_blocks * kBlockK + k0, masks);
+          const bool plain = plain_row(q0 + r, k0, width, seq.k_len, !bias.empty(), scale2, masks);
+          const T block_max = plain ? row_max(row, width) * scale2
+                                    : mask_row<T>(row, width, q0 + r, k0, scale2, p.key_bias(bias, si, k0), seq.k_len,
+                                                  masks);
           if (block_max == kNegInf) {  // nothing visible in this block: p = 0
-            std::fill(row, row + kBlockK, T(0));
+            std::fill(row, row + width, T(0));
             continue;
           }
-          // Online softmax: rescale the running sum and output to the new maximum.
+          // Online softmax (base 2): rescale the running sum and output to the new maximum.
           const T m_new = std::max(m[r], block_max);
-          const T alpha = std::exp(m[r] - m_new);  // 0 when m[r] = -inf
-          l[r] = l[r] * alpha + exp_shifted(row, kBlockK, m_new);
+          const T alpha = std::exp2(m[r] - m_new);  // 0 when m[r] = -inf
+          l[r] = l[r] * alpha + exp2_scaled(row, width, plain ? scale2 : T(1), m_new);
           m[r] = m_new;
           if (alpha != T(1)) {
             for (int64_t d = 0; d < dp; ++d) o[r * dp + d] *= alpha;
           }
           if (drop > 0.f) {  // the sum above is of the undropped probabilities
-            const int64_t n = std::min(kBlockK, p.sk - k0);
+            const int64_t n = std::min(width, seq.k_len - k0);
             for (int64_t j = 0; j < n; ++j) {
-              if (!dropout_keep(p.seed, p.dropout_offset(b, h, q0 + r, k0 + j), drop)) row[j] = T(0);
+              if (!dropout_keep(p.seed, p.dropout_offset(seq, h, q0 + r, k0 + j), drop)) row[j] = T(0);
             }
           }
         }
         // o += p v (rows x Dp)
-        gemm<T>(rows, dp, kBlockK, s.data(), kBlockK, vb.data() + kv * per_head + kb * kBlockK * dp, dp, o.data(), dp,
-                true);
+        block_gemm<T>(rows, dp, width, s.data(), kBlockK, vb.data() + at_key + keys.lo * dp, dp, o.data(), dp, true);
       }
-      // Normalise and write; rows with no visible key give zeros and lse = +inf.
-      const T keep_scale = static_cast<T>(1.0 / (1.0 - p.dropout_p));
-      scalar_t* dst = out.mutable_data_ptr<scalar_t>() + ((b * p.heads + h) * p.sq + q0) * p.dim;
-      auto* lse_dst = lse.mutable_data_ptr<T>() + (b * p.heads + h) * p.sq + q0;
+      // Normalise and write; rows with no visible key give zeros and lse = +inf (natural log units).
+      T* lse_row = lse.mutable_data_ptr<T>() + seq.batch * lse.stride(0) + h * lse.stride(1) +
+                   (seq.q_begin + q0) * lse.stride(2);
       for (int64_t r = 0; r < rows; ++r) {
         const T inv = l[r] > T(0) ? keep_scale / l[r] : T(0);
-        for (int64_t d = 0; d < p.dim; ++d) dst[r * p.dim + d] = static_cast<scalar_t>(o[r * dp + d] * inv);
-        lse_dst[r] = l[r] > T(0) ? m[r] + std::log(l[r]) : std::numeric_limits<T>::infinity();
+        for (int64_t d = 0; d < dp; ++d) o[r * dp + d] *= inv;
+        lse_row[r * lse.stride(2)] =
+            l[r] > T(0) ? (m[r] + std::log2(l[r])) * static_cast<T>(kLn2) : std::numeric_limits<T>::infinity();
       }
+      unpack_rows<T, scalar_t>(o.data(), dp, rows, p.dim, T(1), out, seq.batch, h, seq.q_begin + q0);
     }
   });
 }
-
+// grad_out, q, out, dq: (B', H, S', D); k, v, dk, dv: (B', Hkv, S', D); lse (B', H, S') (varlen: B' = 1). The
+// gradients are written through their strides.
 template <typename scalar_t>
-void backward_kernel(const Problem& p, const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
+void backward_kernel(Problem& p, const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
                      const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse, at::Tensor& dq, at::Tensor& dk,
                      at::Tensor& dv) {
   using T = at::opmath_type<scalar_t>;
-  const int64_t dp = p.dim_padded, key_blocks = round_up(p.sk, kBlockK) / kBlockK;
-  const int64_t query_blocks = round_up(p.sq, kBlockQ) / kBlockQ, group = p.group();
-  const int64_t keys_padded = key_blocks * kBlockK;
-  const std::vector<T> key_bias = p.key_bias<T>();
-  const std::vector<char> has_keys = Problem::blocks_with_keys(key_bias);
-  const T scale = static_cast<T>(p.scale);
+  const int64_t dp = p.dim_padded, group = p.group();
+  const int64_t seqs = static_cast<int64_t>(p.seqs.size());
+  std::vector<T> bias;
+  p.find_key_ranges(bias);
+  const T scale = static_cast<T>(p.scale), scale2 = static_cast<T>(p.scale * kLog2e);
   const float drop = static_cast<float>(p.dropout_p);
   const T keep_scale = static_cast<T>(1.0 / (1.0 - p.dropout_p));
 
-  at::parallel_for(0, p.batch * p.kv_heads, 1, [&](int64_t begin, int64_t end) {
-    const int64_t kd = keys_padded * dp;
+  at::parallel_for(0, seqs * p.kv_heads, 1, [&](int64_t begin, int64_t end) {
+    const int64_t kd = p.max_padded_keys() * dp;
     std::vector<T> kr(kd), kt(kd), vt(kd), dkb(kd), dvb(kd);
-    std::vector<T> qt(kBlockQ * dp), dot(kBlockQ * dp), dqb(kBlockQ * dp), delta(kBlockQ);
-    std::vector<T> s(kBlockQ * kBlockK), dpm(kBlockQ * kBlockK), st(kBlockK * kBlockQ);
+    std::vector<T> qt(kBackwardRows * dp), dot(kBackwardRows * dp), dqb(kBackwardRows * dp), delta(kBackwardRows);
+    std::vector<T> s(kBackwardRows * kBlockK), dpm(kBackwardRows * kBlockK), st(kBlockK * kBackwardRows);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / p.kv_heads, hkv = task % p.kv_heads;
-      pack_keys<T, scalar_t>(k, b, hkv, p, kr.data(), kt.data());
-      pack_keys<T, scalar_t>(v, b, hkv, p, nullptr, vt.data());
+      const int64_t si = task / p.kv_heads, hkv = task % p.kv_heads;
+      const Sequence& seq = p.seqs[si];
+      pack_keys<T, scalar_t>(k, seq, hkv, p, kr.data(), kt.data());
+      pack_keys<T, scalar_t>(v, seq, hkv, p, nullptr, vt.data());
       std::fill(dkb.begin(), dkb.end(), T(0));
       std::fill(dvb.begin(), dvb.end(), T(0));
       for (int64_t h = hkv * group; h < (hkv + 1) * group; ++h) {
-        const Masks masks = p.masks(b, h);
-        for (int64_t qb = 0; qb < query_blocks; ++qb) {
-          const int64_t q0 = qb * kBlockQ, rows = std::min(kBlockQ, p.sq - q0);
-          pack_rows<T, scalar_t>(q, b, h, q0, rows, p.dim, dp, qt.data());
-          pack_rows<T, scalar_t>(grad_out, b, h, q0, rows, p.dim, dp, dot.data());
-          const T* lse_row = lse.const_data_ptr<T>() + (b * p.heads + h) * p.sq + q0;
-          const scalar_t* o = out.const_data_ptr<scalar_t>() + ((b * p.heads + h) * p.sq + q0) * p.dim;
+        const Masks masks = p.masks(seq, h);
+        for (int64_t q0 = 0; q0 < seq.q_len; q0 += kBackwardRows) {
+          const int64_t rows = std::min(kBackwardRows, seq.q_len - q0), row0 = seq.q_begin + q0;
+          pack_rows<T, scalar_t>(q, seq.batch, h, row0, rows, p.dim, dp, qt.data());
+          pack_rows<T, scalar_t>(grad_out, seq.batch, h, row0, rows, p.dim, dp, dot.data());
+          const T* lse_row = lse.const_data_ptr<T>() + seq.batch * lse.stride(0) + h * lse.stride(1) +
+                             row0 * lse.stride(2);
+          const scalar_t* o = row_ptr<scalar_t>(out, seq.batch, h, row0);
           for (int64_t r = 0; r < rows; ++r) {  // delta = rowsum(dO * O)
             T sum = 0;
-            for (int64_t d = 0; d < p.dim; ++d) sum += dot[r * dp + d] * static_cast<T>(o[r * p.dim + d]);
+            for (int64_t d = 0; d < p.dim; ++d) {
+              sum += dot[r * dp + d] * static_cast<T>(o[r * out.stride(2) + d * out.stride(3)]);
+            }
             delta[r] = sum;
           }
           std::fill(dqb.begin(), dqb.end(), T(0));
-          for (int64_t kb = 0; kb < key_blocks; ++kb) {
-            const int64_t k0 = kb * kBlockK, n = std::min(kBlockK, p.sk - k0);
-            if (p.skip(q0, rows, k0, has_keys, b)) continue;
-            const int64_t off = kb * kBlockK * dp;
-            // P = exp(scale * q k^T + mask - lse): the forward's probabilities, recomputed.
-            gemm<T>(rows, kBlockK, dp, qt.data(), dp, kt.data() + off, kBlockK, s.data(), kBlockK, false);
+          for (int64_t kb = 0; kb * kBlockK < seq.k_len; ++kb) {
+            const KeyRange keys = p.visible(si, kb, q0, rows, panel<T>());
+            if (keys.width() == 0) continue;
+            const int64_t k0 = kb * kBlockK + keys.lo, width = keys.width(), n = std::min(width, seq.k_len - k0);
+            const int64_t off = k0 * dp;
+            // P = 2^(scale2 * q k^T + mask - lse * log2 e): the forward's probabilities, recomputed.
+            block_gemm<T>(rows, width, dp, qt.data(), dp, kt.data() + kb * kBlockK * dp + keys.lo, kBlockK, s.data(),
+                    kBlockK, false);
             // dP_dropped = dO v^T
-            gemm<T>(rows, kBlockK, dp, dot.data(), dp, vt.data() + off, kBlockK, dpm.data(), kBlockK, false);
+            block_gemm<T>(rows, width, dp, dot.data(), dp, vt.data() + kb * kBlockK * dp + keys.lo, kBlockK, dpm.data(),
+                    kBlockK, false);
             for (int64_t r = 0; r < rows; ++r) {
               T* pr = s.data() + r * kBlockK;
               T* dr = dpm.data() + r * kBlockK;
-              mask_row<T>(pr, kBlockK, q0 + r, k0, scale, key_bias.data() + b * keys_padded + k0, masks);
-              exp_shifted(pr, kBlockK, lse_row[r]);  // lse = +inf (no visible key) gives 0
+              const bool plain = plain_row(q0 + r, k0, width, seq.k_len, !bias.empty(), scale2, masks);
+              if (!plain) mask_row<T>(pr, width, q0 + r, k0, scale2, p.key_bias(bias, si, k0), seq.k_len, masks);
+              // lse = +inf (no visible key) gives 0
+              exp2_scaled(pr, width, plain ? scale2 : T(1), lse_row[r * lse.stride(2)] * static_cast<T>(kLog2e));
               if (drop > 0.f) {
                 // s row becomes the dropped probabilities (for dV), dP is taken back through the dropout.
                 for (int64_t j = 0; j < n; ++j) {
-                  const bool keep = dropout_keep(p.seed, p.dropout_offset(b, h, q0 + r, k0 + j), drop);
+                  const bool keep = dropout_keep(p.seed, p.dropout_offset(seq, h, q0 + r, k0 + j), drop);
                   const T pj = pr[j];
                   pr[j] = keep ? pj * keep_scale : T(0);
                   dr[j] = keep ? pj * (dr[j] * keep_scale - delta[r]) : pj * -delta[r];
                 }
-                for (int64_t j = n; j < kBlockK; ++j) dr[j] = T(0);
+                for (int64_t j = n; j < width; ++j) dr[j] = T(0);
               } else {
-                for (int64_t j = 0; j < kBlockK; ++j) dr[j] = pr[j] * (dr[j] - delta[r]);  // dS
+                for (int64_t j = 0; j < width; ++j) dr[j] = pr[j] * (dr[j] - delta[r]);  // dS
               }
             }
             // dV += P_dropped^T dO
-            transpose(rows, kBlockK, s.data(), kBlockK, st.data(), kBlockQ);
-            gemm<T>(kBlockK, dp, rows, st.data(), kBlockQ, dot.data(), dp, dvb.data() + off, dp, true);
+            transpose(rows, width, s.data(), kBlockK, st.data(), kBackwardRows);
+            block_gemm<T>(width, dp, rows, st.data(), kBackwardRows, dot.data(), dp, dvb.data() + off, dp, true);
             // dQ += dS k ; dK += dS^T q (the softmax scale is applied once at the end)
-            gemm<T>(rows, dp, kBlockK, dpm.data(), kBlockK, kr.data() + off, dp, dqb.data(), dp, true);
-            transpose(rows, kBlockK, dpm.data(), kBlockK, st.data(), kBlockQ);
-            gemm<T>(kBlockK, dp, rows, st.data(), kBlockQ, qt.data(), dp, dkb.data() + off, dp, true);
+            block_gemm<T>(rows, dp, width, dpm.data(), kBlockK, kr.data() + off, dp, dqb.data(), dp, true);
+            transpose(rows, width, dpm.data(), kBlockK, st.data(), kBackwardRows);
+            block_gemm<T>(width, dp, rows, st.data(), kBackwardRows, qt.data(), dp, dkb.data() + off, dp, true);
           }
-          scalar_t* dst = dq.mutable_data_ptr<scalar_t>() + ((b * p.heads + h) * p.sq + q0) * p.dim;
-          for (int64_t r = 0; r < rows; ++r) {
-            for (int64_t d = 0; d < p.dim; ++d) dst[r * p.dim + d] = static_cast<scalar_t>(dqb[r * dp + d] * scale);
-          }
+          unpack_rows<T, scalar_t>(dqb.data(), dp, rows, p.dim, scale, dq, seq.batch, h, row0);
         }
       }
-      scalar_t* dk_dst = dk.mutable_data_ptr<scalar_t>() + (b * p.kv_heads + hkv) * p.sk * p.dim;
-      scalar_t* dv_dst = dv.mutable_data_ptr<scalar_t>() + (b * p.kv_heads + hkv) * p.sk * p.dim;
-      for (int64_t j = 0; j < p.sk; ++j) {
-        for (int64_t d = 0; d < p.dim; ++d) {
-          dk_dst[j * p.dim + d] = static_cast<scalar_t>(dkb[j * dp + d] * scale);
-          dv_dst[j * p.dim + d] = static_cast<scalar_t>(dvb[j * dp + d]);
-        }
-      }
+      unpack_rows<T, scalar_t>(dkb.data(), dp, seq.k_len, p.dim, scale, dk, seq.batch, hkv, seq.k_begin);
+      unpack_rows<T, scalar_t>(dvb.data(), dp, seq.k_len, p.dim, T(1), dv, seq.batch, hkv, seq.k_begin);
     }
   });
 }
 
-// Checks every argument (messages name it) and gathers the sizes.
-Problem make_problem(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                     const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& key_padding_mask,
-                     bool is_causal, double scale, double dropout_p, int64_t seed) {
+// Checks of q, k, v shared by the dense and varlen ops (shapes checked by the callers).
+void check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t dims) {
   check_dtype(q, "q", {at::kFloat, at::kDouble, at::kBFloat16});
-  check_dim(q, "q", 4);
-  check_dim(k, "k", 4);
-  check_dim(v, "v", 4);
+  check_dim(q, "q", dims);
+  check_dim(k, "k", dims);
+  check_dim(v, "v", dims);
   check_same_dtype(k, "k", q, "q");
   check_same_dtype(v, "v", q, "q");
   check_same_device(k, "k", q, "q");
   check_same_device(v, "v", q, "q");
   check_same_shape(v, "v", k, "k");
+}
+
+// The sizes and options every call shares; q, k (B', H, S', D) views.
+Problem make_common(const at::Tensor& q, const at::Tensor& k, bool is_causal, double scale, double dropout_p,
+                    int64_t seed) {
   Problem p;
-  p.batch = q.size(0);
   p.heads = q.size(1);
-  p.sq = q.size(2);
+  p.sq_total = q.size(2);
   p.dim = q.size(3);
   p.kv_heads = k.size(1);
-  p.sk = k.size(2);
-  TORCH_CHECK_VALUE(k.size(0) == p.batch, "argument `k` has batch ", k.size(0), "; expected ", p.batch,
-                    " (the batch of `q`)");
+  p.sk_total = k.size(2);
   TORCH_CHECK_VALUE(k.size(3) == p.dim, "argument `k` has head dim ", k.size(3), "; expected ", p.dim,
                     " (the head dim of `q`)");
   TORCH_CHECK_VALUE(p.kv_heads > 0 ? p.heads % p.kv_heads == 0 : p.heads == 0, "argument `k` has ", p.kv_heads,
                     " heads, which does not divide the ", p.heads, " heads of `q`");
   TORCH_CHECK_VALUE(dropout_p >= 0.0 && dropout_p < 1.0, "argument `dropout_p` must be in [0, 1); got ", dropout_p);
+  p.dim_padded = round_up(p.dim, q.scalar_type() == at::kDouble ? panel<double>() : panel<float>());
+  p.scale = scale;
+  p.dropout_p = dropout_p;
+  p.seed = static_cast<uint64_t>(seed);
+  p.causal = is_causal;
+  return p;
+}
+
+// Adds a sequence; its keys take whole blocks in the packed K/V buffers.
+void add_sequence(Problem& p, const Sequence& seq) {
+  p.seqs.push_back(seq);
+  p.key_base.push_back(p.key_base.back() + round_up(seq.k_len, kBlockK));
+  p.max_q = std::max(p.max_q, seq.q_len);
+}
+
+// A dense call: checks every argument (messages name it); one sequence per batch entry.
+Problem make_problem(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                     const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& key_padding_mask,
+                     bool is_causal, double scale, double dropout_p, int64_t seed) {
+  check_qkv(q, k, v, 4);
+  const int64_t batch = q.size(0), sq = q.size(2), sk = k.size(2);
+  TORCH_CHECK_VALUE(k.size(0) == batch, "argument `k` has batch ", k.size(0), "; expected ", batch,
+                    " (the batch of `q`)");
+  Problem p = make_common(q, k, is_causal, scale, dropout_p, seed);
   if (mask.has_value()) {
     check_dim(*mask, "mask", 4);
     check_same_device(*mask, "mask", q, "q");
     check_dtype(*mask, "mask", {at::kBool, at::kFloat, at::kDouble, at::kBFloat16, at::kHalf});
-    const std::vector<int64_t> expected{p.batch, p.heads, p.sq, p.sk};
+    const std::vector<int64_t> expected{batch, p.heads, sq, sk};
     TORCH_CHECK_VALUE(mask->sizes() == at::IntArrayRef(expected), "argument `mask` has shape ", mask->sizes(),
                       "; expected ", at::IntArrayRef(expected), " (a broadcast view; stride 0 where broadcast)");
   }
@@ -527,17 +656,14 @@ Problem make_problem(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
     check_dim(*key_padding_mask, "key_padding_mask", 2);
     check_same_device(*key_padding_mask, "key_padding_mask", q, "q");
     check_dtype(*key_padding_mask, "key_padding_mask", {at::kBool});
-    const std::vector<int64_t> expected{p.batch, p.sk};
+    const std::vector<int64_t> expected{batch, sk};
     TORCH_CHECK_VALUE(key_padding_mask->sizes() == at::IntArrayRef(expected), "argument `key_padding_mask` has shape ",
                       key_padding_mask->sizes(), "; expected ", at::IntArrayRef(expected));
   }
-  p.dim_padded = round_up(p.dim, q.scalar_type() == at::kDouble ? panel<double>() : panel<float>());
-  p.scale = scale;
-  p.dropout_p = dropout_p;
-  p.seed = static_cast<uint64_t>(seed);
-  p.causal = is_causal;
   p.mask = mask;
   p.padding = key_padding_mask;
+  p.key_base.push_back(0);
+  for (int64_t b = 0; b < batch; ++b) add_sequence(p, Sequence{b, 0, sq, 0, sk});
   return p;
 }
 
@@ -547,32 +673,111 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_cpu(const at::Tensor& q, co
                                                          const std::optional<at::Tensor>& mask,
                                                          const std::optional<at::Tensor>& key_padding_mask,
                                                          bool is_causal, double scale, double dropout_p, int64_t seed) {
-  const Problem p = make_problem(q, k, v, mask, key_padding_mask, is_causal, scale, dropout_p, seed);
-  at::Tensor out = empty_output({p.batch, p.heads, p.sq, p.dim}, q.options());
-  at::Tensor lse = empty_output({p.batch, p.heads, p.sq}, q.options().dtype(lse_type(q)));
+  Problem p = make_problem(q, k, v, mask, key_padding_mask, is_causal, scale, dropout_p, seed);
+  at::Tensor out = empty_output({q.size(0), p.heads, p.sq_total, p.dim}, q.options());
+  at::Tensor lse = empty_output({q.size(0), p.heads, p.sq_total}, q.options().dtype(lse_type(q)));
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, q.scalar_type(), "attention_forward_cpu",
                                  [&] { forward_kernel<scalar_t>(p, q, k, v, out, lse); });
   return {out, lse};
+}
+
+// Checks of the tensors the backward adds: grad_out and out like q, lse (leading dims of q) in the lse dtype.
+void check_backward_inputs(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& out,
+                           const at::Tensor& lse, at::IntArrayRef lse_shape) {
+  check_same_shape(grad_out, "grad_out", q, "q");
+  check_same_dtype(grad_out, "grad_out", q, "q");
+  check_same_shape(out, "out", q, "q");
+  check_same_dtype(out, "out", q, "q");
+  TORCH_CHECK_VALUE(lse.scalar_type() == lse_type(q) && lse.sizes() == lse_shape, "argument `lse` has dtype ",
+                    lse.scalar_type(), " and shape ", lse.sizes(), "; expected ", lse_type(q), " and ", lse_shape);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
     const at::Tensor& lse, const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& key_padding_mask,
     bool is_causal, double scale, double dropout_p, int64_t seed) {
-  const Problem p = make_problem(q, k, v, mask, key_padding_mask, is_causal, scale, dropout_p, seed);
-  check_same_shape(grad_out, "grad_out", q, "q");
-  check_same_dtype(grad_out, "grad_out", q, "q");
-  check_same_shape(out, "out", q, "q");
-  check_same_dtype(out, "out", q, "q");
-  TORCH_CHECK_VALUE(lse.scalar_type() == lse_type(q) && lse.sizes() == q.sizes().slice(0, 3),
-                    "argument `lse` has dtype ", lse.scalar_type(), " and shape ", lse.sizes(), "; expected ",
-                    lse_type(q), " and ", q.sizes().slice(0, 3));
-  const at::Tensor o = out.contiguous(), l = lse.contiguous();
-  at::Tensor dq = empty_output({p.batch, p.heads, p.sq, p.dim}, q.options());
-  at::Tensor dk = empty_output({p.batch, p.kv_heads, p.sk, p.dim}, q.options());
-  at::Tensor dv = empty_output({p.batch, p.kv_heads, p.sk, p.dim}, q.options());
+  Problem p = make_problem(q, k, v, mask, key_padding_mask, is_causal, scale, dropout_p, seed);
+  check_backward_inputs(grad_out, q, out, lse, q.sizes().slice(0, 3));
+  at::Tensor dq = empty_output(q.sizes(), q.options());
+  at::Tensor dk = empty_output(k.sizes(), q.options());
+  at::Tensor dv = empty_output(k.sizes(), q.options());
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, q.scalar_type(), "attention_backward_cpu",
-                                 [&] { backward_kernel<scalar_t>(p, grad_out, q, k, v, o, l, dq, dk, dv); });
+                                 [&] { backward_kernel<scalar_t>(p, grad_out, q, k, v, out, lse, dq, dk, dv); });
+  return {dq, dk, dv};
+}
+
+// --- varlen: packed sequences ----------------------------------------------------------------------------------------
+
+// (T, H, D) -> the (1, H, T, D) view the kernels index.
+at::Tensor heads_first(const at::Tensor& x) { return x.transpose(0, 1).unsqueeze(0); }
+
+// A varlen call: checks every argument; one sequence per pair of offsets (int32 (N + 1,), non-decreasing, within the
+// packed tensors, lengths within max_seqlen).
+Problem make_varlen_problem(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& cu_q,
+                            const at::Tensor& cu_k, int64_t max_q, int64_t max_k, bool is_causal, double scale,
+                            double dropout_p, int64_t seed) {
+  check_qkv(q, k, v, 3);
+  for (const auto& [cu, name] : {std::pair{cu_q, "cu_seqlens_q"}, std::pair{cu_k, "cu_seqlens_k"}}) {
+    check_dtype(cu, name, {at::kInt});
+    check_dim(cu, name, 1);
+    check_same_device(cu, name, q, "q");
+    TORCH_CHECK_VALUE(cu.numel() >= 1, "argument `", name, "` is empty; expected (N + 1,) offsets");
+  }
+  TORCH_CHECK_VALUE(cu_k.numel() == cu_q.numel(), "argument `cu_seqlens_k` has ", cu_k.numel(), " entries; expected ",
+                    cu_q.numel(), " like `cu_seqlens_q`");
+  Problem p = make_common(heads_first(q), heads_first(k), is_causal, scale, dropout_p, seed);
+  const at::Tensor oq = cu_q.contiguous(), ok = cu_k.contiguous();
+  const int32_t* offq = oq.const_data_ptr<int32_t>();
+  const int32_t* offk = ok.const_data_ptr<int32_t>();
+  p.key_base.push_back(0);
+  for (int64_t i = 0; i + 1 < cu_q.numel(); ++i) {
+    const int64_t lq = offq[i + 1] - offq[i], lk = offk[i + 1] - offk[i];
+    TORCH_CHECK_VALUE(offq[i] >= 0 && lq >= 0 && offq[i + 1] <= p.sq_total, "argument `cu_seqlens_q` has offsets ",
+                      offq[i], ", ", offq[i + 1], " at ", i, "; expected non-decreasing offsets within the ",
+                      p.sq_total, " rows of `q`");
+    TORCH_CHECK_VALUE(offk[i] >= 0 && lk >= 0 && offk[i + 1] <= p.sk_total, "argument `cu_seqlens_k` has offsets ",
+                      offk[i], ", ", offk[i + 1], " at ", i, "; expected non-decreasing offsets within the ",
+                      p.sk_total, " rows of `k`");
+    TORCH_CHECK_VALUE(lq <= max_q && lk <= max_k, "sequence ", i, " has lengths ", lq, " (q) and ", lk,
+                      " (k); arguments `max_seqlen_q` = ", max_q, " and `max_seqlen_k` = ", max_k,
+                      " must bound them");
+    add_sequence(p, Sequence{0, offq[i], lq, offk[i], lk});
+  }
+  return p;
+}
+
+std::tuple<at::Tensor, at::Tensor> varlen_attention_forward_cpu(const at::Tensor& q, const at::Tensor& k,
+                                                                const at::Tensor& v, const at::Tensor& cu_seqlens_q,
+                                                                const at::Tensor& cu_seqlens_k, int64_t max_seqlen_q,
+                                                                int64_t max_seqlen_k, bool is_causal, double scale,
+                                                                double dropout_p, int64_t seed) {
+  Problem p = make_varlen_problem(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, is_causal, scale,
+                                  dropout_p, seed);
+  at::Tensor out = empty_output(q.sizes(), q.options());                                 // (Tq, H, D)
+  at::Tensor lse = empty_output({p.heads, p.sq_total}, q.options().dtype(lse_type(q)));  // (H, Tq)
+  at::Tensor out_view = heads_first(out), lse_view = lse.unsqueeze(0);
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, q.scalar_type(), "varlen_attention_forward_cpu", [&] {
+    forward_kernel<scalar_t>(p, heads_first(q), heads_first(k), heads_first(v), out_view, lse_view);
+  });
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> varlen_attention_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+    const at::Tensor& lse, const at::Tensor& cu_seqlens_q, const at::Tensor& cu_seqlens_k, int64_t max_seqlen_q,
+    int64_t max_seqlen_k, bool is_causal, double scale, double dropout_p, int64_t seed) {
+  Problem p = make_varlen_problem(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, is_causal, scale,
+                                  dropout_p, seed);
+  const std::vector<int64_t> lse_shape{p.heads, p.sq_total};
+  check_backward_inputs(grad_out, q, out, lse, lse_shape);
+  at::Tensor dq = empty_output(q.sizes(), q.options());
+  at::Tensor dk = empty_output(k.sizes(), q.options());
+  at::Tensor dv = empty_output(k.sizes(), q.options());
+  at::Tensor dq_view = heads_first(dq), dk_view = heads_first(dk), dv_view = heads_first(dv);
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, q.scalar_type(), "varlen_attention_backward_cpu", [&] {
+    backward_kernel<scalar_t>(p, heads_first(grad_out), heads_first(q), heads_first(k), heads_first(v),
+                              heads_first(out), lse.unsqueeze(0), dq_view, dk_view, dv_view);
+  });
   return {dq, dk, dv};
 }
 
@@ -581,6 +786,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
 TORCH_LIBRARY_IMPL(kernels, CPU, m) {
   m.impl("attention_forward", &attention_forward_cpu);
   m.impl("attention_backward", &attention_backward_cpu);
+  m.impl("varlen_attention_forward", &varlen_attention_forward_cpu);
+  m.impl("varlen_attention_backward", &varlen_attention_backward_cpu);
 }
 
 }  // namespace kernels

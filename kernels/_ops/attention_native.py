@@ -20,6 +20,8 @@ from .._extension import _C
 
 FORWARD = "kernels::attention_forward"
 BACKWARD = "kernels::attention_backward"
+VARLEN_FORWARD = "kernels::varlen_attention_forward"
+VARLEN_BACKWARD = "kernels::varlen_attention_backward"
 
 if _C is not None:
 
@@ -47,6 +49,32 @@ if _C is not None:
 
     torch.library.register_autograd(FORWARD, _backward, setup_context=_setup_context)
 
+    # Packed sequences: q (Tq, H, D), k/v (Tk, Hkv, D); lse (H, Tq).
+    @torch.library.register_fake(VARLEN_FORWARD)
+    def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, is_causal, scale, dropout_p, seed):
+        lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+        return q.new_empty(q.shape), q.new_empty((q.shape[1], q.shape[0]), dtype=lse_dtype)
+
+    @torch.library.register_fake(VARLEN_BACKWARD)
+    def _(grad_out, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, is_causal, scale,
+          dropout_p, seed):
+        return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+    def _varlen_setup_context(ctx, inputs, output):
+        q, k, v, cu_seqlens_q, cu_seqlens_k, *arguments = inputs
+        out, lse = output
+        ctx.save_for_backward(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k)
+        ctx.arguments = tuple(arguments)
+        ctx.mark_non_differentiable(lse)
+
+    def _varlen_backward(ctx, grad_out, grad_lse):
+        q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k = ctx.saved_tensors
+        dq, dk, dv = torch.ops.kernels.varlen_attention_backward(grad_out, q, k, v, out, lse, cu_seqlens_q,
+                                                                 cu_seqlens_k, *ctx.arguments)
+        return dq, dk, dv, *([None] * 8)
+
+    torch.library.register_autograd(VARLEN_FORWARD, _varlen_backward, setup_context=_varlen_setup_context)
+
 
 def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                                  enable_gqa=False, *, key_padding_mask=None):
@@ -64,6 +92,24 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_caus
     out, _ = torch.ops.kernels.attention_forward(q, k, v, mask, key_padding_mask, bool(is_causal), scale,
                                                  float(dropout_p), seed)
     return out
+
+
+def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, is_causal, scale,
+                     dropout_p):
+    """The ``native`` backend of ``kernels.varlen_attention`` (arguments validated by the caller). The offsets reach
+    the kernels as int32; dropout draws its seed as the dense op does."""
+    seed = int(torch.randint(2**31, (1,)).item()) if dropout_p > 0.0 else 0
+    out, _ = torch.ops.kernels.varlen_attention_forward(
+        q, k, v, cu_seqlens_q.to(torch.int32), cu_seqlens_k.to(torch.int32), int(max_seqlen_q), int(max_seqlen_k),
+        bool(is_causal), float(scale), float(dropout_p), seed)
+    return out
+
+
+def varlen_unsupported(q=None, k=None, v=None, **_) -> str | None:
+    """Why the native backend cannot serve a varlen call, or None: the dense limits, on (T, H, D) tensors."""
+    if q is None or k is None or v is None:
+        return None
+    return unsupported(*(t.transpose(0, 1).unsqueeze(0) for t in (q, k, v)))
 
 
 def unsupported(q=None, k=None, v=None, attn_mask=None, **_) -> str | None:
