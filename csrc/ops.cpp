@@ -3,6 +3,10 @@
 // implementations and autograd live in Python, in kernels/_ops/<op>_native.py.
 #include <torch/extension.h>
 
+#ifdef KERNELS_WITH_CUBLASLT
+#include <kernels/linear_cublaslt.h>
+#endif
+
 TORCH_LIBRARY(kernels, m) {
   // out = x + residual, elementwise, same shape and dtype. The smallest op: it proves the build and the dispatch.
   m.def("residual_add(Tensor x, Tensor residual) -> Tensor");
@@ -52,11 +56,18 @@ TORCH_LIBRARY(kernels, m) {
 }
 
 // The Python module kernels._C: importing it loads the library above. `with_cuda` says whether CUDA kernels were
-// compiled in, so `import kernels` can warn when a CUDA machine got a CPU-only build.
+// compiled in, so `import kernels` can warn when a CUDA machine got a CPU-only build; `with_cublaslt` whether the
+// cuBLASLt epilogue path of linear/feed_forward was (then `cublaslt_calls()` counts its GEMMs, for tests).
 PYBIND11_MODULE(_C, module) {
 #ifdef KERNELS_WITH_CUDA
   module.attr("with_cuda") = true;
 #else
   module.attr("with_cuda") = false;
+#endif
+#ifdef KERNELS_WITH_CUBLASLT
+  module.attr("with_cublaslt") = true;
+  module.def("cublaslt_calls", &kernels::cublaslt_calls, "cublasLtMatmul calls made by linear/feed_forward so far");
+#else
+  module.attr("with_cublaslt") = false;
 #endif
 }
