@@ -147,8 +147,10 @@ def _register() -> None:
 
         run_linear, run_feed_forward = _runners(feed_forward_native.ops)
         dtypes = {"cpu": (torch.float32, torch.float64, torch.bfloat16), "cuda": _CUDA}
-        notes = ("cuda: cuBLASLt epilogues for relu/gelu_tanh/bias/residual" if _cublaslt_built()
-                 else "cuda: cuBLASLt epilogues not built (no cuBLAS headers)")
+        notes = ""
+        if _extension.native_available("cuda"):
+            notes = ("cuda: cuBLASLt epilogues for bias, relu, gelu_tanh, residual" if _cublaslt_built()
+                     else "cuda: built without cuBLASLt (no cuBLAS headers/library found)")
         _backend.register(Implementation("linear", "native", run_linear, dtypes, native_op="linear_forward",
                                          notes=notes))
         _backend.register(Implementation("feed_forward", "native", run_feed_forward, dtypes,
