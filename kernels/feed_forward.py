@@ -163,7 +163,7 @@ def _register() -> None:
         notes = "cpu only under TRITON_INTERPRET=1"
         _backend.register(Implementation("linear", "triton", run_linear, dtypes, notes=notes))
         _backend.register(Implementation("feed_forward", "triton", run_feed_forward, dtypes, notes=notes))
-    # On CUDA the Triton kernel fuses the epilogues into the GEMM; native runs them as a pass after cuBLAS.
+    # On CUDA the Triton kernel fuses every epilogue into its GEMM; native fuses only those cuBLASLt offers.
     for op in ("linear", "feed_forward"):
         _backend.set_auto_order(op, "cuda", ("triton", "native"))
 
