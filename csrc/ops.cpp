@@ -33,6 +33,9 @@ TORCH_LIBRARY(kernels, m) {
         "Tensor? residual, bool save_pre) -> (Tensor, Tensor)");
   m.def("linear_act_backward(Tensor grad, Tensor? weight, Tensor pre, str? activation, float dropout_p, "
         "Tensor seed) -> (Tensor, Tensor)");
+  // linear_weight_grad returns (grad.T @ x, the column sums of grad in the op-math dtype when `bias` else an empty
+  // (0,) tensor): a Linear's weight and bias gradients in one GEMM where cuBLASLt's BGRADB epilogue serves.
+  m.def("linear_weight_grad(Tensor grad, Tensor x, bool bias) -> (Tensor, Tensor)");
   // attention (native backend; kernels in csrc/cpu/attention.cpp, csrc/cuda/attention*.cu). q (B, H, Sq, D),
   // k/v (B, Hkv, Sk, D); mask: bool (True = take part) or floating (added), a (B, H, Sq, Sk) broadcast view;
   // key_padding_mask: bool (B, Sk), True = padding; is_causal top-left aligned. Dropout keeps element

@@ -8,7 +8,8 @@ Backends:
 * ``"native"``: on CUDA, cuBLASLt with its epilogues where they match (csrc/cuda/linear_cublaslt.cu): no activation,
   relu or tanh GELU with the bias in the GEMM (GELU_AUX keeps the pre-activation for the backward), the second
   Linear's residual as cuBLASLt's C operand (beta = 1), and in the backward ``grad @ w2`` with the tanh-GELU
-  derivative and the bias gradient (DGELU_BGRAD). Everything else -- erf GELU, SiLU, SwiGLU/GeGLU, dropout, relu when
+  derivative and the bias gradient (DGELU_BGRAD) and the weight gradient ``grad.T @ x`` with the bias gradient of a
+  Linear without activation (BGRADB). Everything else -- erf GELU, SiLU, SwiGLU/GeGLU, dropout, relu when
   training (its pre-activation is kept), odd shapes (a dimension not a multiple of 8, a misaligned pointer) -- and
   the CPU run ``at::addmm``/``at::mm`` (cuBLAS through ATen; the platform BLAS) followed by one fused, vectorised
   epilogue pass of our own (csrc/cuda/linear.cu, csrc/cpu/linear.cpp): the activation (gated: ``act(gate) * up``),
@@ -129,6 +130,7 @@ def _native_built() -> bool:
     """True when the loaded kernels._C defines this op's C++ primitives (an older build may not)."""
     try:
         torch.ops.kernels.linear_forward  # noqa: B018  (raises when the schema is absent)
+        torch.ops.kernels.linear_weight_grad  # noqa: B018
     except (AttributeError, RuntimeError):
         return False
     return has_native_kernel("linear_forward", "cpu")

@@ -1,9 +1,9 @@
 """The cuBLASLt epilogue path of the native CUDA kernels.linear / kernels.feed_forward (csrc/cuda/linear_cublaslt.cu).
 
 GPU tier: every activation it fuses (None, relu, gelu_tanh) with and without bias, in fp16, bf16 and fp32, forward
-and backward against kernels.reference, with ``kernels._C.cublaslt_calls()`` showing which calls took the path and
+and backward against kernels.reference, the weight-gradient primitive (BGRADB), with ``kernels._C.cublaslt_calls()`` showing which calls took the path and
 which fell back (odd or misaligned shapes, dropout, activations cuBLASLt does not fuse). CPU tier: the extension says
-whether the path was compiled in."""
+whether the path was compiled in, and the weight-gradient primitive's CPU kernel."""
 
 import contextlib
 
@@ -12,7 +12,7 @@ import torch
 
 import kernels
 from kernels import _extension, reference
-from kernels.testing import available_devices, backends_for, check_against_reference
+from kernels.testing import assert_close, available_devices, backends_for, check_against_reference
 
 _C = _extension._C
 WITH_CUBLASLT = bool(getattr(_C, "with_cublaslt", False))
@@ -77,6 +77,22 @@ def _feed_forward(x, w1, b1, w2, b2, *, activation="gelu", dropout_p=0.0, residu
                                 backend="native")
 
 
+@pytest.mark.skipif("native" not in backends_for("feed_forward", "cpu"), reason="kernels._C lacks the ops")
+@pytest.mark.parametrize("bias", [True, False])
+def test_weight_grad_primitive_cpu(bias):
+    # The same op on the CPU (an ATen GEMM and a sum): opcheck, values, and the argument check.
+    grad, x = torch.randn(7, 5), torch.randn(7, 3)
+    torch.library.opcheck(torch.ops.kernels.linear_weight_grad, (grad, x, bias))
+    grad_w, grad_b = torch.ops.kernels.linear_weight_grad(grad, x, bias)
+    assert_close(grad_w, grad.double().t() @ x.double())
+    if bias:
+        assert_close(grad_b, grad.double().sum(0))
+    else:
+        assert grad_b.shape == (0,)
+    with pytest.raises(ValueError, match="argument `grad` has shape"):
+        torch.ops.kernels.linear_weight_grad(torch.randn(6, 5), x, bias)
+
+
 def test_extension_says_whether_cublaslt_is_compiled_in():
     if _C is None:
         pytest.skip("kernels._C is not built")
@@ -100,11 +116,12 @@ def test_linear_takes_cublaslt_forward_and_backward(dtype, activation, bias, row
             _linear(x, weight, b, activation=activation)
             assert _calls() == before + 1
         # Training: GELU_AUX keeps the pre-activation; relu with save_pre takes the generic path (the contract keeps
-        # the pre-activation itself, not RELU_AUX's bit-mask); None saves nothing and stays on cuBLASLt.
+        # the pre-activation itself, not RELU_AUX's bit-mask); None saves nothing and stays on cuBLASLt, and its
+        # backward reduces the bias gradient in the weight-gradient GEMM (BGRADB).
         before = _calls()
         check_against_reference(_linear, reference.linear, x, weight, b, activation=activation,
                                 **_tolerances(dtype, activation))
-        assert _calls() == before + (0 if activation == "relu" else 1)
+        assert _calls() == before + {None: 1 + bias, "relu": 0, "gelu_tanh": 1}[activation]
 
 
 @pytest.mark.gpu
@@ -114,10 +131,10 @@ def test_linear_takes_cublaslt_forward_and_backward(dtype, activation, bias, row
 @pytest.mark.parametrize("bias", [True, False])
 def test_feed_forward_fused_gemms(dtype, activation, bias):
     # Training: Linear1 on cuBLASLt only for gelu_tanh (GELU_AUX keeps the pre-activation; relu and None saving it
-    # take the generic path); Linear2 always (C = residual, beta = 1); backward DGELU_BGRAD on grad @ w2 for gelu_tanh.
-    # Inference: both Linears.
+    # take the generic path); Linear2 always (C = residual, beta = 1); backward DGELU_BGRAD on grad @ w2 for gelu_tanh
+    # and, with a bias, BGRADB for w2's and b2's gradients. Inference: both Linears.
     x, w1, b1, w2, b2, res = _block(1000, 768, 3072, dtype, bias)
-    expected = {None: 1, "relu": 1, "gelu_tanh": 3}[activation]
+    expected = {None: 1, "relu": 1, "gelu_tanh": 3}[activation] + bias
     with _tf32(False):
         before = _calls()
         check_against_reference(_feed_forward, reference.feed_forward, x, w1, b1, w2, b2, activation=activation,
@@ -127,6 +144,24 @@ def test_feed_forward_fused_gemms(dtype, activation, bias):
             before = _calls()
             _feed_forward(x, w1, b1, w2, b2, activation=activation, residual=res)
             assert _calls() == before + 2
+
+
+@pytest.mark.gpu
+@needs_cublaslt
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("rows", [1, 1000])
+def test_weight_grad_primitive(dtype, rows):
+    # BGRADB: grad.T @ x with grad's column sums; the row count is the reduction and may be anything.
+    grad, x = torch.randn(rows, 136, device="cuda").to(dtype), torch.randn(rows, 72, device="cuda").to(dtype)
+    with _tf32(False):
+        before = _calls()
+        grad_w, grad_b = torch.ops.kernels.linear_weight_grad(grad, x, True)
+        assert _calls() == before + 1
+        expected_w = grad.t().float() @ x.float()
+    atol = 1e-4 if dtype == torch.float32 else 2e-2 * rows**0.5
+    assert_close(grad_w.float(), expected_w, atol=atol, rtol=1e-2)
+    assert grad_b.dtype == torch.float32
+    assert_close(grad_b, grad.float().sum(0), atol=atol, rtol=1e-2)  # rounded once to `dtype` by cuBLASLt
 
 
 @pytest.mark.gpu

@@ -8,6 +8,7 @@
 //                              so the second Linear's bias and residual add cost one pass;
 //   backward_epilogue_kernel   grad_pre = act'(pre) * dropout(grad @ w2) with the gated split, and per-row-block
 //                              column sums of grad_pre (the bias gradient, summed afterwards: no atomics).
+// linear_weight_grad (grad.T @ x with the bias gradient) is cuBLASLt's BGRADB where it serves, else at::mm + a sum.
 // The cuBLASLt path is compiled in only when the build found the cuBLAS headers (KERNELS_WITH_CUBLASLT, setup.py).
 // Arithmetic in fp32; outputs in the input dtype (fp16, bf16, fp32).
 #include <ATen/ATen.h>
@@ -251,11 +252,28 @@ std::tuple<at::Tensor, at::Tensor> linear_act_backward_cuda(const at::Tensor& gr
   return {grad_pre, partial.sum(0)};
 }
 
+// grad.T @ x and, with `bias`, the column sums of grad: cuBLASLt's BGRADB epilogue reduces them in the GEMM.
+std::tuple<at::Tensor, at::Tensor> linear_weight_grad_cuda(const at::Tensor& grad, const at::Tensor& x, bool bias) {
+  const c10::cuda::CUDAGuard guard(x.device());
+#ifdef KERNELS_WITH_CUBLASLT
+  {
+    at::Tensor grad_weight, grad_bias;
+    if (bias && grad.dim() == 2 && x.dim() == 2 && grad.scalar_type() == x.scalar_type() &&
+        grad.device() == x.device() && grad.size(0) == x.size(0) &&
+        cublaslt_linear_weight_grad(grad, x, grad_weight, grad_bias)) {
+      return {grad_weight, grad_bias};
+    }
+  }
+#endif
+  return linear_weight_grad_mm(grad, x, bias);  // checks the arguments
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(kernels, CUDA, m) {
   m.impl("linear_forward", &linear_forward_cuda);
   m.impl("linear_act_backward", &linear_act_backward_cuda);
+  m.impl("linear_weight_grad", &linear_weight_grad_cuda);
 }
 
 }  // namespace kernels

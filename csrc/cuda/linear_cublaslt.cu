@@ -8,6 +8,7 @@
 //                                   pre-activation in the output dtype, as the generic path's `pre`)
 //   backward  activation gelu_tanh  DGELU_BGRAD on grad @ weight with the saved pre-activation as aux: grad_pre and
 //                                   the bias gradient in one GEMM
+//   weight gradient with a bias     BGRADB on grad.T @ x: the bias gradient (grad's column sums) in the same GEMM
 // cuBLASLt's GELU is the tanh approximation; erf GELU, SiLU, the gated activations and dropout are not fused here.
 //
 // Layouts. Torch tensors are row-major; cuBLASLt is column-major: a contiguous row-major (R, C) tensor is the
@@ -17,7 +18,9 @@
 // (N x M, ld N) is the row-major (M, N) pre-activation. Backward: grad_pre^T (N x M, ld N) = weight^T * grad^T, with
 // weight (d_out, N) row-major = the column-major N x d_out matrix (ld N, not transposed) and grad (M, d_out) row-major
 // = d_out x M (ld d_out, not transposed): m = N, n = M, k = d_out; the bias gradient sums D over its columns (M),
-// i.e. grad_pre's column sums in the row-major view.
+// i.e. grad_pre's column sums in the row-major view. Weight gradient: grad_w (N, K) row-major is the column-major
+// K x N matrix = x^T (x (M, K) = K x M, ld K, not transposed) * grad (grad (M, N) = N x M, ld N, transposed): m = K,
+// n = N, k = M; BGRADB sums op(B) = grad over k, one value per column of D: grad's column sums.
 //
 // Fallback rule (checked before anything is written): every leading dimension (K, N, and d_out in the backward) a
 // multiple of 8 elements (the aux matrix requires ld % 8 == 0; we apply it to all operands so that each row starts
@@ -121,8 +124,9 @@ Matrix column_major(const at::Tensor& t) {
 struct Gemm {
   at::ScalarType dtype;
   cublasOperation_t trans_a;
+  cublasOperation_t trans_b;
   Matrix a;
-  Matrix b;  // never transposed here
+  Matrix b;
   const void* c;
   void* d;
   uint64_t m, n;
@@ -161,9 +165,8 @@ bool run(const Gemm& g, c10::DeviceIndex device) {
   MatmulDesc desc;
   KERNELS_CUBLASLT_CHECK(
       cublasLtMatmulDescCreate(desc.out(), tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F, CUDA_R_32F));
-  const cublasOperation_t no_trans = CUBLAS_OP_N;
   set_attribute(desc.get(), CUBLASLT_MATMUL_DESC_TRANSA, g.trans_a);
-  set_attribute(desc.get(), CUBLASLT_MATMUL_DESC_TRANSB, no_trans);
+  set_attribute(desc.get(), CUBLASLT_MATMUL_DESC_TRANSB, g.trans_b);
   set_attribute(desc.get(), CUBLASLT_MATMUL_DESC_EPILOGUE, g.epilogue);
   // The heuristic reads these pointers' values (not their data) for their alignment: set them before asking it.
   if (g.bias != nullptr) set_attribute(desc.get(), CUBLASLT_MATMUL_DESC_BIAS_POINTER, g.bias);
@@ -258,6 +261,7 @@ bool cublaslt_linear_forward(const at::Tensor& x, const at::Tensor& weight, cons
   // out^T (N x M, ld N) = weight (stored K x N, ld K, transposed) * x^T (K x M, ld K) [+ residual^T (N x M, ld N)].
   const Gemm gemm{x.scalar_type(),
                   CUBLAS_OP_T,
+                  CUBLAS_OP_N,
                   column_major(w_c),
                   column_major(x_c),
                   residual.defined() ? residual.const_data_ptr() : nullptr,
@@ -295,6 +299,7 @@ bool cublaslt_linear_act_backward(const at::Tensor& grad, const std::optional<at
   // grad_pre^T (N x M, ld N) = dgelu(pre^T) * (weight^T (stored N x d_out, ld N) * grad^T (d_out x M, ld d_out)).
   const Gemm gemm{pre.scalar_type(),
                   CUBLAS_OP_N,
+                  CUBLAS_OP_N,
                   column_major(w_c),
                   column_major(grad_c),
                   nullptr,
@@ -308,6 +313,37 @@ bool cublaslt_linear_act_backward(const at::Tensor& grad, const std::optional<at
                   N};
   if (!run(gemm, pre.device().index())) return false;
   grad_pre = result;
+  grad_bias = bias_grad.to(at::kFloat);
+  return true;
+}
+
+bool cublaslt_linear_weight_grad(const at::Tensor& grad, const at::Tensor& x, at::Tensor& grad_weight,
+                                 at::Tensor& grad_bias) {
+  const int64_t M = grad.size(0), N = grad.size(1), K = x.size(1);
+  if (M <= 0 || !fits(N) || !fits(K)) return false;  // M is the reduction: any length
+  const at::Tensor grad_c = grad.contiguous(), x_c = x.contiguous();  // (M, N), (M, K)
+  if (!aligned(grad_c) || !aligned(x_c)) return false;
+
+  const auto options = x.options().memory_format(at::MemoryFormat::Contiguous);
+  at::Tensor result = empty_output({N, K}, options);
+  at::Tensor bias_grad = empty_output({N}, options);  // cuBLASLt writes the bias gradient in D's dtype
+  // grad_w^T (K x N, ld K) = x^T (stored K x M, ld K) * grad (stored N x M, ld N; transposed); bias gradient: BGRADB.
+  const Gemm gemm{x.scalar_type(),
+                  CUBLAS_OP_N,
+                  CUBLAS_OP_T,
+                  column_major(x_c),
+                  column_major(grad_c),
+                  nullptr,
+                  result.mutable_data_ptr(),
+                  static_cast<uint64_t>(K),
+                  static_cast<uint64_t>(N),
+                  K,
+                  CUBLASLT_EPILOGUE_BGRADB,
+                  bias_grad.mutable_data_ptr(),
+                  nullptr,
+                  0};
+  if (!run(gemm, x.device().index())) return false;
+  grad_weight = result;
   grad_bias = bias_grad.to(at::kFloat);
   return true;
 }

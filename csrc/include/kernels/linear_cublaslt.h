@@ -1,7 +1,8 @@
-// The cuBLASLt path of linear_forward / linear_act_backward on CUDA (csrc/cuda/linear_cublaslt.cu), compiled only when
-// the build found the cuBLASLt headers and library (setup.py defines KERNELS_WITH_CUBLASLT). Each function returns
-// false, having written nothing, when the call is not one that cuBLASLt's epilogues fuse (or the shapes and alignment
-// do not fit, or cuBLASLt has no algorithm for it): the caller then takes its generic path (csrc/cuda/linear.cu).
+// The cuBLASLt path of linear_forward, linear_act_backward and linear_weight_grad on CUDA
+// (csrc/cuda/linear_cublaslt.cu), compiled only when the build found the cuBLASLt headers and library (setup.py
+// defines KERNELS_WITH_CUBLASLT). Each function returns false, having written nothing, when the call is not one that
+// cuBLASLt's epilogues fuse (or the shapes and alignment do not fit, or cuBLASLt has no algorithm for it): the caller
+// then takes its generic path (csrc/cuda/linear.cu).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -24,6 +25,11 @@ bool cublaslt_linear_forward(const at::Tensor& x, const at::Tensor& weight, cons
 bool cublaslt_linear_act_backward(const at::Tensor& grad, const std::optional<at::Tensor>& weight,
                                   const at::Tensor& pre, const ActivationSpec& spec, bool dropout, at::Tensor& grad_pre,
                                   at::Tensor& grad_bias);
+
+// grad_weight = grad.T @ x and grad_bias = the column sums of grad (fp32), the contract of linear_weight_grad with
+// bias = true; grad (M, N) and x (M, K) of one dtype and device.
+bool cublaslt_linear_weight_grad(const at::Tensor& grad, const at::Tensor& x, at::Tensor& grad_weight,
+                                 at::Tensor& grad_bias);
 
 // How many cublasLtMatmul calls this process has made (kernels._C.cublaslt_calls(), for tests).
 int64_t cublaslt_calls();
