@@ -319,6 +319,8 @@ bool cublaslt_linear_act_backward(const at::Tensor& grad, const std::optional<at
 
 bool cublaslt_linear_weight_grad(const at::Tensor& grad, const at::Tensor& x, at::Tensor& grad_weight,
                                  at::Tensor& grad_bias) {
+  const at::ScalarType dtype = x.scalar_type();
+  if (dtype != at::kHalf && dtype != at::kBFloat16 && dtype != at::kFloat) return false;  // e.g. fp64: at::mm
   const int64_t M = grad.size(0), N = grad.size(1), K = x.size(1);
   if (M <= 0 || !fits(N) || !fits(K)) return false;  // M is the reduction: any length
   const at::Tensor grad_c = grad.contiguous(), x_c = x.contiguous();  // (M, N), (M, K)
