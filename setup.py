@@ -8,17 +8,23 @@ Environment switches:
   TORCH_CUDA_ARCH_LIST    target architectures, default "8.0;9.0" (sm_80 and sm_90)
   MAX_JOBS                parallel compile jobs (ninja), default: the number of cores
   KERNELS_PORTABLE=1      do not tune the CPU code for the build machine (-march=native off)
+  KERNELS_CUBLAS_HOME     a folder with include/cublasLt.h and lib/libcublasLt.so*, tried before CUDA_HOME and the
+                          nvidia-cublas wheel (csrc/find_cublaslt.py). Without cuBLASLt the CUDA build leaves out its
+                          epilogue path (csrc/cuda/linear_cublaslt.cu) and kernels._C.with_cublaslt is False.
 """
 
 import glob
 import os
 import platform
+import sys
 
 import torch
 from setuptools import find_packages, setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(ROOT, "csrc"))
+from find_cublaslt import find_cublaslt  # noqa: E402  (csrc/find_cublaslt.py, shared with csrc/compile_check.py)
 
 
 def _build_cuda() -> bool:
@@ -58,11 +64,24 @@ def _extension():
         )
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
     sources += sorted(glob.glob("csrc/cuda/*.cu"))
-    nvcc = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr", "-DKERNELS_WITH_CUDA"]
+    defines = ["-DKERNELS_WITH_CUDA"]
+    link = ["-fopenmp"]
+    cublaslt = find_cublaslt(CUDA_HOME)
+    if cublaslt is None:
+        print("setup: cuBLASLt not found (no cublasLt.h + libcublasLt.so* in $KERNELS_CUBLAS_HOME, CUDA_HOME or the "
+              "nvidia-cublas wheel): building WITHOUT the cuBLASLt epilogue path (kernels._C.with_cublaslt = False)")
+        sources.remove("csrc/cuda/linear_cublaslt.cu")
+    else:
+        print(f"setup: cuBLASLt from {cublaslt.origin}: include {cublaslt.include_dir}, "
+              f"library -l{cublaslt.library} in {cublaslt.library_dir}")
+        include_dirs.append(cublaslt.include_dir)
+        defines.append("-DKERNELS_WITH_CUBLASLT")
+        link += cublaslt.link_args()
+    nvcc = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr", *defines]
     return CUDAExtension(
         "kernels._C", sources, include_dirs=include_dirs,
-        extra_compile_args={"cxx": cxx + ["-DKERNELS_WITH_CUDA"], "nvcc": nvcc},
-        extra_link_args=["-fopenmp"],
+        extra_compile_args={"cxx": cxx + defines, "nvcc": nvcc},
+        extra_link_args=link,
     )
 
 

@@ -36,6 +36,8 @@ if ! "$PY" -m pip install --no-build-isolation --no-deps -e . >"$out/build.log" 
 fi
 "$PY" -c 'import kernels._C as c, sys; sys.exit(0 if c.with_cuda else 1)' \
   || { echo "gpu_check: kernels._C was built WITHOUT CUDA kernels" >&2; exit 1; }
+"$PY" -c 'import kernels._C as c; print("cuBLASLt epilogue path (linear, feed_forward):",
+      "built" if c.with_cublaslt else "NOT built: no cuBLAS headers/library found (see setup: lines in build.log)")'
 "$PY" -m kernels | tee "$out/backends.txt"
 echo "build: $(( $(date +%s) - started )) s"
 

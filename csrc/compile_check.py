@@ -2,7 +2,10 @@
 headers, without linking, and prints each kernel's registers, shared memory and spills from ptxas.
 
 Runs on machines without a GPU or a CUDA build of torch (CI): the one generated header such builds lack is stubbed on
-this check's include path only. Exits non-zero on any compile error, or with --no-spills when a kernel spills.
+this check's include path only. The cuBLASLt path (csrc/cuda/linear_cublaslt.cu, KERNELS_WITH_CUBLASLT) needs the
+cuBLAS headers, found as the build finds them (csrc/find_cublaslt.py: $KERNELS_CUBLAS_HOME, CUDA_HOME, the
+nvidia-cublas wheel); without them that file fails the check with a message saying so (CI downloads them: .ci/run).
+Exits non-zero on any compile error, or with --no-spills when a kernel spills.
 
     python csrc/compile_check.py [--arch 80 --arch 90] [--no-spills] [files...]
 """
@@ -20,9 +23,12 @@ import sysconfig
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
-from torch.utils.cpp_extension import include_paths
+from torch.utils.cpp_extension import CUDA_HOME, include_paths
+
+from find_cublaslt import find_cublaslt
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+CUBLASLT_SOURCE = os.path.join(HERE, "cuda", "linear_cublaslt.cu")
 
 _FUNCTION = re.compile(r"Compiling entry function '(?P<name>[^']+)' for '(?P<arch>sm_\d+a?)'")
 _USAGE = re.compile(r"Used (?P<regs>\d+) registers")
@@ -37,16 +43,21 @@ def _nvcc() -> str:
     sys.exit("compile check: nvcc not found (set NVCC=/path/to/nvcc)")
 
 
-def _compile(nvcc: str, source: str, arch: str, out_dir: str) -> tuple[str, str, int, str]:
+def _compile(nvcc: str, source: str, arch: str, out_dir: str, cublas_include: str | None) -> tuple[str, str, int, str]:
+    if cublas_include is None and os.path.samefile(source, CUBLASLT_SOURCE):
+        return source, arch, 1, ("cuBLAS headers (cublasLt.h) not found: set KERNELS_CUBLAS_HOME to a folder with "
+                                 "include/cublasLt.h (e.g. the include/ of the nvidia-cublas wheel), or install it")
     includes = [os.path.join(HERE, "compile_check_stub"), os.path.join(HERE, "include"),
                 *include_paths(), sysconfig.get_paths()["include"]]
+    # With the headers, every file compiles as the build does: with KERNELS_WITH_CUBLASLT (linear.cu calls the path).
+    cublas = [] if cublas_include is None else ["-DKERNELS_WITH_CUBLASLT", f"-I{cublas_include}"]
     command = [nvcc, "-c", source, "-o", os.path.join(out_dir, f"{os.path.basename(source)}.{arch}.o"),
                f"-gencode=arch=compute_{arch},code=sm_{arch}", "-std=c++17", "-O3", "--use_fast_math",
                "--expt-relaxed-constexpr", "-Xptxas", "-v", "-DKERNELS_WITH_CUDA", "-D_GLIBCXX_USE_CXX11_ABI=1",
                "-DTORCH_EXTENSION_NAME=_C", "-DTORCH_API_INCLUDE_EXTENSION_H",
                "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_HALF_CONVERSIONS__",
                "-U__CUDA_NO_BFLOAT16_CONVERSIONS__", "-U__CUDA_NO_HALF2_OPERATORS__",
-               *[f"-I{path}" for path in includes]]
+               *cublas, *[f"-I{path}" for path in includes]]
     process = subprocess.run(command, capture_output=True, text=True)
     return source, arch, process.returncode, process.stdout + process.stderr
 
@@ -89,9 +100,12 @@ def main() -> int:
         print("compile check: no .cu files")
         return 0
     nvcc = _nvcc()
+    found = find_cublaslt(CUDA_HOME, need_library=False)
+    cublas_include = None if found is None else found.include_dir
+    print(f"compile check: cuBLAS headers {'from ' + found.origin if found else 'NOT FOUND'}")
     failures, spills = 0, 0
     with tempfile.TemporaryDirectory() as out_dir, ThreadPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(lambda job: _compile(nvcc, job[0], job[1], out_dir),
+        results = list(pool.map(lambda job: _compile(nvcc, job[0], job[1], out_dir, cublas_include),
                                 [(s, a) for s in sources for a in arches]))
     print(f"{'kernel':70} {'arch':7} {'regs':>5} {'smem B':>7} {'spill st/ld B':>14}")
     for source, arch, code, log in results:

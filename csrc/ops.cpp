@@ -3,6 +3,10 @@
 // implementations and autograd live in Python, in kernels/_ops/<op>_native.py.
 #include <torch/extension.h>
 
+#ifdef KERNELS_WITH_CUBLASLT
+#include <kernels/linear_cublaslt.h>
+#endif
+
 TORCH_LIBRARY(kernels, m) {
   // out = x + residual, elementwise, same shape and dtype. The smallest op: it proves the build and the dispatch.
   m.def("residual_add(Tensor x, Tensor residual) -> Tensor");
@@ -29,6 +33,9 @@ TORCH_LIBRARY(kernels, m) {
         "Tensor? residual, bool save_pre) -> (Tensor, Tensor)");
   m.def("linear_act_backward(Tensor grad, Tensor? weight, Tensor pre, str? activation, float dropout_p, "
         "Tensor seed) -> (Tensor, Tensor)");
+  // linear_weight_grad returns (grad.T @ x, the column sums of grad in the op-math dtype when `bias` else an empty
+  // (0,) tensor): a Linear's weight and bias gradients in one GEMM where cuBLASLt's BGRADB epilogue serves.
+  m.def("linear_weight_grad(Tensor grad, Tensor x, bool bias) -> (Tensor, Tensor)");
   // attention (native backend; kernels in csrc/cpu/attention.cpp, csrc/cuda/attention*.cu). q (B, H, Sq, D),
   // k/v (B, Hkv, Sk, D); mask: bool (True = take part) or floating (added), a (B, H, Sq, Sk) broadcast view;
   // key_padding_mask: bool (B, Sk), True = padding; is_causal top-left aligned. Dropout keeps element
@@ -52,11 +59,18 @@ TORCH_LIBRARY(kernels, m) {
 }
 
 // The Python module kernels._C: importing it loads the library above. `with_cuda` says whether CUDA kernels were
-// compiled in, so `import kernels` can warn when a CUDA machine got a CPU-only build.
+// compiled in, so `import kernels` can warn when a CUDA machine got a CPU-only build; `with_cublaslt` whether the
+// cuBLASLt epilogue path of linear/feed_forward was (then `cublaslt_calls()` counts its GEMMs, for tests).
 PYBIND11_MODULE(_C, module) {
 #ifdef KERNELS_WITH_CUDA
   module.attr("with_cuda") = true;
 #else
   module.attr("with_cuda") = false;
+#endif
+#ifdef KERNELS_WITH_CUBLASLT
+  module.attr("with_cublaslt") = true;
+  module.def("cublaslt_calls", &kernels::cublaslt_calls, "cublasLtMatmul calls made by linear/feed_forward so far");
+#else
+  module.attr("with_cublaslt") = false;
 #endif
 }

@@ -5,13 +5,17 @@ Backends:
 * ``"triton"``: one GEMM kernel with epilogues (kernels/triton/linear.py): bias, every activation, the gated
   combination, dropout and the residual add in the forward; the activation and dropout derivative and the bias
   gradient in the epilogue of the gradient GEMM in the backward. The pre-activation is kept, not recomputed.
-* ``"native"``: ``at::addmm``/``at::mm`` (the platform BLAS on the CPU, cuBLAS through ATen on CUDA) followed by one
-  fused, vectorised epilogue pass of our own (csrc/cpu/linear.cpp, csrc/cuda/linear.cu). What is fused where:
-  the bias rides in the GEMM (``addmm``, beta = 1) for the first Linear; the activations (relu, erf and tanh GELU,
-  SiLU, the gated SwiGLU/GeGLU), dropout and the second Linear's bias + residual are our epilogue kernels; in the
-  backward the GEMM ``grad @ w2`` is followed by one pass that applies the dropout mask and the activation derivative
-  and reduces the bias gradient. cuBLASLt's own epilogues (bias, tanh-GELU with auxiliary output) are not used: this
-  project's build machines lack the cuBLAS headers, and an ATen GEMM plus our epilogue serves every activation alike.
+* ``"native"``: on CUDA, cuBLASLt with its epilogues where they match (csrc/cuda/linear_cublaslt.cu): no activation,
+  relu or tanh GELU with the bias in the GEMM (GELU_AUX keeps the pre-activation for the backward), the second
+  Linear's residual as cuBLASLt's C operand (beta = 1), and in the backward ``grad @ w2`` with the tanh-GELU
+  derivative and the bias gradient (DGELU_BGRAD) and the weight gradient ``grad.T @ x`` with the bias gradient of a
+  Linear without activation (BGRADB). Everything else -- erf GELU, SiLU, SwiGLU/GeGLU, dropout, relu when
+  training (its pre-activation is kept), odd shapes (a dimension not a multiple of 8, a misaligned pointer) -- and
+  the CPU run ``at::addmm``/``at::mm`` (cuBLAS through ATen; the platform BLAS) followed by one fused, vectorised
+  epilogue pass of our own (csrc/cuda/linear.cu, csrc/cpu/linear.cpp): the activation (gated: ``act(gate) * up``),
+  dropout and the residual add; in the backward one pass after ``grad @ w2`` applies the dropout mask and the
+  activation derivative and reduces the bias gradient. ``kernels._C.with_cublaslt`` says whether the build found
+  cuBLASLt (without its headers the CUDA build has only the second path).
 
 Gated activations: ``w1`` is ``(2 * ffn, d)``, rows ``[:ffn]`` the gate projection and ``[ffn:]`` the up projection;
 the activation output is ``act(gate) * up`` (``swiglu``: SiLU, ``geglu``: erf GELU), and ``b1`` is ``(2 * ffn,)``.
@@ -28,7 +32,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _backend, reference
+from . import _backend, _extension, reference
 from ._backend import Implementation
 from ._extension import has_native_kernel
 
@@ -126,9 +130,15 @@ def _native_built() -> bool:
     """True when the loaded kernels._C defines this op's C++ primitives (an older build may not)."""
     try:
         torch.ops.kernels.linear_forward  # noqa: B018  (raises when the schema is absent)
+        torch.ops.kernels.linear_weight_grad  # noqa: B018
     except (AttributeError, RuntimeError):
         return False
     return has_native_kernel("linear_forward", "cpu")
+
+
+def _cublaslt_built() -> bool:
+    """True when kernels._C has the cuBLASLt epilogue path (csrc/cuda/linear_cublaslt.cu)."""
+    return bool(getattr(_extension._C, "with_cublaslt", False))
 
 
 def _register() -> None:
@@ -139,9 +149,14 @@ def _register() -> None:
 
         run_linear, run_feed_forward = _runners(feed_forward_native.ops)
         dtypes = {"cpu": (torch.float32, torch.float64, torch.bfloat16), "cuda": _CUDA}
-        _backend.register(Implementation("linear", "native", run_linear, dtypes, native_op="linear_forward"))
+        notes = ""
+        if _extension.native_available("cuda"):
+            notes = ("cuda: cuBLASLt epilogues for bias, relu, gelu_tanh, residual" if _cublaslt_built()
+                     else "cuda: built without cuBLASLt (no cuBLAS headers/library found)")
+        _backend.register(Implementation("linear", "native", run_linear, dtypes, native_op="linear_forward",
+                                         notes=notes))
         _backend.register(Implementation("feed_forward", "native", run_feed_forward, dtypes,
-                                         native_op="linear_forward"))
+                                         native_op="linear_forward", notes=notes))
     if _backend._triton_importable():
         from ._ops import linear_triton
 
@@ -150,7 +165,7 @@ def _register() -> None:
         notes = "cpu only under TRITON_INTERPRET=1"
         _backend.register(Implementation("linear", "triton", run_linear, dtypes, notes=notes))
         _backend.register(Implementation("feed_forward", "triton", run_feed_forward, dtypes, notes=notes))
-    # On CUDA the Triton kernel fuses the epilogues into the GEMM; native runs them as a pass after cuBLAS.
+    # On CUDA the Triton kernel fuses every epilogue into its GEMM; native fuses only those cuBLASLt offers.
     for op in ("linear", "feed_forward"):
         _backend.set_auto_order(op, "cuda", ("triton", "native"))
 

@@ -325,6 +325,7 @@ std::tuple<at::Tensor, at::Tensor> linear_act_backward_cpu(const at::Tensor& gra
 TORCH_LIBRARY_IMPL(kernels, CPU, m) {
   m.impl("linear_forward", &linear_forward_cpu);
   m.impl("linear_act_backward", &linear_act_backward_cpu);
+  m.impl("linear_weight_grad", &linear_weight_grad_mm);
 }
 
 }  // namespace kernels

@@ -1,14 +1,15 @@
-// kernels.linear / kernels.feed_forward on CUDA: the GEMM is cuBLAS through ATen (at::addmm with the bias for the
-// first Linear; at::mm), on the current stream, followed by our own epilogue kernels:
+// kernels.linear / kernels.feed_forward on CUDA. Where cuBLASLt's epilogues match the call (activation None, relu or
+// tanh GELU, no dropout; the rule and the layouts are in csrc/cuda/linear_cublaslt.cu), the whole op is one
+// cublasLtMatmul. Otherwise the GEMM is cuBLAS through ATen (at::addmm with the bias for the first Linear; at::mm), on
+// the current stream, followed by our own epilogue kernels:
 //   forward_epilogue_kernel    out = residual + dropout(act(pre)) (gated: act(gate) * up) -- every activation (relu,
 //                              erf and tanh GELU, SiLU, SwiGLU, GeGLU), Philox dropout and the residual add;
 //   residual_bias_kernel       out = residual + bias, the C operand that addmm_ (beta = 1) accumulates x @ w.T onto,
 //                              so the second Linear's bias and residual add cost one pass;
 //   backward_epilogue_kernel   grad_pre = act'(pre) * dropout(grad @ w2) with the gated split, and per-row-block
 //                              column sums of grad_pre (the bias gradient, summed afterwards: no atomics).
-// cuBLASLt's own epilogues (bias, GELU-tanh with auxiliary output, dGELU + bias gradient) are not used: the build
-// machines' CUDA toolkits lack the cuBLAS headers (this file compiles against c10's CUDA headers only), and one
-// epilogue pass of our own serves every activation alike. The Triton backend fuses the same epilogues into its GEMM.
+// linear_weight_grad (grad.T @ x with the bias gradient) is cuBLASLt's BGRADB where it serves, else at::mm + a sum.
+// The cuBLASLt path is compiled in only when the build found the cuBLAS headers (KERNELS_WITH_CUBLASLT, setup.py).
 // Arithmetic in fp32; outputs in the input dtype (fp16, bf16, fp32).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -20,6 +21,9 @@
 
 #include <kernels/checks.h>
 #include <kernels/linear_checks.h>
+#ifdef KERNELS_WITH_CUBLASLT
+#include <kernels/linear_cublaslt.h>
+#endif
 #include <kernels/linear_epilogue.h>
 #include <kernels/outputs.h>
 #include <kernels/philox.h>
@@ -156,6 +160,12 @@ std::tuple<at::Tensor, at::Tensor> linear_forward_cuda(const at::Tensor& x, cons
   const int64_t M = x.size(0), width = weight.size(0), N = spec.gated ? width / 2 : width;
   const c10::cuda::CUDAGuard guard(x.device());
   const DropoutArgs dropout = make_dropout(dropout_p, seed, x);
+#ifdef KERNELS_WITH_CUBLASLT
+  {
+    at::Tensor out, pre;
+    if (cublaslt_linear_forward(x, weight, bias, spec, dropout.enabled, res, save_pre, out, pre)) return {out, pre};
+  }
+#endif
   const auto options = x.options().memory_format(at::MemoryFormat::Contiguous);
   const at::Tensor weight_t = weight.t();
   at::Tensor empty_pre = empty_output({0, width}, options);
@@ -205,6 +215,14 @@ std::tuple<at::Tensor, at::Tensor> linear_act_backward_cuda(const at::Tensor& gr
   const c10::cuda::CUDAGuard guard(pre.device());
   const ActivationSpec spec = parse_activation(activation);
   const int64_t M = pre.size(0), width = pre.size(1), N = spec.gated ? width / 2 : width;
+#ifdef KERNELS_WITH_CUBLASLT
+  {
+    at::Tensor grad_pre, grad_bias;
+    if (cublaslt_linear_act_backward(grad, weight, pre, spec, dropout_p > 0.0, grad_pre, grad_bias)) {
+      return {grad_pre, grad_bias};
+    }
+  }
+#endif
   at::Tensor dh;  // gradient of the activation's (dropped-out) output, (M, N)
   if (weight.has_value()) {
     check_same_dtype(*weight, "weight", pre, "pre");
@@ -234,11 +252,28 @@ std::tuple<at::Tensor, at::Tensor> linear_act_backward_cuda(const at::Tensor& gr
   return {grad_pre, partial.sum(0)};
 }
 
+// grad.T @ x and, with `bias`, the column sums of grad: cuBLASLt's BGRADB epilogue reduces them in the GEMM.
+std::tuple<at::Tensor, at::Tensor> linear_weight_grad_cuda(const at::Tensor& grad, const at::Tensor& x, bool bias) {
+  const c10::cuda::CUDAGuard guard(x.device());
+#ifdef KERNELS_WITH_CUBLASLT
+  {
+    at::Tensor grad_weight, grad_bias;
+    if (bias && grad.dim() == 2 && x.dim() == 2 && grad.scalar_type() == x.scalar_type() &&
+        grad.device() == x.device() && grad.size(0) == x.size(0) &&
+        cublaslt_linear_weight_grad(grad, x, grad_weight, grad_bias)) {
+      return {grad_weight, grad_bias};
+    }
+  }
+#endif
+  return linear_weight_grad_mm(grad, x, bias);  // checks the arguments
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(kernels, CUDA, m) {
   m.impl("linear_forward", &linear_forward_cuda);
   m.impl("linear_act_backward", &linear_act_backward_cuda);
+  m.impl("linear_weight_grad", &linear_weight_grad_cuda);
 }
 
 }  // namespace kernels

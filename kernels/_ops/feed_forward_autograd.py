@@ -6,7 +6,10 @@ implementations and autograd, built once per backend from that backend's three p
 * ``act_backward(grad, weight, pre, activation, dropout_p, seed) -> (grad_pre, grad_bias fp32)``: the activation and
   dropout derivative in the epilogue of ``grad @ weight`` (or of ``grad`` itself when ``weight`` is None), with the
   bias gradient;
-* ``matmul(a, b) -> a @ b`` for the weight and input gradients.
+* ``matmul(a, b) -> a @ b`` for the weight and input gradients;
+* optionally ``weight_grad(grad, x, bias) -> (grad.T @ x, column sums of grad (fp32) or anything when not bias)``:
+  a Linear's weight gradient with its bias gradient reduced in the same GEMM (native: cuBLASLt's BGRADB epilogue);
+  by default ``matmul`` and a separate sum.
 
 All tensors here are 2-D: the public functions flatten the leading dimensions. The backward only calls registered ops,
 so AOTAutograd traces it under ``torch.compile``.
@@ -28,8 +31,12 @@ def _column_sums(grad: torch.Tensor) -> torch.Tensor:
     return grad.sum(0, dtype=torch.promote_types(grad.dtype, torch.float32))
 
 
-def define(backend: str, forward: Callable, act_backward: Callable, matmul: Callable):
+def define(backend: str, forward: Callable, act_backward: Callable, matmul: Callable,
+           weight_grad: Optional[Callable] = None):
     """Registers ``kernels::{backend}_linear`` and ``kernels::{backend}_feed_forward``; returns both ops."""
+    if weight_grad is None:
+        def weight_grad(grad, x, bias):
+            return matmul(grad.t(), x), (_column_sums(grad) if bias else None)
 
     @torch.library.custom_op(f"kernels::{backend}_linear", mutates_args=())
     def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], activation: Optional[str],
@@ -51,14 +58,16 @@ def define(backend: str, forward: Callable, act_backward: Callable, matmul: Call
 
     def linear_backward(ctx, grad_out, _grad_pre):
         x, weight, pre = ctx.saved_tensors
-        if ctx.activation is None:
-            grad_pre, grad_bias = grad_out, _column_sums(grad_out)
+        has_bias = ctx.bias_dtype is not None
+        if ctx.activation is None:  # the bias gradient comes with the weight gradient's GEMM
+            grad_pre = grad_out
+            grad_w, grad_bias = weight_grad(grad_out, x, has_bias)  # (N, K), (N,)
         else:
             seed = torch.zeros(1, dtype=torch.int64, device=x.device)
             grad_pre, grad_bias = act_backward(grad_out, None, pre, ctx.activation, 0.0, seed)
+            grad_w = matmul(grad_pre.t(), x)  # (N, K)
         grad_x = matmul(grad_pre, weight)  # (M, K)
-        grad_w = matmul(grad_pre.t(), x)  # (N, K)
-        grad_b = None if ctx.bias_dtype is None else grad_bias.to(ctx.bias_dtype)
+        grad_b = grad_bias.to(ctx.bias_dtype) if has_bias else None
         return grad_x, grad_w, grad_b, None, None
 
     linear.register_autograd(linear_backward, setup_context=linear_setup)
@@ -91,8 +100,8 @@ def define(backend: str, forward: Callable, act_backward: Callable, matmul: Call
         x, w1, w2, seed, h, pre = ctx.saved_tensors
         b1_dtype, b2_dtype = ctx.dtypes
         # Second Linear: grad_w2 = grad_out.T @ h (d_out, ffn), grad_b2 = column sums of grad_out.
-        grad_w2 = matmul(grad_out.t(), h)
-        grad_b2 = None if b2_dtype is None else _column_sums(grad_out).to(b2_dtype)
+        grad_w2, grad_b2 = weight_grad(grad_out, h, b2_dtype is not None)
+        grad_b2 = None if b2_dtype is None else grad_b2.to(b2_dtype)
         # The activation and dropout derivatives in the epilogue of grad_out @ w2, with the bias gradient of b1.
         grad_pre, grad_bias1 = act_backward(grad_out, w2, pre, ctx.activation, ctx.dropout_p, seed)
         grad_x = matmul(grad_pre, w1)  # (M, d)

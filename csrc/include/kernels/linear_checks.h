@@ -1,11 +1,14 @@
-// The argument checks of linear_forward, shared by the CPU and CUDA kernels (csrc/cpu/linear.cpp,
+// The argument checks of linear_forward (and linear_weight_grad), shared by the CPU and CUDA kernels (csrc/cpu/linear.cpp,
 // csrc/cuda/linear.cu) so both report a bad input in the same words.
 #pragma once
 
 #include <ATen/ATen.h>
 
+#include <ATen/OpMathType.h>
+
 #include <initializer_list>
 #include <optional>
+#include <tuple>
 
 #include <kernels/checks.h>
 #include <kernels/linear_epilogue.h>
@@ -40,6 +43,21 @@ inline at::Tensor check_linear_forward(const at::Tensor& x, const at::Tensor& we
   TORCH_CHECK_VALUE(residual->dim() == 2 && residual->size(0) == M && residual->size(1) == N,
                     "argument `residual` has shape ", residual->sizes(), "; expected (", M, ", ", N, ")");
   return residual->contiguous();
+}
+
+// linear_weight_grad's checks (grad (M, N), x (M, K), same dtype and device) and its plain computation: an ATen GEMM
+// and a column sum (the CPU kernel, and the CUDA kernel where cuBLASLt does not serve).
+inline std::tuple<at::Tensor, at::Tensor> linear_weight_grad_mm(const at::Tensor& grad, const at::Tensor& x,
+                                                                bool bias) {
+  check_dim(grad, "grad", 2);
+  check_dim(x, "x", 2);
+  check_same_dtype(grad, "grad", x, "x");
+  check_same_device(grad, "grad", x, "x");
+  TORCH_CHECK_VALUE(grad.size(0) == x.size(0), "argument `grad` has shape ", grad.sizes(), "; expected (",
+                    x.size(0), ", out_features) (one row per row of `x`)");
+  const at::ScalarType sum_type = at::toOpMathType(grad.scalar_type());
+  return {at::mm(grad.t(), x),
+          bias ? grad.sum(0, /*keepdim=*/false, sum_type) : at::empty({0}, grad.options().dtype(sum_type))};
 }
 
 }  // namespace kernels
