@@ -22,9 +22,10 @@
 // is a power of two: a vectorised polynomial for fp32 (exp2_scaled), std::exp2 for fp64. The fp32 tile products go
 // to torch's CPU BLAS (block_gemm); fp64 uses a small register-blocked kernel on GCC/Clang vector types.
 //
-// Parallelism: the forward runs at::parallel_for over sequences x heads x query blocks. The backward runs over
-// sequences x Hkv: one task owns the dK/dV of its key/value head (and the dQ of the heads that share it, GQA), so no
-// two tasks write the same element and the result does not depend on the thread count (deterministic, no atomics).
+// Parallelism: torch's intra-op threads take tasks from a shared counter (parallel_tasks). The forward's tasks are
+// sequences x heads x query blocks. The backward's are sequences x Hkv: one task owns the dK/dV of its key/value head
+// (and the dQ of the heads that share it, GQA), so no two tasks write the same element and the result does not depend
+// on the thread count (deterministic, no atomics on the data).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -37,6 +38,7 @@
 #include <kernels/philox.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -269,7 +271,8 @@ T mask_row(T* s, int64_t width, int64_t i, int64_t k0, T scale2, const T* key_bi
 // its maximum is the raw maximum times scale2 (> 0), and the exponential applies the scale (one pass fewer).
 inline bool plain_row(int64_t i, int64_t k0, int64_t width, int64_t keys, bool has_bias, double scale2,
                       const Masks& masks) {
-  return !has_bias && masks.mask == nullptr && scale2 > 0 && k0 + width <= keys && (!masks.causal || k0 + width <= i + 1);
+  return !has_bias && masks.mask == nullptr && scale2 > 0 && k0 + width <= keys &&
+         (!masks.causal || k0 + width <= i + 1);
 }
 
 // One attention problem of a call: batch entry b of a dense call, or one packed sequence of a varlen call. Its query
@@ -336,7 +339,8 @@ struct Problem {
     if (padding.has_value()) bias.assign(padded_keys(), -std::numeric_limits<T>::infinity());
     for (size_t s = 0; s < seqs.size(); ++s) {
       const Sequence& seq = seqs[s];
-      const bool* pad = padding.has_value() ? padding->const_data_ptr<bool>() + seq.batch * padding->stride(0) : nullptr;
+      const bool* pad =
+          padding.has_value() ? padding->const_data_ptr<bool>() + seq.batch * padding->stride(0) : nullptr;
       const int64_t pad_stride = padding.has_value() ? padding->stride(1) : 0;
       for (int64_t k0 = 0; k0 < seq.k_len; k0 += kBlockK) {
         const int64_t n = std::min(kBlockK, seq.k_len - k0);
@@ -415,6 +419,22 @@ void pack_keys(const at::Tensor& x, const Sequence& seq, int64_t hkv, const Prob
   }
 }
 
+// Runs worker(task) for every task in [0, n) on torch's intra-op threads. Each thread builds one worker (its scratch
+// buffers) with make_worker() and takes the next task from a shared counter: tasks of unequal work (causal query
+// blocks, sequences of different lengths) stay balanced, where a static split gave one thread the longer sequences.
+// Every task writes outputs of its own, so the result does not depend on which thread ran it.
+template <typename MakeWorker>
+void parallel_tasks(int64_t n, const MakeWorker& make_worker) {
+  std::atomic<int64_t> next{0};
+  const int64_t threads = std::min<int64_t>(at::get_num_threads(), n);
+  at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t thread = begin; thread < end; ++thread) {
+      auto worker = make_worker();
+      for (int64_t task = next++; task < n; task = next++) worker(task);
+    }
+  });
+}
+
 // q, k, v, out, lse: (B', H, S', D) / (B', H, S') views (varlen: B' = 1); out and lse are written through strides.
 template <typename scalar_t>
 void forward_kernel(Problem& p, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out,
@@ -439,14 +459,16 @@ void forward_kernel(Problem& p, const at::Tensor& q, const at::Tensor& k, const 
   const float drop = static_cast<float>(p.dropout_p);
   const T keep_scale = static_cast<T>(1.0 / (1.0 - p.dropout_p));
 
-  at::parallel_for(0, seqs * p.heads * query_blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> qt(kForwardRows * dp), s(kForwardRows * kBlockK), o(kForwardRows * dp);
-    std::vector<T> m(kForwardRows), l(kForwardRows);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t qb = task % query_blocks, sh = task / query_blocks, si = sh / p.heads, h = sh % p.heads;
+  // Tasks: (query block, sequence, head), the last query blocks (the most keys under causality) first.
+  parallel_tasks(seqs * p.heads * query_blocks, [&] {
+    return [&, qt = std::vector<T>(kForwardRows * dp), s = std::vector<T>(kForwardRows * kBlockK),
+            o = std::vector<T>(kForwardRows * dp), m = std::vector<T>(kForwardRows),
+            l = std::vector<T>(kForwardRows)](int64_t task) mutable {
+      const int64_t qb = query_blocks - 1 - task / (seqs * p.heads), sh = task % (seqs * p.heads);
+      const int64_t si = sh / p.heads, h = sh % p.heads;
       const Sequence& seq = p.seqs[si];
       const int64_t q0 = qb * kForwardRows;
-      if (q0 >= seq.q_len) continue;
+      if (q0 >= seq.q_len) return;
       const int64_t rows = std::min(kForwardRows, seq.q_len - q0), hkv = h / group;
       const Masks masks = p.masks(seq, h);
       pack_rows<T, scalar_t>(q, seq.batch, h, seq.q_begin + q0, rows, p.dim, dp, qt.data());
@@ -498,7 +520,7 @@ void forward_kernel(Problem& p, const at::Tensor& q, const at::Tensor& k, const 
             l[r] > T(0) ? (m[r] + std::log2(l[r])) * static_cast<T>(kLn2) : std::numeric_limits<T>::infinity();
       }
       unpack_rows<T, scalar_t>(o.data(), dp, rows, p.dim, T(1), out, seq.batch, h, seq.q_begin + q0);
-    }
+    };
   });
 }
 // grad_out, q, out, dq: (B', H, S', D); k, v, dk, dv: (B', Hkv, S', D); lse (B', H, S') (varlen: B' = 1). The
@@ -516,12 +538,14 @@ void backward_kernel(Problem& p, const at::Tensor& grad_out, const at::Tensor& q
   const float drop = static_cast<float>(p.dropout_p);
   const T keep_scale = static_cast<T>(1.0 / (1.0 - p.dropout_p));
 
-  at::parallel_for(0, seqs * p.kv_heads, 1, [&](int64_t begin, int64_t end) {
-    const int64_t kd = p.max_padded_keys() * dp;
-    std::vector<T> kr(kd), kt(kd), vt(kd), dkb(kd), dvb(kd);
-    std::vector<T> qt(kBackwardRows * dp), dot(kBackwardRows * dp), dqb(kBackwardRows * dp), delta(kBackwardRows);
-    std::vector<T> s(kBackwardRows * kBlockK), dpm(kBackwardRows * kBlockK), st(kBlockK * kBackwardRows);
-    for (int64_t task = begin; task < end; ++task) {
+  const int64_t kd = p.max_padded_keys() * dp;
+  parallel_tasks(seqs * p.kv_heads, [&] {
+    return [&, kr = std::vector<T>(kd), kt = std::vector<T>(kd), vt = std::vector<T>(kd), dkb = std::vector<T>(kd),
+            dvb = std::vector<T>(kd), qt = std::vector<T>(kBackwardRows * dp),
+            dot = std::vector<T>(kBackwardRows * dp), dqb = std::vector<T>(kBackwardRows * dp),
+            delta = std::vector<T>(kBackwardRows), s = std::vector<T>(kBackwardRows * kBlockK),
+            dpm = std::vector<T>(kBackwardRows * kBlockK),
+            st = std::vector<T>(kBlockK * kBackwardRows)](int64_t task) mutable {
       const int64_t si = task / p.kv_heads, hkv = task % p.kv_heads;
       const Sequence& seq = p.seqs[si];
       pack_keys<T, scalar_t>(k, seq, hkv, p, kr.data(), kt.data());
@@ -589,7 +613,7 @@ void backward_kernel(Problem& p, const at::Tensor& grad_out, const at::Tensor& q
       }
       unpack_rows<T, scalar_t>(dkb.data(), dp, seq.k_len, p.dim, scale, dk, seq.batch, hkv, seq.k_begin);
       unpack_rows<T, scalar_t>(dvb.data(), dp, seq.k_len, p.dim, T(1), dv, seq.batch, hkv, seq.k_begin);
-    }
+    };
   });
 }
 
