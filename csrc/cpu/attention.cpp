@@ -38,6 +38,7 @@
 #include <kernels/philox.h>
 
 #include <algorithm>
+#include <new>
 #include <atomic>
 #include <cmath>
 #include <cstring>
@@ -54,6 +55,21 @@ constexpr int64_t kForwardRows = 128;
 constexpr int64_t kBackwardRows = 64;
 constexpr int64_t kBlockK = 128;  // keys per tile
 constexpr int kRows = 6;          // rows of the register tile of the product kernel (12 accumulators)
+
+// Scratch buffers aligned to 64 bytes (a cache line): the BLAS takes its fast paths on aligned tiles.
+template <typename T>
+struct AlignedAllocator {
+  using value_type = T;
+  AlignedAllocator() = default;
+  template <typename U>
+  AlignedAllocator(const AlignedAllocator<U>&) {}
+  T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(64))); }
+  void deallocate(T* p, size_t) { ::operator delete(p, std::align_val_t(64)); }
+  bool operator==(const AlignedAllocator&) const { return true; }
+  bool operator!=(const AlignedAllocator&) const { return false; }
+};
+template <typename T>
+using Buffer = std::vector<T, AlignedAllocator<T>>;
 
 // 32-byte vectors (one AVX2 register; the compiler splits them where the target is narrower).
 template <typename T>
@@ -326,14 +342,14 @@ struct Problem {
 
   // The key-padding bias of sequence s from key k0 on (0 or -inf per key), or null without a padding mask.
   template <typename T>
-  const T* key_bias(const std::vector<T>& bias, int64_t s, int64_t k0) const {
+  const T* key_bias(const Buffer<T>& bias, int64_t s, int64_t k0) const {
     return bias.empty() ? nullptr : bias.data() + key_base[s] + k0;
   }
 
   // Per padded key block of each sequence: the keys that exist and are not padding, widened to panels of width
   // `panel`; and, with a padding mask, the per-key bias. A block whose keys are all padding gets an empty range.
   template <typename T>
-  void find_key_ranges(std::vector<T>& bias) {
+  void find_key_ranges(Buffer<T>& bias) {
     const int64_t width = panel<T>();
     ranges.assign(padded_keys() / kBlockK, KeyRange{});
     if (padding.has_value()) bias.assign(padded_keys(), -std::numeric_limits<T>::infinity());
@@ -445,7 +461,7 @@ void forward_kernel(Problem& p, const at::Tensor& q, const at::Tensor& k, const 
   const int64_t group = p.group(), seqs = static_cast<int64_t>(p.seqs.size());
 
   // K transposed (Dp x kBlockK per block) and V (kBlockK x Dp per block) per (hkv, sequence), in T.
-  std::vector<T> kt(p.kv_heads * padded_keys * dp), vb(p.kv_heads * padded_keys * dp);
+  Buffer<T> kt(p.kv_heads * padded_keys * dp), vb(p.kv_heads * padded_keys * dp);
   at::parallel_for(0, seqs * p.kv_heads, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const int64_t s = t / p.kv_heads, hkv = t % p.kv_heads, at_key = (hkv * padded_keys + p.key_base[s]) * dp;
@@ -453,7 +469,7 @@ void forward_kernel(Problem& p, const at::Tensor& q, const at::Tensor& k, const 
       pack_keys<T, scalar_t>(v, p.seqs[s], hkv, p, vb.data() + at_key, nullptr);
     }
   });
-  std::vector<T> bias;
+  Buffer<T> bias;
   p.find_key_ranges(bias);
   const T scale2 = static_cast<T>(p.scale * kLog2e);
   const float drop = static_cast<float>(p.dropout_p);
@@ -461,9 +477,9 @@ void forward_kernel(Problem& p, const at::Tensor& q, const at::Tensor& k, const 
 
   // Tasks: (query block, sequence, head), the last query blocks (the most keys under causality) first.
   parallel_tasks(seqs * p.heads * query_blocks, [&] {
-    return [&, qt = std::vector<T>(kForwardRows * dp), s = std::vector<T>(kForwardRows * kBlockK),
-            o = std::vector<T>(kForwardRows * dp), m = std::vector<T>(kForwardRows),
-            l = std::vector<T>(kForwardRows)](int64_t task) mutable {
+    return [&, qt = Buffer<T>(kForwardRows * dp), s = Buffer<T>(kForwardRows * kBlockK),
+            o = Buffer<T>(kForwardRows * dp), m = Buffer<T>(kForwardRows),
+            l = Buffer<T>(kForwardRows)](int64_t task) mutable {
       const int64_t qb = query_blocks - 1 - task / (seqs * p.heads), sh = task % (seqs * p.heads);
       const int64_t si = sh / p.heads, h = sh % p.heads;
       const Sequence& seq = p.seqs[si];
@@ -532,7 +548,7 @@ void backward_kernel(Problem& p, const at::Tensor& grad_out, const at::Tensor& q
   using T = at::opmath_type<scalar_t>;
   const int64_t dp = p.dim_padded, group = p.group();
   const int64_t seqs = static_cast<int64_t>(p.seqs.size());
-  std::vector<T> bias;
+  Buffer<T> bias;
   p.find_key_ranges(bias);
   const T scale = static_cast<T>(p.scale), scale2 = static_cast<T>(p.scale * kLog2e);
   const float drop = static_cast<float>(p.dropout_p);
@@ -540,12 +556,12 @@ void backward_kernel(Problem& p, const at::Tensor& grad_out, const at::Tensor& q
 
   const int64_t kd = p.max_padded_keys() * dp;
   parallel_tasks(seqs * p.kv_heads, [&] {
-    return [&, kr = std::vector<T>(kd), kt = std::vector<T>(kd), vt = std::vector<T>(kd), dkb = std::vector<T>(kd),
-            dvb = std::vector<T>(kd), qt = std::vector<T>(kBackwardRows * dp),
-            dot = std::vector<T>(kBackwardRows * dp), dqb = std::vector<T>(kBackwardRows * dp),
-            delta = std::vector<T>(kBackwardRows), s = std::vector<T>(kBackwardRows * kBlockK),
-            dpm = std::vector<T>(kBackwardRows * kBlockK),
-            st = std::vector<T>(kBlockK * kBackwardRows)](int64_t task) mutable {
+    return [&, kr = Buffer<T>(kd), kt = Buffer<T>(kd), vt = Buffer<T>(kd), dkb = Buffer<T>(kd),
+            dvb = Buffer<T>(kd), qt = Buffer<T>(kBackwardRows * dp),
+            dot = Buffer<T>(kBackwardRows * dp), dqb = Buffer<T>(kBackwardRows * dp),
+            delta = Buffer<T>(kBackwardRows), s = Buffer<T>(kBackwardRows * kBlockK),
+            dpm = Buffer<T>(kBackwardRows * kBlockK),
+            st = Buffer<T>(kBlockK * kBackwardRows)](int64_t task) mutable {
       const int64_t si = task / p.kv_heads, hkv = task % p.kv_heads;
       const Sequence& seq = p.seqs[si];
       pack_keys<T, scalar_t>(k, seq, hkv, p, kr.data(), kt.data());
