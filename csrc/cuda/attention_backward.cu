@@ -6,7 +6,8 @@
 //      query head that shares the kv head (GQA), accumulating dV += P^T dO and dK += dS^T Q in fp32 registers, with
 //      dS = P * (dP - delta), dP = dO V^T (dropout: P and dP pass through the keep-mask of the forward). At D = 256
 //      the two accumulators do not fit together: two passes, one for dV and one for dK (AttentionTiles).
-//   3. dQ: one CTA per (64-row query block, b, h), walking the key blocks: dQ += dS K.
+//   3. dQ: one CTA per (64-row query block, b, h), walking the key blocks: dQ += dS K (at D = 256 two CTAs per
+//      block, each accumulating half of dQ's columns).
 // The query rows per step of kernel 2 and the keys per step of kernel 3 shrink as D grows (AttentionTiles in
 // attention_common.cuh), so nothing spills.
 // Scores are computed transposed in kernel 2 (S^T = K Q^T), so the accumulators of P^T / dS^T are directly the A
@@ -40,15 +41,17 @@ __global__ void __launch_bounds__(kThreads) attention_delta_kernel(const Params 
 
 // Reads lse (natural log, +inf for empty rows) in base 2 for P = exp2(x - lse2); rows past the sequence give +inf
 // (P = 0).
-__device__ __forceinline__ float lse_base2(const Params& p, const Sequence& s, int h, int row) {
+template <bool kVarlen>
+__device__ __forceinline__ float lse_base2(const Params& p, const Sequence<kVarlen>& s, int h, int row) {
   return row < s.sq ? p.lse[lse_index(p, s, h, row)] * kLog2e : INFINITY;
 }
-__device__ __forceinline__ float row_delta(const Params& p, const Sequence& s, int h, int row) {
+template <bool kVarlen>
+__device__ __forceinline__ float row_delta(const Params& p, const Sequence<kVarlen>& s, int h, int row) {
   return row < s.sq ? p.delta[out_row(p, s, h, row)] : 0.f;
 }
 
 // 2. dK and / or dV (kGrads).
-template <typename scalar_t, int D, MaskKind kMask, bool kDropout, KeyGrads kGrads>
+template <typename scalar_t, int D, MaskKind kMask, bool kDropout, bool kVarlen, KeyGrads kGrads>
 __global__ void __launch_bounds__(kThreads) attention_backward_kv_kernel(const Params p) {
   constexpr int BQ = AttentionTiles<D>::kBackwardBlockQ;
   constexpr bool kDK = kGrads != KeyGrads::kValues, kDV = kGrads != KeyGrads::kKeys;
@@ -61,7 +64,7 @@ __global__ void __launch_bounds__(kThreads) attention_backward_kv_kernel(const P
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int b = blockIdx.y / p.kv_heads, hkv = blockIdx.y % p.kv_heads, group = p.heads / p.kv_heads;
-  const Sequence seq = sequence(p, b);
+  const Sequence<kVarlen> seq = sequence<kVarlen>(p, b);
   const int n0 = blockIdx.x * kBlockM;
   if (n0 >= seq.sk) return;  // varlen: a sequence shorter than max_seqlen_k (the whole CTA leaves, before any barrier)
   const int key_a = n0 + warp * 16 + g, key_b = key_a + 8;  // this thread's two keys
@@ -125,7 +128,7 @@ __global__ void __launch_bounds__(kThreads) attention_backward_kv_kernel(const P
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int key = e < 2 ? key_a : key_b, qi = nt * 8 + 2 * t + e % 2, row = m0 + qi;
-          const float x = masked_score<scalar_t, kMask>(p, seq, h, row, key, s[nt][e]);
+          const float x = masked_score<scalar_t, kMask, kVarlen>(p, seq, h, row, key, s[nt][e]);
           const float pr = exp2f(x - lse_s[qi]);  // 0 for hidden keys and rows past the sequence (lse +inf)
           float grad = dp[nt][e];
           s[nt][e] = pr;
@@ -192,9 +195,10 @@ __global__ void __launch_bounds__(kThreads) attention_backward_kv_kernel(const P
 }
 
 // 3. dQ.
-template <typename scalar_t, int D, MaskKind kMask, bool kDropout>
+template <typename scalar_t, int D, MaskKind kMask, bool kDropout, bool kVarlen>
 __global__ void __launch_bounds__(kThreads) attention_backward_q_kernel(const Params p) {
   constexpr int BN = AttentionTiles<D>::kBackwardBlockK;
+  constexpr int DO = AttentionTiles<D>::kOutputCols;  // this CTA's columns of dQ: d0 .. d0 + DO - 1
   extern __shared__ __align__(16) unsigned char smem_raw[];
   scalar_t* q_tile = reinterpret_cast<scalar_t*>(smem_raw);
   scalar_t* do_tile = q_tile + kBlockM * D;
@@ -203,8 +207,8 @@ __global__ void __launch_bounds__(kThreads) attention_backward_q_kernel(const Pa
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int b = blockIdx.y / p.heads, h = blockIdx.y % p.heads, hkv = h / (p.heads / p.kv_heads);
-  const Sequence seq = sequence(p, b);
-  const int m0 = blockIdx.x * kBlockM;
+  const Sequence<kVarlen> seq = sequence<kVarlen>(p, b);
+  const int m0 = blockIdx.x * kBlockM, d0 = blockIdx.z * DO;
   if (m0 >= seq.sq) return;  // varlen: a sequence shorter than max_seqlen_q (the whole CTA leaves, before any barrier)
   const int row_a = m0 + warp * 16 + g, row_b = row_a + 8;
 
@@ -215,9 +219,9 @@ __global__ void __launch_bounds__(kThreads) attention_backward_q_kernel(const Pa
   const float lse2[2] = {lse_base2(p, seq, h, row_a), lse_base2(p, seq, h, row_b)};
   const float delta[2] = {row_delta(p, seq, h, row_a), row_delta(p, seq, h, row_b)};
 
-  float dq[D / 8][4];
+  float dq[DO / 8][4];
 #pragma unroll
-  for (int i = 0; i < D / 8; ++i) dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0.f;
+  for (int i = 0; i < DO / 8; ++i) dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0.f;
 
   const scalar_t* k = k_rows<scalar_t>(p, seq, hkv);
   const scalar_t* v = v_rows<scalar_t>(p, seq, hkv);
@@ -259,7 +263,7 @@ __global__ void __launch_bounds__(kThreads) attention_backward_q_kernel(const Pa
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int half = e / 2, row = half ? row_b : row_a, col = n0 + nt * 8 + 2 * t + e % 2;
-        const float pr = exp2f(masked_score<scalar_t, kMask>(p, seq, h, row, col, s[nt][e]) - lse2[half]);
+        const float pr = exp2f(masked_score<scalar_t, kMask, kVarlen>(p, seq, h, row, col, s[nt][e]) - lse2[half]);
         float grad = dp[nt][e];
         if constexpr (kDropout) {
           const bool keep = row < seq.sq && col < seq.sk &&
@@ -269,7 +273,7 @@ __global__ void __launch_bounds__(kThreads) attention_backward_q_kernel(const Pa
         dp[nt][e] = pr * (grad - delta[half]);
       }
     }
-    // dQ += dS K
+    // dQ += dS K (columns d0 .. d0 + DO - 1)
 #pragma unroll
     for (int kk = 0; kk < BN / 16; ++kk) {
       uint32_t a[4];
@@ -278,9 +282,10 @@ __global__ void __launch_bounds__(kThreads) attention_backward_q_kernel(const Pa
       a[2] = pack2<scalar_t>(dp[2 * kk + 1][0], dp[2 * kk + 1][1]);
       a[3] = pack2<scalar_t>(dp[2 * kk + 1][2], dp[2 * kk + 1][3]);
 #pragma unroll
-      for (int nn = 0; nn < D; nn += 16) {
+      for (int nn = 0; nn < DO; nn += 16) {
         uint32_t bk[4];
-        ldmatrix_x4_trans(bk, k_tile + swizzle<D>(kk * 16 + lane % 8 + ((lane / 8) % 2) * 8, nn + (lane / 16) * 8));
+        ldmatrix_x4_trans(bk,
+                          k_tile + swizzle<D>(kk * 16 + lane % 8 + ((lane / 8) % 2) * 8, d0 + nn + (lane / 16) * 8));
         mma<scalar_t>(dq[nn / 8], a, bk[0], bk[1]);
         mma<scalar_t>(dq[nn / 8 + 1], a, bk[2], bk[3]);
       }
@@ -292,9 +297,9 @@ __global__ void __launch_bounds__(kThreads) attention_backward_q_kernel(const Pa
   for (int half = 0; half < 2; ++half) {
     const int row = half ? row_b : row_a;
     if (row >= seq.sq) continue;
-    scalar_t* dq_row = static_cast<scalar_t*>(p.dq) + out_row(p, seq, h, row) * D;
+    scalar_t* dq_row = static_cast<scalar_t*>(p.dq) + out_row(p, seq, h, row) * D + d0;
 #pragma unroll
-    for (int i = 0; i < D / 8; ++i) {
+    for (int i = 0; i < DO / 8; ++i) {
       *reinterpret_cast<uint32_t*>(dq_row + i * 8 + 2 * t) =
           pack2<scalar_t>(dq[i][half * 2] * scale, dq[i][half * 2 + 1] * scale);
     }
@@ -303,7 +308,7 @@ __global__ void __launch_bounds__(kThreads) attention_backward_q_kernel(const Pa
 
 // --- host side --------------------------------------------------------------------------------------------------------
 
-template <typename scalar_t, int D, MaskKind kMask, bool kDropout>
+template <typename scalar_t, int D, MaskKind kMask, bool kDropout, bool kVarlen = false>
 void launch_backward(const Params& p, cudaStream_t stream) {
   using Tiles = AttentionTiles<D>;
   const int e = static_cast<int>(sizeof(scalar_t));
@@ -312,23 +317,27 @@ void launch_backward(const Params& p, cudaStream_t stream) {
   const dim3 kv_grid((p.max_sk + kBlockM - 1) / kBlockM, p.batch * p.kv_heads);
   const int kv_smem = (2 * kBlockM + 2 * Tiles::kBackwardBlockQ) * D * e;
   if constexpr (Tiles::kSplitKeyGrads) {
-    launch_attention_kernel(attention_backward_kv_kernel<scalar_t, D, kMask, kDropout, KeyGrads::kValues>, kv_grid,
-                            kv_smem, D, p, stream);
-    launch_attention_kernel(attention_backward_kv_kernel<scalar_t, D, kMask, kDropout, KeyGrads::kKeys>, kv_grid,
-                            kv_smem, D, p, stream);
+    launch_attention_kernel(attention_backward_kv_kernel<scalar_t, D, kMask, kDropout, kVarlen, KeyGrads::kValues>,
+                            kv_grid, kv_smem, D, p, stream);
+    launch_attention_kernel(attention_backward_kv_kernel<scalar_t, D, kMask, kDropout, kVarlen, KeyGrads::kKeys>,
+                            kv_grid, kv_smem, D, p, stream);
   } else {
-    launch_attention_kernel(attention_backward_kv_kernel<scalar_t, D, kMask, kDropout, KeyGrads::kBoth>, kv_grid,
-                            kv_smem, D, p, stream);
+    launch_attention_kernel(attention_backward_kv_kernel<scalar_t, D, kMask, kDropout, kVarlen, KeyGrads::kBoth>,
+                            kv_grid, kv_smem, D, p, stream);
   }
-  launch_attention_kernel(attention_backward_q_kernel<scalar_t, D, kMask, kDropout>,
-                          dim3((p.max_sq + kBlockM - 1) / kBlockM, p.batch * p.heads),
+  launch_attention_kernel(attention_backward_q_kernel<scalar_t, D, kMask, kDropout, kVarlen>,
+                          dim3((p.max_sq + kBlockM - 1) / kBlockM, p.batch * p.heads, Tiles::kOutputSplit),
                           (2 * kBlockM + 2 * Tiles::kBackwardBlockK) * D * e, D, p, stream);
 }
 
 template <typename scalar_t, int D>
 void dispatch_backward(const Params& p, MaskKind mask, cudaStream_t stream) {
   const bool dropout = p.dropout_p > 0.f;
-  if (mask == MaskKind::kNone) {
+  if (p.cu_seqlens_q != nullptr) {  // packed sequences: no mask
+    TORCH_CHECK(mask == MaskKind::kNone, "attention on CUDA: packed sequences take no mask");
+    dropout ? launch_backward<scalar_t, D, MaskKind::kNone, true, true>(p, stream)
+            : launch_backward<scalar_t, D, MaskKind::kNone, false, true>(p, stream);
+  } else if (mask == MaskKind::kNone) {
     dropout ? launch_backward<scalar_t, D, MaskKind::kNone, true>(p, stream)
             : launch_backward<scalar_t, D, MaskKind::kNone, false>(p, stream);
   } else if (mask == MaskKind::kBool) {

@@ -39,20 +39,25 @@ enum class MaskKind { kNone, kBool, kAdditive };
 
 // Tile sizes per head dim D (4 warps each; kBlockM fixed). Shared memory per CTA, 2-byte elements:
 //   forward (kBlockM + 2 * kForwardBlockN) * D * 2   ->  D = 32: 20 KB, 64: 24 KB, 96: 36 KB, 128: 48 KB, 256: 64 KB
-//   dK/dV   (2 * kBlockM + 2 * kBackwardBlockQ) * D * 2 -> 16, 32, 36, 40, 80 KB
+//   dK/dV   (2 * kBlockM + 2 * kBackwardBlockQ) * D * 2 -> 12, 32, 36, 40, 80 KB
 //   dQ      (2 * kBlockM + 2 * kBackwardBlockK) * D * 2 -> 16, 32, 36, 48, 80 KB
 // all within the opt-in limit of sm_86/sm_89 (99 KB), so every sm_80+ device runs every head dim; above 48 KB the
 // launch raises the CTA's dynamic shared memory limit (launch_attention_kernel).
 template <int D>
 struct AttentionTiles {
   static_assert(D == 32 || D == 64 || D == 96 || D == 128 || D == 256, "unsupported head dim");
-  // Keys per forward tile. O takes D / 2 registers and the scores kForwardBlockN / 2: wide tiles (fewer
-  // barriers) at small D, 32 keys at D = 256 (O alone is 128 registers), which also keeps shared memory at 64 KB so
-  // two CTAs fit an A100 SM.
+  // Output columns per CTA of the forward (O) and of the dQ kernel: at D = 256 a thread's share of O or dQ would
+  // take 128 fp32 registers and spill, so two CTAs (blockIdx.z) share each tile, each accumulating D / 2 columns;
+  // both compute the scores in full (S = Q K^T, and dP = dO V^T for dQ), i.e. 1.5x the forward's flops.
+  static constexpr int kOutputSplit = D > 128 ? 2 : 1;
+  static constexpr int kOutputCols = D / kOutputSplit;
+  // Keys per forward tile. O takes kOutputCols / 2 registers and the scores kForwardBlockN / 2: wide tiles (fewer
+  // barriers) at small D, 32 keys at D = 256 (64 KB of shared memory: two CTAs fit an A100 SM).
   static constexpr int kForwardBlockN = D <= 32 ? 128 : D <= 128 ? 64 : 32;
   // Query rows per step of the dK/dV kernel: its two accumulators take D registers, S^T and dP^T kBackwardBlockQ.
-  static constexpr int kBackwardBlockQ = D <= 64 ? 64 : D <= 96 ? 32 : 16;
-  // Keys per step of the dQ kernel: dQ takes D / 2 registers, S and dP kBackwardBlockK.
+  // (At D = 32, 64 rows need ~170 registers, which ptxas caps at 168 or 128 for occupancy, with spills: 32 rows.)
+  static constexpr int kBackwardBlockQ = D == 64 ? 64 : D <= 96 ? 32 : 16;
+  // Keys per step of the dQ kernel: dQ takes kOutputCols / 2 registers, S and dP kBackwardBlockK.
   static constexpr int kBackwardBlockK = D <= 64 ? 64 : D <= 128 ? 32 : 16;
   // At D = 256, dK and dV (256 fp32 registers together) cannot both live in registers: two passes of the dK/dV
   // kernel, one accumulating dV, one dK (recomputing S^T; 5 instead of 4 matrix products per step).
@@ -194,50 +199,61 @@ __device__ __forceinline__ void load_tile(scalar_t* tile, const scalar_t* src, i
 
 // Batch entry b of a dense problem (all Sq rows of q, Sk of k / v, from row 0), or sequence b of a packed one (rows
 // q0 .. q0 + sq - 1 of q and k0 .. k0 + sk - 1 of k / v, from cu_seqlens). Row and key indices in the kernels are
-// local to the sequence (causality, masks); the helpers below turn them into addresses.
+// local to the sequence (causality, masks); the helpers below turn them into addresses. The kernels take kVarlen as
+// a template parameter, so on the dense path q0 = k0 = 0 and the lengths are kernel parameters at compile time,
+// with no register cost.
+template <bool kVarlen>
 struct Sequence {
   int b, sq, sk;
   int64_t q0, k0;
 };
 
-__device__ __forceinline__ Sequence sequence(const Params& p, int b) {
-  if (p.cu_seqlens_q == nullptr) return {b, p.sq, p.sk, 0, 0};
-  const int q0 = p.cu_seqlens_q[b], k0 = p.cu_seqlens_k[b];
-  return {b, p.cu_seqlens_q[b + 1] - q0, p.cu_seqlens_k[b + 1] - k0, q0, k0};
+template <bool kVarlen>
+__device__ __forceinline__ Sequence<kVarlen> sequence(const Params& p, int b) {
+  if constexpr (!kVarlen) {
+    return {b, p.sq, p.sk, 0, 0};
+  } else {
+    const int q0 = p.cu_seqlens_q[b], k0 = p.cu_seqlens_k[b];
+    return {b, p.cu_seqlens_q[b + 1] - q0, p.cu_seqlens_k[b + 1] - k0, q0, k0};
+  }
 }
 
 // Element 0 of row 0 of head h of q (k and v: kv head hkv) in the sequence.
-template <typename scalar_t>
-__device__ __forceinline__ const scalar_t* q_rows(const Params& p, const Sequence& s, int h) {
+template <typename scalar_t, bool kVarlen>
+__device__ __forceinline__ const scalar_t* q_rows(const Params& p, const Sequence<kVarlen>& s, int h) {
   return static_cast<const scalar_t*>(p.q) + s.b * p.q_stride[0] + h * p.q_stride[1] + s.q0 * p.q_stride[2];
 }
-template <typename scalar_t>
-__device__ __forceinline__ const scalar_t* k_rows(const Params& p, const Sequence& s, int hkv) {
+template <typename scalar_t, bool kVarlen>
+__device__ __forceinline__ const scalar_t* k_rows(const Params& p, const Sequence<kVarlen>& s, int hkv) {
   return static_cast<const scalar_t*>(p.k) + s.b * p.k_stride[0] + hkv * p.k_stride[1] + s.k0 * p.k_stride[2];
 }
-template <typename scalar_t>
-__device__ __forceinline__ const scalar_t* v_rows(const Params& p, const Sequence& s, int hkv) {
+template <typename scalar_t, bool kVarlen>
+__device__ __forceinline__ const scalar_t* v_rows(const Params& p, const Sequence<kVarlen>& s, int hkv) {
   return static_cast<const scalar_t*>(p.v) + s.b * p.v_stride[0] + hkv * p.v_stride[1] + s.k0 * p.v_stride[2];
 }
 
 // Index of query row `row` of head h among the rows (of D elements) of out / grad_out / dq / delta.
-__device__ __forceinline__ int64_t out_row(const Params& p, const Sequence& s, int h, int row) {
+template <bool kVarlen>
+__device__ __forceinline__ int64_t out_row(const Params& p, const Sequence<kVarlen>& s, int h, int row) {
   return s.b * p.o_stride[0] + h * p.o_stride[1] + (s.q0 + row) * p.o_stride[2];
 }
 // Index of key `key` of kv head hkv among the rows of dk / dv.
-__device__ __forceinline__ int64_t key_grad_row(const Params& p, const Sequence& s, int hkv, int key) {
+template <bool kVarlen>
+__device__ __forceinline__ int64_t key_grad_row(const Params& p, const Sequence<kVarlen>& s, int hkv, int key) {
   return s.b * p.dkv_stride[0] + hkv * p.dkv_stride[1] + (s.k0 + key) * p.dkv_stride[2];
 }
 // Index of query row `row` of head h in lse.
-__device__ __forceinline__ int64_t lse_index(const Params& p, const Sequence& s, int h, int row) {
+template <bool kVarlen>
+__device__ __forceinline__ int64_t lse_index(const Params& p, const Sequence<kVarlen>& s, int h, int row) {
   return s.b * p.lse_stride[0] + h * p.lse_stride[1] + s.q0 + row;
 }
 
 // The score of (row, col) in base 2: x = q.k * scale * log2(e) plus the additive mask * log2(e), or -inf when the
 // key is past the sequence's keys, hidden by causality, padding or the bool mask. (Varlen problems have no mask and
 // no padding.)
-template <typename scalar_t, MaskKind kMask>
-__device__ __forceinline__ float masked_score(const Params& p, const Sequence& s, int h, int row, int col, float qk) {
+template <typename scalar_t, MaskKind kMask, bool kVarlen>
+__device__ __forceinline__ float masked_score(const Params& p, const Sequence<kVarlen>& s, int h, int row, int col,
+                                              float qk) {
   const int b = s.b;
   float x = qk * p.scale_log2;
   bool hidden = col >= s.sk || (p.causal && col > row);
@@ -258,8 +274,9 @@ __device__ __forceinline__ float masked_score(const Params& p, const Sequence& s
 
 // The Philox counter of (row, col) of head h: dense ((b*H + h)*Sq + row)*Sk + col; varlen (h*Tq + q0 + row)*Tk +
 // k0 + col, the dense formula with B = 1 over the packed rows (p.sq, p.sk are Tq, Tk there).
-__device__ __forceinline__ uint64_t dropout_offset(const Params& p, const Sequence& s, int h, int row, int col) {
-  const uint64_t bh = p.cu_seqlens_q != nullptr ? h : static_cast<uint64_t>(s.b) * p.heads + h;
+template <bool kVarlen>
+__device__ __forceinline__ uint64_t dropout_offset(const Params& p, const Sequence<kVarlen>& s, int h, int row, int col) {
+  const uint64_t bh = kVarlen ? h : static_cast<uint64_t>(s.b) * p.heads + h;
   return (bh * p.sq + static_cast<uint64_t>(s.q0 + row)) * p.sk + static_cast<uint64_t>(s.k0 + col);
 }
 

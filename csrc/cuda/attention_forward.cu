@@ -5,9 +5,10 @@
 //
 // One CTA = 4 warps = 64 query rows (16 per warp) of one (b, h); it walks the keys in tiles of
 // AttentionTiles<D>::kForwardBlockN keys (128 at D = 32, 64 at D = 64 to 128, 32 at D = 256; attention_common.cuh
-// says why). K and V tiles are brought to shared memory with cp.async (16-byte chunks, XOR-swizzled by row so
-// ldmatrix is conflict free), the V load overlapping S = Q K^T and the softmax. Scores live in registers in the mma accumulator layout: thread
-// (g = lane / 4, t = lane % 4) of a warp holds rows g and g + 8, columns 2t and 2t + 1 of every 8-column tile.
+// says why; at D = 256 two CTAs share the rows, each writing half of O's columns). K and V tiles are brought to shared memory with cp.async (16-byte chunks, XOR-swizzled by row so
+// ldmatrix is conflict free), the V load overlapping S = Q K^T and the softmax. Scores live in registers in the mma
+// accumulator layout: thread (g = lane / 4, t = lane % 4) of a warp holds rows g and g + 8, columns 2t and 2t + 1 of
+// every 8-column tile.
 // Online softmax in base 2 (scores pre-multiplied by scale * log2 e) with fp32 running max and sum per row, reduced
 // across the 4 threads of a row with shuffles. P is rounded to the input dtype and fed back as the A operand of
 // O += P V; O accumulates in fp32 registers. Key tiles that causality or the key padding hides from the whole CTA are
@@ -30,9 +31,10 @@ namespace {
 
 // --- the kernel -------------------------------------------------------------------------------------------------------
 
-template <typename scalar_t, int D, MaskKind kMask, bool kDropout>
+template <typename scalar_t, int D, MaskKind kMask, bool kDropout, bool kVarlen>
 __global__ void __launch_bounds__(kThreads) attention_forward_kernel(const Params p) {
   constexpr int kBlockN = AttentionTiles<D>::kForwardBlockN;
+  constexpr int DO = AttentionTiles<D>::kOutputCols;  // this CTA's columns of O: d0 .. d0 + DO - 1
   static_assert(kBlockN % 16 == 0 && kBlockN <= kThreads, "one thread per key in the padding test");
   static_assert(2 * kBlockN / 8 <= 32, "a row's dropout keep bits fit one uint32");
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -42,10 +44,10 @@ __global__ void __launch_bounds__(kThreads) attention_forward_kernel(const Param
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int b = blockIdx.y / p.heads, h = blockIdx.y % p.heads, hkv = h / (p.heads / p.kv_heads);
-  const Sequence seq = sequence(p, b);
+  const Sequence<kVarlen> seq = sequence<kVarlen>(p, b);
   // Causal CTAs with more rows do more work: start them first.
   const int m_block = p.causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
-  const int m0 = m_block * kBlockM;
+  const int m0 = m_block * kBlockM, d0 = blockIdx.z * DO;
   if (m0 >= seq.sq) return;  // varlen: a sequence shorter than max_seqlen_q (the whole CTA leaves, before any barrier)
 
   const scalar_t* q = q_rows<scalar_t>(p, seq, h);
@@ -56,9 +58,9 @@ __global__ void __launch_bounds__(kThreads) attention_forward_kernel(const Param
   cp_async_commit();
 
   const int row_a = m0 + warp * 16 + g, row_b = row_a + 8;  // this thread's two query rows
-  float o[D / 8][4];
+  float o[DO / 8][4];
 #pragma unroll
-  for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+  for (int i = 0; i < DO / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
   float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f};
 
   int n_end = seq.sk;
@@ -104,7 +106,8 @@ __global__ void __launch_bounds__(kThreads) attention_forward_kernel(const Param
       for (int nt = 0; nt < kBlockN / 8; ++nt) {
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-          const float x = masked_score<scalar_t, kMask>(p, seq, h, row, n0 + nt * 8 + 2 * t + e, s[nt][half * 2 + e]);
+          const int col = n0 + nt * 8 + 2 * t + e;
+          const float x = masked_score<scalar_t, kMask, kVarlen>(p, seq, h, row, col, s[nt][half * 2 + e]);
           s[nt][half * 2 + e] = x;
           block_max = fmaxf(block_max, x);
         }
@@ -140,7 +143,7 @@ __global__ void __launch_bounds__(kThreads) attention_forward_kernel(const Param
       }
       row_sum[half] = row_sum[half] * alpha + sum;  // partial: the quad's 4 threads are summed at the end
 #pragma unroll
-      for (int i = 0; i < D / 8; ++i) {
+      for (int i = 0; i < DO / 8; ++i) {
         o[i][half * 2] *= alpha;
         o[i][half * 2 + 1] *= alpha;
       }
@@ -157,9 +160,10 @@ __global__ void __launch_bounds__(kThreads) attention_forward_kernel(const Param
       a[2] = pack2<scalar_t>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
       a[3] = pack2<scalar_t>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
 #pragma unroll
-      for (int nn = 0; nn < D; nn += 16) {
-        uint32_t bv[4];  // b0, b1 of dims nn .. nn + 7, then of nn + 8 .. nn + 15
-        ldmatrix_x4_trans(bv, v_tile + swizzle<D>(kk * 16 + lane % 8 + ((lane / 8) % 2) * 8, nn + (lane / 16) * 8));
+      for (int nn = 0; nn < DO; nn += 16) {
+        uint32_t bv[4];  // b0, b1 of dims d0 + nn .. d0 + nn + 7, then of d0 + nn + 8 .. d0 + nn + 15
+        ldmatrix_x4_trans(bv,
+                          v_tile + swizzle<D>(kk * 16 + lane % 8 + ((lane / 8) % 2) * 8, d0 + nn + (lane / 16) * 8));
         mma<scalar_t>(o[nn / 8], a, bv[0], bv[1]);
         mma<scalar_t>(o[nn / 8 + 1], a, bv[2], bv[3]);
       }
@@ -177,12 +181,12 @@ __global__ void __launch_bounds__(kThreads) attention_forward_kernel(const Param
     const int row = half ? row_b : row_a;
     if (row >= seq.sq) continue;
     const float inv = sum > 0.f ? p.keep_scale / sum : 0.f;
-    scalar_t* out = static_cast<scalar_t*>(p.out) + out_row(p, seq, h, row) * D;
+    scalar_t* out = static_cast<scalar_t*>(p.out) + out_row(p, seq, h, row) * D + d0;
 #pragma unroll
-    for (int i = 0; i < D / 8; ++i) {
+    for (int i = 0; i < DO / 8; ++i) {
       *reinterpret_cast<uint32_t*>(out + i * 8 + 2 * t) = pack2<scalar_t>(o[i][half * 2] * inv, o[i][half * 2 + 1] * inv);
     }
-    if (t == 0) {
+    if (t == 0 && blockIdx.z == 0) {
       p.lse[lse_index(p, seq, h, row)] =
           sum > 0.f ? (row_max[half] + log2f(sum)) * kLn2 : std::numeric_limits<float>::infinity();
     }
@@ -191,17 +195,21 @@ __global__ void __launch_bounds__(kThreads) attention_forward_kernel(const Param
 
 // --- host side --------------------------------------------------------------------------------------------------------
 
-template <typename scalar_t, int D, MaskKind kMask, bool kDropout>
+template <typename scalar_t, int D, MaskKind kMask, bool kDropout, bool kVarlen = false>
 void launch(const Params& p, cudaStream_t stream) {
-  const dim3 grid((p.max_sq + kBlockM - 1) / kBlockM, p.batch * p.heads);
+  const dim3 grid((p.max_sq + kBlockM - 1) / kBlockM, p.batch * p.heads, AttentionTiles<D>::kOutputSplit);
   const int smem = (kBlockM + 2 * AttentionTiles<D>::kForwardBlockN) * D * static_cast<int>(sizeof(scalar_t));
-  launch_attention_kernel(attention_forward_kernel<scalar_t, D, kMask, kDropout>, grid, smem, D, p, stream);
+  launch_attention_kernel(attention_forward_kernel<scalar_t, D, kMask, kDropout, kVarlen>, grid, smem, D, p, stream);
 }
 
 template <typename scalar_t, int D>
 void dispatch_mask(const Params& p, MaskKind mask, cudaStream_t stream) {
   const bool dropout = p.dropout_p > 0.f;
-  if (mask == MaskKind::kNone) {
+  if (p.cu_seqlens_q != nullptr) {  // packed sequences: no mask
+    TORCH_CHECK(mask == MaskKind::kNone, "attention on CUDA: packed sequences take no mask");
+    dropout ? launch<scalar_t, D, MaskKind::kNone, true, true>(p, stream)
+            : launch<scalar_t, D, MaskKind::kNone, false, true>(p, stream);
+  } else if (mask == MaskKind::kNone) {
     dropout ? launch<scalar_t, D, MaskKind::kNone, true>(p, stream) : launch<scalar_t, D, MaskKind::kNone, false>(p, stream);
   } else if (mask == MaskKind::kBool) {
     dropout ? launch<scalar_t, D, MaskKind::kBool, true>(p, stream) : launch<scalar_t, D, MaskKind::kBool, false>(p, stream);

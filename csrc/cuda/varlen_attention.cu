@@ -54,10 +54,10 @@ void check_varlen_arguments(const at::Tensor& q, const at::Tensor& k, const at::
   check_offsets(cu_seqlens_k, "cu_seqlens_k");
   TORCH_CHECK_VALUE(cu_seqlens_k.size(0) == cu_seqlens_q.size(0), "argument `cu_seqlens_k` has ",
                     cu_seqlens_k.size(0), " entries; expected ", cu_seqlens_q.size(0), " like `cu_seqlens_q`");
-  TORCH_CHECK_VALUE(max_seqlen_q >= 0 && max_seqlen_q < (1LL << 31), "argument `max_seqlen_q` must be in [0, 2^31); got ",
-                    max_seqlen_q);
-  TORCH_CHECK_VALUE(max_seqlen_k >= 0 && max_seqlen_k < (1LL << 31), "argument `max_seqlen_k` must be in [0, 2^31); got ",
-                    max_seqlen_k);
+  TORCH_CHECK_VALUE(max_seqlen_q >= 0 && max_seqlen_q < (1LL << 31),
+                    "argument `max_seqlen_q` must be in [0, 2^31); got ", max_seqlen_q);
+  TORCH_CHECK_VALUE(max_seqlen_k >= 0 && max_seqlen_k < (1LL << 31),
+                    "argument `max_seqlen_k` must be in [0, 2^31); got ", max_seqlen_k);
   TORCH_CHECK_VALUE(dropout_p >= 0.0 && dropout_p < 1.0, "argument `dropout_p` must be in [0, 1); got ", dropout_p);
 }
 
