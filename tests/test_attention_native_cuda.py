@@ -1,7 +1,7 @@
 """GPU tier of the CUDA attention kernels (csrc/cuda/attention_*.cu, csrc/cuda/varlen_attention.cu): head dims 32,
 96 and 256 (next to 64 and 128) forward and backward against the reference, fp16 and bf16, with causal / padding /
 bool / additive masks and dropout; the packed-sequence ops against the reference and, sequence by sequence, against
-the dense op (the same kernels, so bit for bit); argument checks of the varlen ops.
+the dense op (the same kernel code); argument checks of the varlen ops.
 
 The ops are called through torch.ops.kernels.* with a test-local autograd.Function, so these tests do not depend on
 the Python wiring of the native backend (kernels/_ops/attention_native.py).
@@ -148,7 +148,7 @@ def _packed(lengths_q, lengths_k, heads, kv_heads, d, dtype, requires_grad=True)
 # Dense: every head dim against the reference
 # ----------------------------------------------------------------------------------------------------------------------
 
-# Sizes straddle the 64-row query tiles and every key tile (128 keys at D = 32, 64 at 64..128, 32 at 256; the
+# Sizes straddle the 64-row query tiles and every key tile (128 keys at D = 32, 64 at 64..128, 16 at 256; the
 # backward's 16/32/64-row and 16/32/64-key steps); the second has more queries than keys.
 DENSE_SHAPES = [(2, 4, 2, 130, 203), (1, 2, 1, 97, 45)]
 MASKS = ["none", "causal", "padding", "bool", "float", "causal+padding+bool"]
@@ -240,9 +240,10 @@ def test_varlen_matches_reference(dtype, d, is_causal):
 @pytest.mark.parametrize("d", HEAD_DIMS)
 @pytest.mark.parametrize("is_causal", [False, True])
 def test_varlen_equals_dense_op_per_sequence(d, is_causal):
-    """The varlen ops run the dense kernels on each sequence's rows: outputs, lse and gradients are bit-identical to
-    the dense ops on that sequence alone. An empty sequence (no query, 5 keys) gets zero dK / dV; one with no key
-    gets zero outputs."""
+    """The varlen ops run the dense kernels' code on each sequence's rows: outputs, lse and gradients match the dense
+    ops on that sequence alone to rounding (the two are separate instantiations, so the compiler may contract a
+    multiply-add differently; within one bf16 ulp). An empty sequence (no query, 5 keys) gets zero dK / dV; one
+    with no key gets zero outputs."""
     lengths_q, lengths_k = [*LENGTHS_Q, 0, 20], [*LENGTHS_K, 5, 0]
     q, k, v, cu_q, cu_k, max_q, max_k = _packed(lengths_q, lengths_k, 4, 2, d, torch.bfloat16, requires_grad=False)
     scale = d ** -0.5
@@ -258,13 +259,14 @@ def test_varlen_equals_dense_op_per_sequence(d, is_causal):
             continue
         qs, ks, vs = (x.transpose(0, 1)[None] for x in (q[rows], k[cols], v[cols]))
         o, l = ops.attention_forward(qs, ks, vs, None, None, is_causal, scale, 0.0, 0)
-        assert torch.equal(out[rows], o[0].transpose(0, 1)), f"sequence {i}: out"
-        assert torch.equal(lse[:, rows], l[0]), f"sequence {i}: lse"
         gq, gk, gv = ops.attention_backward(grad[rows].transpose(0, 1)[None], qs, ks, vs, o, l, None, None,
                                             is_causal, scale, 0.0, 0)
-        assert torch.equal(dq[rows], gq[0].transpose(0, 1)), f"sequence {i}: dq"
-        assert torch.equal(dk[cols], gk[0].transpose(0, 1)), f"sequence {i}: dk"
-        assert torch.equal(dv[cols], gv[0].transpose(0, 1)), f"sequence {i}: dv"
+        close = functools.partial(torch.testing.assert_close, atol=1e-3, rtol=2 ** -7)  # one bf16 ulp
+        close(out[rows], o[0].transpose(0, 1), msg=lambda m: f"sequence {i}: out: {m}")
+        torch.testing.assert_close(lse[:, rows], l[0], atol=1e-5, rtol=1e-5, msg=lambda m: f"sequence {i}: lse: {m}")
+        close(dq[rows], gq[0].transpose(0, 1), msg=lambda m: f"sequence {i}: dq: {m}")
+        close(dk[cols], gk[0].transpose(0, 1), msg=lambda m: f"sequence {i}: dk: {m}")
+        close(dv[cols], gv[0].transpose(0, 1), msg=lambda m: f"sequence {i}: dv: {m}")
 
 
 @pytest.mark.parametrize("d", NEW_HEAD_DIMS)

@@ -38,8 +38,8 @@ constexpr int kBlockM = 16 * kWarps;  // query rows per CTA (forward, dQ), keys 
 enum class MaskKind { kNone, kBool, kAdditive };
 
 // Tile sizes per head dim D (4 warps each; kBlockM fixed). Shared memory per CTA, 2-byte elements:
-//   forward (kBlockM + 2 * kForwardBlockN) * D * 2   ->  D = 32: 20 KB, 64: 24 KB, 96: 36 KB, 128: 48 KB, 256: 64 KB
-//   dK/dV   (2 * kBlockM + 2 * kBackwardBlockQ) * D * 2 -> 12, 32, 36, 40, 80 KB
+//   forward (kBlockM + 2 * kForwardBlockN) * D * 2   ->  D = 32: 20 KB, 64: 24 KB, 96: 36 KB, 128: 48 KB, 256: 48 KB
+//   dK/dV   (2 * kBlockM + 2 * kBackwardBlockQ) * D * 2 -> 10, 32, 36, 40, 80 KB
 //   dQ      (2 * kBlockM + 2 * kBackwardBlockK) * D * 2 -> 16, 32, 36, 48, 80 KB
 // all within the opt-in limit of sm_86/sm_89 (99 KB), so every sm_80+ device runs every head dim; above 48 KB the
 // launch raises the CTA's dynamic shared memory limit (launch_attention_kernel).
@@ -52,11 +52,13 @@ struct AttentionTiles {
   static constexpr int kOutputSplit = D > 128 ? 2 : 1;
   static constexpr int kOutputCols = D / kOutputSplit;
   // Keys per forward tile. O takes kOutputCols / 2 registers and the scores kForwardBlockN / 2: wide tiles (fewer
-  // barriers) at small D, 32 keys at D = 256 (64 KB of shared memory: two CTAs fit an A100 SM).
-  static constexpr int kForwardBlockN = D <= 32 ? 128 : D <= 128 ? 64 : 32;
+  // barriers) at small D, 16 keys at D = 256, where the 16 steps of Q K^T over D leave the least room (32 keys
+  // spill on sm_90 with an additive mask and dropout).
+  static constexpr int kForwardBlockN = D <= 32 ? 128 : D <= 128 ? 64 : 16;
   // Query rows per step of the dK/dV kernel: its two accumulators take D registers, S^T and dP^T kBackwardBlockQ.
-  // (At D = 32, 64 rows need ~170 registers, which ptxas caps at 168 or 128 for occupancy, with spills: 32 rows.)
-  static constexpr int kBackwardBlockQ = D == 64 ? 64 : D <= 96 ? 32 : 16;
+  // At D = 32 the kernel is light enough that ptxas caps its registers at an occupancy step (128 or 168) and
+  // spills, with dropout, at 64 or 32 rows: 16 rows keep it well under 128.
+  static constexpr int kBackwardBlockQ = D == 64 ? 64 : D == 96 ? 32 : 16;
   // Keys per step of the dQ kernel: dQ takes kOutputCols / 2 registers, S and dP kBackwardBlockK.
   static constexpr int kBackwardBlockK = D <= 64 ? 64 : D <= 128 ? 32 : 16;
   // At D = 256, dK and dV (256 fp32 registers together) cannot both live in registers: two passes of the dK/dV

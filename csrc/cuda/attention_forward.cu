@@ -4,7 +4,7 @@
 // through strides. The same kernel serves packed sequences (csrc/cuda/varlen_attention.cu, Params::cu_seqlens_q).
 //
 // One CTA = 4 warps = 64 query rows (16 per warp) of one (b, h); it walks the keys in tiles of
-// AttentionTiles<D>::kForwardBlockN keys (128 at D = 32, 64 at D = 64 to 128, 32 at D = 256; attention_common.cuh
+// AttentionTiles<D>::kForwardBlockN keys (128 at D = 32, 64 at D = 64 to 128, 16 at D = 256; attention_common.cuh
 // says why; at D = 256 two CTAs share the rows, each writing half of O's columns). K and V tiles are brought to shared memory with cp.async (16-byte chunks, XOR-swizzled by row so
 // ldmatrix is conflict free), the V load overlapping S = Q K^T and the softmax. Scores live in registers in the mma
 // accumulator layout: thread (g = lane / 4, t = lane % 4) of a warp holds rows g and g + 8, columns 2t and 2t + 1 of
