@@ -32,7 +32,7 @@ namespace {
 // --- the kernel -------------------------------------------------------------------------------------------------------
 
 template <typename scalar_t, int D, MaskKind kMask, bool kDropout, bool kVarlen>
-__global__ void __launch_bounds__(kThreads) attention_forward_kernel(const Params p) {
+__global__ void __launch_bounds__(kThreads, kMinBlocks) attention_forward_kernel(const Params p) {
   constexpr int kBlockN = AttentionTiles<D>::kForwardBlockN;
   constexpr int DO = AttentionTiles<D>::kOutputCols;  // this CTA's columns of O: d0 .. d0 + DO - 1
   static_assert(kBlockN % 16 == 0 && kBlockN <= kThreads, "one thread per key in the padding test");
