@@ -1,11 +1,24 @@
-// Shared by the CUDA attention kernels (csrc/cuda/attention_forward.cu, csrc/cuda/attention_backward.cu): launch
-// parameters, PTX wrappers (cp.async, ldmatrix, mma.sync m16n8k16), the swizzled shared-memory tile layout and the
-// mask logic. Layouts and semantics: csrc/cpu/attention.cpp and the schema comment in csrc/ops.cpp.
+// Shared by the CUDA attention kernels (csrc/cuda/attention_forward.cu, csrc/cuda/attention_backward.cu) and the
+// packed-sequence ops (csrc/cuda/varlen_attention.cu): launch parameters, the per-head-dim tile sizes, PTX wrappers
+// (cp.async, ldmatrix, mma.sync m16n8k16), the swizzled shared-memory tile layout, the mask logic and the host-side
+// argument checks. Layouts and semantics: csrc/cpu/attention.cpp and the schema comments in csrc/ops.cpp.
+//
+// Head dims 32, 64, 96, 128 and 256. Every kernel runs 4 warps; a warp owns 16 query rows (or 16 keys in the dK/dV
+// kernel), so what varies with the head dim D is the other side of each tile, chosen in AttentionTiles<D> so that the
+// fp32 accumulators (D / 2 registers per thread for O, dQ, dK or dV) plus the score tiles stay under the 255 registers
+// a thread may hold at 128 threads per CTA, with no spills on sm_80 and sm_90 (csrc/compile_check.py reports it).
+//
+// Dense and packed (varlen) problems share the kernels: a CTA works on batch entry (or sequence) b and head h; with
+// Params::cu_seqlens_q/_k set, its rows are those of sequence b, found from the offsets (see Sequence below), and the
+// outputs are addressed through Params' row strides, so the dense path is the varlen path with one sequence per batch
+// entry starting at row 0.
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_runtime.h>
 
 #include <kernels/checks.h>
 #include <kernels/philox.h>
@@ -13,37 +26,91 @@
 #include <cstdint>
 #include <optional>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace kernels {
-namespace {
 
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
-constexpr int kBlockM = 16 * kWarps;  // query rows per CTA
-constexpr int kBlockN = 64;           // keys per tile
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
+// The forward and dK/dV kernels declare __launch_bounds__(kThreads, kMinBlocks): with an explicit minimum of one CTA
+// per SM, ptxas gives a kernel every register it needs instead of capping a light one at an occupancy step (80, 96,
+// 128 or 168 registers) with a few bytes of spills, as it did for the D = 32 dK/dV kernel without it. The dQ kernel
+// goes without: there the minimum makes ptxas schedule more aggressively and spill at D = 128 and 256.
+constexpr int kMinBlocks = 1;
+constexpr int kBlockM = 16 * kWarps;  // query rows per CTA (forward, dQ), keys per CTA (dK/dV)
 
 enum class MaskKind { kNone, kBool, kAdditive };
+
+// Tile sizes per head dim D (4 warps each; kBlockM fixed). Shared memory per CTA, 2-byte elements:
+//   forward (kBlockM + 2 * kForwardBlockN) * D * 2   ->  D = 32: 20 KB, 64: 24 KB, 96: 36 KB, 128: 48 KB, 256: 48 KB
+//   dK/dV   (2 * kBlockM + 2 * kBackwardBlockQ) * D * 2 -> 10, 32, 36, 40, 80 KB
+//   dQ      (2 * kBlockM + 2 * kBackwardBlockK) * D * 2 -> 16, 32, 36, 48, 80 KB
+// all within the opt-in limit of sm_86/sm_89 (99 KB), so every sm_80+ device runs every head dim; above 48 KB the
+// launch raises the CTA's dynamic shared memory limit (launch_attention_kernel).
+template <int D>
+struct AttentionTiles {
+  static_assert(D == 32 || D == 64 || D == 96 || D == 128 || D == 256, "unsupported head dim");
+  // Output columns per CTA of the forward (O) and of the dQ kernel: at D = 256 a thread's share of O or dQ would
+  // take 128 fp32 registers and spill, so two CTAs (blockIdx.z) share each tile, each accumulating D / 2 columns;
+  // both compute the scores in full (S = Q K^T, and dP = dO V^T for dQ), i.e. 1.5x the forward's flops.
+  static constexpr int kOutputSplit = D > 128 ? 2 : 1;
+  static constexpr int kOutputCols = D / kOutputSplit;
+  // Keys per forward tile. O takes kOutputCols / 2 registers and the scores kForwardBlockN / 2: wide tiles (fewer
+  // barriers) at small D, 16 keys at D = 256, where the 16 steps of Q K^T over D leave the least room (32 keys
+  // spill on sm_90 with an additive mask and dropout).
+  static constexpr int kForwardBlockN = D <= 32 ? 128 : D <= 128 ? 64 : 16;
+  // Query rows per step of the dK/dV kernel: its two accumulators take D registers, S^T and dP^T kBackwardBlockQ.
+  // (16 at D = 32 too: about 110 registers there.)
+  static constexpr int kBackwardBlockQ = D == 64 ? 64 : D == 96 ? 32 : 16;
+  // Keys per step of the dQ kernel: dQ takes kOutputCols / 2 registers, S and dP kBackwardBlockK.
+  static constexpr int kBackwardBlockK = D <= 64 ? 64 : D <= 128 ? 32 : 16;
+  // At D = 256, dK and dV (256 fp32 registers together) cannot both live in registers: two passes of the dK/dV
+  // kernel, one accumulating dV, one dK (recomputing S^T; 5 instead of 4 matrix products per step).
+  static constexpr bool kSplitKeyGrads = D > 128;
+};
+
+// Which gradients a pass of the dK/dV kernel accumulates.
+enum class KeyGrads { kBoth, kKeys, kValues };
 
 struct Params {
   const void *q, *k, *v;
   void* out;                   // forward: written; backward: read
   float* lse;                  // forward: written; backward: read
-  const void* grad_out;        // backward only, like `out`: (B, H, Sq, D) contiguous
-  float* delta;                // backward only: rowsum(grad_out * out), (B, H, Sq)
-  void *dq, *dk, *dv;          // backward only: contiguous (B, H, Sq, D), (B, Hkv, Sk, D)
+  const void* grad_out;        // backward only, laid out like `out`
+  float* delta;                // backward only: rowsum(grad_out * out), one per row of `out`, in its row order
+  void *dq, *dk, *dv;          // backward only: dq laid out like `out`, dk / dv like each other
   const void* mask;            // bool or the input dtype, (B, H, Sq, Sk) through strides (0 where broadcast)
   const bool* padding;         // (B, Sk) through strides, True = padding; may be null
-  int64_t q_stride[3], k_stride[3], v_stride[3];  // batch, head, row (the head dim is contiguous)
+  const int* cu_seqlens_q;     // varlen only: (N + 1,) row offsets of the sequences in q; null for dense problems
+  const int* cu_seqlens_k;     // varlen only: the same in k / v
+  int64_t q_stride[3], k_stride[3], v_stride[3];  // batch, head, row in elements (the head dim is contiguous);
+                                                  // varlen: batch stride 0 (rows come from cu_seqlens)
+  int64_t o_stride[3];         // batch, head, row strides of out / grad_out / dq / delta, in rows of D elements
+  int64_t dkv_stride[3];       // the same for dk / dv
+  int64_t lse_stride[2];       // batch, head strides of lse (its rows are contiguous)
   int64_t mask_stride[4], padding_stride[2];
-  int batch, heads, kv_heads, sq, sk;
+  int64_t out_rows;            // rows of D elements in out (the delta kernel's extent)
+  int batch, heads, kv_heads;  // varlen: batch = the number of sequences N
+  int sq, sk;                  // rows of q and k per (batch, head): dense Sq and Sk; varlen the totals Tq and Tk
+  int max_sq, max_sk;          // the longest sequences (grid extents): dense Sq and Sk; varlen max_seqlen_q / _k
   float scale_log2;            // softmax scale * log2(e)
   float dropout_p, keep_scale;
   uint64_t seed;
   bool causal;
 };
+
+// Launchers of the whole forward (out, lse) and backward (delta, dK/dV, dQ) on `stream`, for a checked problem
+// (defined in attention_forward.cu and attention_backward.cu; varlen_attention.cu calls them with cu_seqlens set).
+void launch_attention_forward(const Params& p, MaskKind mask, at::ScalarType dtype, int64_t head_dim,
+                              cudaStream_t stream);
+void launch_attention_backward(const Params& p, MaskKind mask, at::ScalarType dtype, int64_t head_dim,
+                               cudaStream_t stream);
+
+namespace {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
 
 // --- PTX wrappers -----------------------------------------------------------------------------------------------------
 
@@ -107,16 +174,22 @@ __device__ __forceinline__ float to_float(scalar_t x) {
 
 // --- shared-memory tiles ----------------------------------------------------------------------------------------------
 
-// A (rows x D) tile of 16-byte chunks; chunk c of row r is stored at chunk c ^ (r % 8), so the 8 rows an ldmatrix
-// reads at one column hit 8 different bank groups.
+// A (rows x D) tile of 16-byte chunks (8 elements), swizzled so that the 8 rows an ldmatrix reads at one chunk column
+// fall in 8 different 16-byte bank groups of a 128-byte line. Within each full group of 8 chunks of a row, chunk c is
+// stored at c ^ (row % 8). D = 32 and D = 96 end in a group of 4 chunks (64 bytes), where rows r and r + 1 share a
+// 128-byte line: there chunk c is stored at c ^ ((row / 2) % 4), which spreads the 8 rows over the 8 bank groups
+// (bank group = 4 * (row % 2) + stored chunk). Both maps permute chunks within their group, so the tile is dense.
 template <int D>
-__device__ __forceinline__ int swizzle(int row, int col) {  // element offset of (row, col), col a multiple of 8
-  return row * D + (((col >> 3) ^ (row & 7)) << 3);
+__host__ __device__ __forceinline__ int swizzle(int row, int col) {  // element offset of (row, col), col % 8 == 0
+  constexpr int kFullChunks = (D / 8) & ~7;  // chunks of a row in full groups of 8
+  const int chunk = col >> 3;
+  const int flip = chunk < kFullChunks ? (row & 7) : ((row >> 1) & 3);
+  return row * D + ((chunk ^ flip) << 3);
 }
 
 // Loads rows [row0, row0 + R) of a (rows x D) matrix (row stride `stride` elements) into a swizzled tile; rows past
 // `rows` are zeros.
-template <typename scalar_t, int D, int R = kBlockN>
+template <typename scalar_t, int D, int R>
 __device__ __forceinline__ void load_tile(scalar_t* tile, const scalar_t* src, int64_t stride, int row0, int rows) {
   constexpr int kChunks = R * D / 8;
 #pragma unroll
@@ -128,15 +201,71 @@ __device__ __forceinline__ void load_tile(scalar_t* tile, const scalar_t* src, i
   }
 }
 
+// --- the rows a CTA works on ------------------------------------------------------------------------------------------
+
+// Batch entry b of a dense problem (all Sq rows of q, Sk of k / v, from row 0), or sequence b of a packed one (rows
+// q0 .. q0 + sq - 1 of q and k0 .. k0 + sk - 1 of k / v, from cu_seqlens). Row and key indices in the kernels are
+// local to the sequence (causality, masks); the helpers below turn them into addresses. The kernels take kVarlen as
+// a template parameter, so on the dense path q0 = k0 = 0 and the lengths are kernel parameters at compile time,
+// with no register cost.
+template <bool kVarlen>
+struct Sequence {
+  int b, sq, sk;
+  int64_t q0, k0;
+};
+
+template <bool kVarlen>
+__device__ __forceinline__ Sequence<kVarlen> sequence(const Params& p, int b) {
+  if constexpr (!kVarlen) {
+    return {b, p.sq, p.sk, 0, 0};
+  } else {
+    const int q0 = p.cu_seqlens_q[b], k0 = p.cu_seqlens_k[b];
+    return {b, p.cu_seqlens_q[b + 1] - q0, p.cu_seqlens_k[b + 1] - k0, q0, k0};
+  }
+}
+
+// Element 0 of row 0 of head h of q (k and v: kv head hkv) in the sequence.
+template <typename scalar_t, bool kVarlen>
+__device__ __forceinline__ const scalar_t* q_rows(const Params& p, const Sequence<kVarlen>& s, int h) {
+  return static_cast<const scalar_t*>(p.q) + s.b * p.q_stride[0] + h * p.q_stride[1] + s.q0 * p.q_stride[2];
+}
+template <typename scalar_t, bool kVarlen>
+__device__ __forceinline__ const scalar_t* k_rows(const Params& p, const Sequence<kVarlen>& s, int hkv) {
+  return static_cast<const scalar_t*>(p.k) + s.b * p.k_stride[0] + hkv * p.k_stride[1] + s.k0 * p.k_stride[2];
+}
+template <typename scalar_t, bool kVarlen>
+__device__ __forceinline__ const scalar_t* v_rows(const Params& p, const Sequence<kVarlen>& s, int hkv) {
+  return static_cast<const scalar_t*>(p.v) + s.b * p.v_stride[0] + hkv * p.v_stride[1] + s.k0 * p.v_stride[2];
+}
+
+// Index of query row `row` of head h among the rows (of D elements) of out / grad_out / dq / delta.
+template <bool kVarlen>
+__device__ __forceinline__ int64_t out_row(const Params& p, const Sequence<kVarlen>& s, int h, int row) {
+  return s.b * p.o_stride[0] + h * p.o_stride[1] + (s.q0 + row) * p.o_stride[2];
+}
+// Index of key `key` of kv head hkv among the rows of dk / dv.
+template <bool kVarlen>
+__device__ __forceinline__ int64_t key_grad_row(const Params& p, const Sequence<kVarlen>& s, int hkv, int key) {
+  return s.b * p.dkv_stride[0] + hkv * p.dkv_stride[1] + (s.k0 + key) * p.dkv_stride[2];
+}
+// Index of query row `row` of head h in lse.
+template <bool kVarlen>
+__device__ __forceinline__ int64_t lse_index(const Params& p, const Sequence<kVarlen>& s, int h, int row) {
+  return s.b * p.lse_stride[0] + h * p.lse_stride[1] + s.q0 + row;
+}
+
 // The score of (row, col) in base 2: x = q.k * scale * log2(e) plus the additive mask * log2(e), or -inf when the
-// key is past Sk, hidden by causality, padding or the bool mask.
-template <typename scalar_t, MaskKind kMask>
-__device__ __forceinline__ float masked_score(const Params& p, int b, int h, int row, int col, float qk) {
+// key is past the sequence's keys, hidden by causality, padding or the bool mask. (Varlen problems have no mask and
+// no padding.)
+template <typename scalar_t, MaskKind kMask, bool kVarlen>
+__device__ __forceinline__ float masked_score(const Params& p, const Sequence<kVarlen>& s, int h, int row, int col,
+                                              float qk) {
+  const int b = s.b;
   float x = qk * p.scale_log2;
-  bool hidden = col >= p.sk || (p.causal && col > row);
+  bool hidden = col >= s.sk || (p.causal && col > row);
   if (p.padding != nullptr && !hidden) hidden = p.padding[b * p.padding_stride[0] + col * p.padding_stride[1]];
   if constexpr (kMask != MaskKind::kNone) {
-    if (!hidden && row < p.sq) {
+    if (!hidden && row < s.sq) {
       const int64_t at = b * p.mask_stride[0] + h * p.mask_stride[1] + static_cast<int64_t>(row) * p.mask_stride[2] +
                          static_cast<int64_t>(col) * p.mask_stride[3];
       if constexpr (kMask == MaskKind::kBool) {
@@ -149,21 +278,63 @@ __device__ __forceinline__ float masked_score(const Params& p, int b, int h, int
   return hidden ? -INFINITY : x;
 }
 
-__device__ __forceinline__ uint64_t dropout_offset(const Params& p, int bh, int row, int col) {
-  return (static_cast<uint64_t>(bh) * p.sq + row) * p.sk + col;
+// The Philox counter of (row, col) of head h: dense ((b*H + h)*Sq + row)*Sk + col; varlen (h*Tq + q0 + row)*Tk +
+// k0 + col, the dense formula with B = 1 over the packed rows (p.sq, p.sk are Tq, Tk there).
+template <bool kVarlen>
+__device__ __forceinline__ uint64_t dropout_offset(const Params& p, const Sequence<kVarlen>& s, int h, int row, int col) {
+  const uint64_t bh = kVarlen ? h : static_cast<uint64_t>(s.b) * p.heads + h;
+  return (bh * p.sq + static_cast<uint64_t>(s.q0 + row)) * p.sk + static_cast<uint64_t>(s.k0 + col);
 }
 
+// --- host side, shared by the forward, backward and varlen launchers --------------------------------------------------
 
-// --- host side, shared by the forward and backward launchers ----------------------------------------------------------
-
-// The tensor itself when its head dim is contiguous and its rows are 16-byte aligned (cp.async), else a copy.
+// The tensor itself when its head dim (the last) is contiguous and its rows are 16-byte aligned (cp.async), else a
+// contiguous copy.
 inline at::Tensor loadable(const at::Tensor& x) {
-  const bool ok = x.stride(3) == 1 && x.stride(2) % 8 == 0 && x.stride(1) % 8 == 0 && x.stride(0) % 8 == 0 &&
-                  reinterpret_cast<uintptr_t>(x.const_data_ptr()) % 16 == 0;
+  bool ok = x.stride(-1) == 1 && reinterpret_cast<uintptr_t>(x.const_data_ptr()) % 16 == 0;
+  for (int64_t i = 0; i + 1 < x.dim(); ++i) ok = ok && x.stride(i) % 8 == 0;
   return ok ? x : x.contiguous();
 }
 
-// Checks q, k, v and the masks (every message names the argument); returns the kind of `mask`.
+inline void check_head_dim(int64_t dim) {
+  TORCH_CHECK_VALUE(dim == 32 || dim == 64 || dim == 96 || dim == 128 || dim == 256, "argument `q` has head dim ", dim,
+                    "; the CUDA kernel supports head dims 32, 64, 96, 128 and 256");
+}
+
+// Calls f(std::integral_constant<int, D>{}) for a head dim that passed check_head_dim.
+template <typename F>
+void dispatch_head_dim(int64_t dim, const F& f) {
+  switch (dim) {
+    case 32: return f(std::integral_constant<int, 32>{});
+    case 64: return f(std::integral_constant<int, 64>{});
+    case 96: return f(std::integral_constant<int, 96>{});
+    case 128: return f(std::integral_constant<int, 128>{});
+    case 256: return f(std::integral_constant<int, 256>{});
+    default: TORCH_CHECK(false, "attention on CUDA: unsupported head dim ", dim);
+  }
+}
+
+// Launches kernel<<<grid, kThreads, smem, stream>>>(p), first raising the kernel's dynamic shared memory limit to
+// `smem` bytes; raises when the device cannot give a CTA that much (with the kernel's static shared memory). A grid
+// with no CTA (varlen: no sequence, or max_seqlen 0) launches nothing.
+template <typename Kernel>
+void launch_attention_kernel(Kernel kernel, dim3 grid, int smem, int64_t head_dim, const Params& p,
+                             cudaStream_t stream) {
+  if (grid.x == 0 || grid.y == 0) return;
+  int device = 0, optin = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  cudaFuncAttributes attributes{};
+  C10_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
+  const int64_t needed = smem + static_cast<int64_t>(attributes.sharedSizeBytes);
+  TORCH_CHECK(needed <= optin, "attention on CUDA: head dim ", head_dim, " needs ", needed,
+              " bytes of shared memory per block; this device allows ", optin);
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  kernel<<<grid, kThreads, smem, stream>>>(p);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Checks q, k, v and the masks of a dense call (every message names the argument); returns the kind of `mask`.
 inline MaskKind check_attention_arguments(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                           const std::optional<at::Tensor>& mask,
                                           const std::optional<at::Tensor>& key_padding_mask, double dropout_p) {
@@ -182,8 +353,7 @@ inline MaskKind check_attention_arguments(const at::Tensor& q, const at::Tensor&
                     " (the batch of `q`)");
   TORCH_CHECK_VALUE(k.size(3) == dim, "argument `k` has head dim ", k.size(3), "; expected ", dim,
                     " (the head dim of `q`)");
-  TORCH_CHECK_VALUE(dim == 64 || dim == 128, "argument `q` has head dim ", dim,
-                    "; the CUDA kernel supports head dims 64 and 128");
+  check_head_dim(dim);
   TORCH_CHECK_VALUE(kv_heads > 0 ? heads % kv_heads == 0 : heads == 0, "argument `k` has ", kv_heads,
                     " heads, which does not divide the ", heads, " heads of `q`");
   TORCH_CHECK_VALUE(dropout_p >= 0.0 && dropout_p < 1.0, "argument `dropout_p` must be in [0, 1); got ", dropout_p);
@@ -211,7 +381,17 @@ inline MaskKind check_attention_arguments(const at::Tensor& q, const at::Tensor&
   return kind;
 }
 
-// Launch parameters common to every kernel (the caller adds its outputs).
+// The scalars every problem has.
+inline void set_scalars(Params& p, bool is_causal, double scale, double dropout_p, int64_t seed) {
+  p.scale_log2 = static_cast<float>(scale) * kLog2e;
+  p.dropout_p = static_cast<float>(dropout_p);
+  p.keep_scale = static_cast<float>(1.0 / (1.0 - dropout_p));
+  p.seed = static_cast<uint64_t>(seed);
+  p.causal = is_causal;
+}
+
+// Launch parameters of a dense problem, q (B, H, Sq, D), k / v (B, Hkv, Sk, D), with out, grad_out and dq
+// contiguous (B, H, Sq, D), dk / dv contiguous (B, Hkv, Sk, D) and lse (B, H, Sq) (the caller adds the pointers).
 inline Params make_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                           const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& key_padding_mask,
                           bool is_causal, double scale, double dropout_p, int64_t seed) {
@@ -225,6 +405,13 @@ inline Params make_params(const at::Tensor& q, const at::Tensor& k, const at::Te
     p.k_stride[i] = k.stride(i);
     p.v_stride[i] = v.stride(i);
   }
+  const int64_t o_stride[3] = {heads * sq, sq, 1}, dkv_stride[3] = {kv_heads * sk, sk, 1};
+  for (int i = 0; i < 3; ++i) {
+    p.o_stride[i] = o_stride[i];
+    p.dkv_stride[i] = dkv_stride[i];
+  }
+  p.lse_stride[0] = heads * sq;
+  p.lse_stride[1] = sq;
   if (mask.has_value()) {
     p.mask = mask->const_data_ptr();
     for (int i = 0; i < 4; ++i) p.mask_stride[i] = mask->stride(i);
@@ -234,16 +421,13 @@ inline Params make_params(const at::Tensor& q, const at::Tensor& k, const at::Te
     p.padding_stride[0] = key_padding_mask->stride(0);
     p.padding_stride[1] = key_padding_mask->stride(1);
   }
+  p.out_rows = batch * heads * sq;
   p.batch = static_cast<int>(batch);
   p.heads = static_cast<int>(heads);
   p.kv_heads = static_cast<int>(kv_heads);
-  p.sq = static_cast<int>(sq);
-  p.sk = static_cast<int>(sk);
-  p.scale_log2 = static_cast<float>(scale) * kLog2e;
-  p.dropout_p = static_cast<float>(dropout_p);
-  p.keep_scale = static_cast<float>(1.0 / (1.0 - dropout_p));
-  p.seed = static_cast<uint64_t>(seed);
-  p.causal = is_causal;
+  p.sq = p.max_sq = static_cast<int>(sq);
+  p.sk = p.max_sk = static_cast<int>(sk);
+  set_scalars(p, is_causal, scale, dropout_p, seed);
   return p;
 }
 

@@ -1,0 +1,173 @@
+// Attention over packed sequences on CUDA (kernels::varlen_attention_forward / _backward; schema in csrc/ops.cpp):
+// q (Tq, H, D), k / v (Tk, Hkv, D), sequence i spanning rows cu_seqlens_q[i]:cu_seqlens_q[i + 1] of q and
+// cu_seqlens_k[i]:cu_seqlens_k[i + 1] of k / v (int32, (N + 1,)), causal top-left within each sequence.
+//
+// The dense kernels of attention_forward.cu / attention_backward.cu do the work, flash-attn style: the grid covers
+// (max_seqlen blocks, N * H); each CTA reads its sequence's offsets from cu_seqlens (Sequence in
+// attention_common.cuh) and leaves at once when its block starts past the sequence's length. Only the Params differ:
+// q / k / v rows come from the offsets (batch stride 0), out / grad_out / dq are (Tq, H, D) contiguous, dk / dv
+// (Tk, Hkv, D), lse (H, Tq), and dropout counts (h*Tq + i)*Tk + j over global rows i, j (the dense counter with B = 1).
+// max_seqlen_q / _k must bound the lengths (not checked: that would synchronise with the GPU); rows of q or k / v
+// outside every sequence are not written (out, lse, dq, dk, dv), as in the Triton backend.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <kernels/checks.h>
+#include <kernels/outputs.h>
+
+#include "attention_common.cuh"
+
+namespace kernels {
+namespace {
+
+// Checks the arguments every varlen call has (every message names the argument).
+void check_varlen_arguments(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                            const at::Tensor& cu_seqlens_q, const at::Tensor& cu_seqlens_k, int64_t max_seqlen_q,
+                            int64_t max_seqlen_k, double dropout_p) {
+  check_dtype(q, "q", {at::kHalf, at::kBFloat16});
+  check_dim(q, "q", 3);
+  check_dim(k, "k", 3);
+  check_dim(v, "v", 3);
+  check_same_dtype(k, "k", q, "q");
+  check_same_dtype(v, "v", q, "q");
+  check_same_device(k, "k", q, "q");
+  check_same_device(v, "v", q, "q");
+  check_same_shape(v, "v", k, "k");
+  const int64_t heads = q.size(1), kv_heads = k.size(1);
+  TORCH_CHECK_VALUE(k.size(2) == q.size(2), "argument `k` has head dim ", k.size(2), "; expected ", q.size(2),
+                    " (the head dim of `q`)");
+  check_head_dim(q.size(2));
+  TORCH_CHECK_VALUE(kv_heads > 0 ? heads % kv_heads == 0 : heads == 0, "argument `k` has ", kv_heads,
+                    " heads, which does not divide the ", heads, " heads of `q`");
+  TORCH_CHECK_VALUE(q.size(0) < (1LL << 31) && k.size(0) < (1LL << 31),
+                    "argument `q`/`k`: total lengths must be < 2^31 (int32 offsets)");
+  const auto check_offsets = [&](const at::Tensor& cu, const char* name) {
+    check_dtype(cu, name, {at::kInt});
+    check_dim(cu, name, 1);
+    check_same_device(cu, name, q, "q");
+    TORCH_CHECK_VALUE(cu.size(0) >= 1, "argument `", name, "` has shape ", cu.sizes(),
+                      "; expected (N + 1,) with N >= 0 sequences");
+  };
+  check_offsets(cu_seqlens_q, "cu_seqlens_q");
+  check_offsets(cu_seqlens_k, "cu_seqlens_k");
+  TORCH_CHECK_VALUE(cu_seqlens_k.size(0) == cu_seqlens_q.size(0), "argument `cu_seqlens_k` has ",
+                    cu_seqlens_k.size(0), " entries; expected ", cu_seqlens_q.size(0), " like `cu_seqlens_q`");
+  TORCH_CHECK_VALUE(max_seqlen_q >= 0 && max_seqlen_q < (1LL << 31),
+                    "argument `max_seqlen_q` must be in [0, 2^31); got ", max_seqlen_q);
+  TORCH_CHECK_VALUE(max_seqlen_k >= 0 && max_seqlen_k < (1LL << 31),
+                    "argument `max_seqlen_k` must be in [0, 2^31); got ", max_seqlen_k);
+  TORCH_CHECK_VALUE(dropout_p >= 0.0 && dropout_p < 1.0, "argument `dropout_p` must be in [0, 1); got ", dropout_p);
+}
+
+// Launch parameters of a packed problem (the caller adds the output pointers); cu_seqlens must stay alive (and
+// contiguous) until the kernels have run.
+Params make_varlen_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& cu_seqlens_q,
+                          const at::Tensor& cu_seqlens_k, int64_t max_seqlen_q, int64_t max_seqlen_k, bool is_causal,
+                          double scale, double dropout_p, int64_t seed) {
+  Params p{};
+  const int64_t total_q = q.size(0), heads = q.size(1), total_k = k.size(0), kv_heads = k.size(1);
+  p.q = q.const_data_ptr();
+  p.k = k.const_data_ptr();
+  p.v = v.const_data_ptr();
+  p.cu_seqlens_q = cu_seqlens_q.const_data_ptr<int>();
+  p.cu_seqlens_k = cu_seqlens_k.const_data_ptr<int>();
+  // (batch, head, row) strides: no batch stride, the rows of sequence b start at cu_seqlens[b].
+  const int64_t q_stride[3] = {0, q.stride(1), q.stride(0)}, k_stride[3] = {0, k.stride(1), k.stride(0)},
+                v_stride[3] = {0, v.stride(1), v.stride(0)};
+  const int64_t o_stride[3] = {0, 1, heads}, dkv_stride[3] = {0, 1, kv_heads};  // (T, H, D) contiguous, in rows
+  for (int i = 0; i < 3; ++i) {
+    p.q_stride[i] = q_stride[i];
+    p.k_stride[i] = k_stride[i];
+    p.v_stride[i] = v_stride[i];
+    p.o_stride[i] = o_stride[i];
+    p.dkv_stride[i] = dkv_stride[i];
+  }
+  p.lse_stride[0] = 0;  // lse (H, Tq)
+  p.lse_stride[1] = total_q;
+  p.out_rows = total_q * heads;
+  p.batch = static_cast<int>(cu_seqlens_q.size(0) - 1);
+  p.heads = static_cast<int>(heads);
+  p.kv_heads = static_cast<int>(kv_heads);
+  p.sq = static_cast<int>(total_q);
+  p.sk = static_cast<int>(total_k);
+  p.max_sq = static_cast<int>(max_seqlen_q);
+  p.max_sk = static_cast<int>(max_seqlen_k);
+  set_scalars(p, is_causal, scale, dropout_p, seed);
+  return p;
+}
+
+std::tuple<at::Tensor, at::Tensor> varlen_attention_forward_cuda(
+    const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& cu_seqlens_q_in,
+    const at::Tensor& cu_seqlens_k_in, int64_t max_seqlen_q, int64_t max_seqlen_k, bool is_causal, double scale,
+    double dropout_p, int64_t seed) {
+  check_varlen_arguments(q_in, k_in, v_in, cu_seqlens_q_in, cu_seqlens_k_in, max_seqlen_q, max_seqlen_k, dropout_p);
+  const int64_t total_q = q_in.size(0), heads = q_in.size(1), dim = q_in.size(2);
+  const c10::cuda::CUDAGuard guard(q_in.device());
+  const at::Tensor q = loadable(q_in), k = loadable(k_in), v = loadable(v_in);
+  const at::Tensor cu_seqlens_q = cu_seqlens_q_in.contiguous(), cu_seqlens_k = cu_seqlens_k_in.contiguous();
+  at::Tensor out = empty_output({total_q, heads, dim}, q.options());
+  at::Tensor lse = empty_output({heads, total_q}, q.options().dtype(at::kFloat));
+  if (out.numel() == 0) return {out, lse};
+
+  Params p = make_varlen_params(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, is_causal, scale,
+                                dropout_p, seed);
+  p.out = out.mutable_data_ptr();
+  p.lse = lse.mutable_data_ptr<float>();
+  launch_attention_forward(p, MaskKind::kNone, q.scalar_type(), dim, c10::cuda::getCurrentCUDAStream());
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> varlen_attention_backward_cuda(
+    const at::Tensor& grad_out_in, const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+    const at::Tensor& out_in, const at::Tensor& lse_in, const at::Tensor& cu_seqlens_q_in,
+    const at::Tensor& cu_seqlens_k_in, int64_t max_seqlen_q, int64_t max_seqlen_k, bool is_causal, double scale,
+    double dropout_p, int64_t seed) {
+  check_varlen_arguments(q_in, k_in, v_in, cu_seqlens_q_in, cu_seqlens_k_in, max_seqlen_q, max_seqlen_k, dropout_p);
+  check_same_shape(grad_out_in, "grad_out", q_in, "q");
+  check_same_dtype(grad_out_in, "grad_out", q_in, "q");
+  check_same_device(grad_out_in, "grad_out", q_in, "q");
+  check_same_shape(out_in, "out", q_in, "q");
+  check_same_dtype(out_in, "out", q_in, "q");
+  check_same_device(out_in, "out", q_in, "q");
+  const int64_t total_q = q_in.size(0), heads = q_in.size(1), dim = q_in.size(2);
+  const std::vector<int64_t> lse_shape{heads, total_q};
+  TORCH_CHECK_VALUE(lse_in.scalar_type() == at::kFloat && lse_in.sizes() == at::IntArrayRef(lse_shape),
+                    "argument `lse` has dtype ", lse_in.scalar_type(), " and shape ", lse_in.sizes(),
+                    "; expected Float and ", at::IntArrayRef(lse_shape), " (H, Tq)");
+  check_same_device(lse_in, "lse", q_in, "q");
+
+  const c10::cuda::CUDAGuard guard(q_in.device());
+  const at::Tensor q = loadable(q_in), k = loadable(k_in), v = loadable(v_in);
+  const at::Tensor cu_seqlens_q = cu_seqlens_q_in.contiguous(), cu_seqlens_k = cu_seqlens_k_in.contiguous();
+  const at::Tensor grad_out = grad_out_in.contiguous(), out = out_in.contiguous(), lse = lse_in.contiguous();
+  at::Tensor dq = empty_output(q.sizes(), q.options());
+  at::Tensor dk = empty_output(k.sizes(), k.options());
+  at::Tensor dv = empty_output(v.sizes(), v.options());
+  if (dq.numel() == 0 && dk.numel() == 0) return {dq, dk, dv};
+  // One delta per row of out, in its (Tq, H) order.
+  at::Tensor delta = at::empty({total_q, heads}, q.options().dtype(at::kFloat));
+
+  Params p = make_varlen_params(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, is_causal, scale,
+                                dropout_p, seed);
+  p.out = const_cast<void*>(out.const_data_ptr());
+  p.lse = const_cast<float*>(lse.const_data_ptr<float>());
+  p.grad_out = grad_out.const_data_ptr();
+  p.delta = delta.mutable_data_ptr<float>();
+  p.dq = dq.mutable_data_ptr();
+  p.dk = dk.mutable_data_ptr();
+  p.dv = dv.mutable_data_ptr();
+  // A sequence with keys and no query gets zero dK / dV from the dK/dV kernel (it walks no query row).
+  launch_attention_backward(p, MaskKind::kNone, q.scalar_type(), dim, c10::cuda::getCurrentCUDAStream());
+  return {dq, dk, dv};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(kernels, CUDA, m) {
+  m.impl("varlen_attention_forward", &varlen_attention_forward_cuda);
+  m.impl("varlen_attention_backward", &varlen_attention_backward_cuda);
+}
+
+}  // namespace kernels
