@@ -368,13 +368,13 @@ _backend.register(Implementation("attention", "native", _native.scaled_dot_produ
                                  {"cpu": (torch.float32, torch.float64, torch.bfloat16),
                                   "cuda": (torch.float16, torch.bfloat16)},
                                  tensor_arg="q", check=_native.unsupported, native_op="attention_forward",
-                                 notes="cuda: head dims 64, 128; cuda backward not yet validated on a GPU"))
+                                 notes="cuda: head dims 32, 64, 96, 128, 256; cuda kernels not yet validated on a GPU"))
 _backend.register(Implementation("varlen_attention", "native", _native.varlen_attention,
                                  {"cpu": (torch.float32, torch.float64, torch.bfloat16),
                                   "cuda": (torch.float16, torch.bfloat16)},
                                  tensor_arg="q", check=_native.varlen_unsupported,
                                  native_op="varlen_attention_forward",
-                                 notes="cuda: head dims 64, 128; cuda backward not yet validated on a GPU"))
+                                 notes="cuda: head dims 32, 64, 96, 128, 256; cuda kernels not yet validated on a GPU"))
 # On CUDA "auto" tries Triton first: the native CUDA kernels have not yet run on a GPU (benchmarks/NOTES.md).
 _backend.set_auto_order("attention", "cuda", ("triton", "native"))
 _backend.set_auto_order("varlen_attention", "cuda", ("triton", "native"))

@@ -130,7 +130,7 @@ def unsupported(q=None, k=None, v=None, attn_mask=None, **_) -> str | None:
     return None
 
 
-_CUDA_HEAD_DIMS = (64, 128)
+_CUDA_HEAD_DIMS = (32, 64, 96, 128, 256)
 
 
 def _cuda_unsupported(q, k, v) -> str | None:
