@@ -272,12 +272,21 @@ T mask_row(T* s, int64_t width, int64_t i, int64_t k0, T scale2, const T* key_bi
   const T log2e = static_cast<T>(kLog2e);
   AT_DISPATCH_FLOATING_TYPES_AND3(at::kBool, at::kHalf, at::kBFloat16, masks.mask_type, "attention_mask", [&] {
     const scalar_t* m = static_cast<const scalar_t*>(masks.mask) + base;
-    for (int64_t j = 0; j < valid; ++j) {
-      if constexpr (std::is_same_v<scalar_t, bool>) {
-        if (!m[j * st]) s[j] = kNegInf;
-      } else {
-        s[j] += static_cast<T>(m[j * st]) * log2e;
+    // Branch-free selects (a random mask would mispredict a branch per hidden key); the unit-stride loop is the
+    // common layout and vectorises.
+    const auto apply = [&](int64_t stride) {
+      for (int64_t j = 0; j < valid; ++j) {
+        if constexpr (std::is_same_v<scalar_t, bool>) {
+          s[j] = m[j * stride] ? s[j] : kNegInf;
+        } else {
+          s[j] += static_cast<T>(m[j * stride]) * log2e;
+        }
       }
+    };
+    if (st == 1) {
+      apply(1);
+    } else {
+      apply(st);
     }
   });
   return row_max(s, width);
