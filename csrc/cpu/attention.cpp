@@ -642,19 +642,6 @@ void backward_kernel(Problem& p, const at::Tensor& grad_out, const at::Tensor& q
   });
 }
 
-// Checks of q, k, v shared by the dense and varlen ops (shapes checked by the callers).
-void check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t dims) {
-  check_dtype(q, "q", {at::kFloat, at::kDouble, at::kBFloat16});
-  check_dim(q, "q", dims);
-  check_dim(k, "k", dims);
-  check_dim(v, "v", dims);
-  check_same_dtype(k, "k", q, "q");
-  check_same_dtype(v, "v", q, "q");
-  check_same_device(k, "k", q, "q");
-  check_same_device(v, "v", q, "q");
-  check_same_shape(v, "v", k, "k");
-}
-
 // The sizes and options every call shares; q, k (B', H, S', D) views.
 Problem make_common(const at::Tensor& q, const at::Tensor& k, bool is_causal, double scale, double dropout_p,
                     int64_t seed) {
@@ -688,7 +675,7 @@ void add_sequence(Problem& p, const Sequence& seq) {
 Problem make_problem(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                      const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& key_padding_mask,
                      bool is_causal, double scale, double dropout_p, int64_t seed) {
-  check_qkv(q, k, v, 4);
+  check_attention_qkv(q, k, v, 4, {at::kFloat, at::kDouble, at::kBFloat16});
   const int64_t batch = q.size(0), sq = q.size(2), sk = k.size(2);
   TORCH_CHECK_VALUE(k.size(0) == batch, "argument `k` has batch ", k.size(0), "; expected ", batch,
                     " (the batch of `q`)");
@@ -765,7 +752,7 @@ at::Tensor heads_first(const at::Tensor& x) { return x.transpose(0, 1).unsqueeze
 Problem make_varlen_problem(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& cu_q,
                             const at::Tensor& cu_k, int64_t max_q, int64_t max_k, bool is_causal, double scale,
                             double dropout_p, int64_t seed) {
-  check_qkv(q, k, v, 3);
+  check_attention_qkv(q, k, v, 3, {at::kFloat, at::kDouble, at::kBFloat16});
   for (const auto& [cu, name] : {std::pair{cu_q, "cu_seqlens_q"}, std::pair{cu_k, "cu_seqlens_k"}}) {
     check_dtype(cu, name, {at::kInt});
     check_dim(cu, name, 1);

@@ -338,15 +338,7 @@ void launch_attention_kernel(Kernel kernel, dim3 grid, int smem, int64_t head_di
 inline MaskKind check_attention_arguments(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                           const std::optional<at::Tensor>& mask,
                                           const std::optional<at::Tensor>& key_padding_mask, double dropout_p) {
-  check_dtype(q, "q", {at::kHalf, at::kBFloat16});
-  check_dim(q, "q", 4);
-  check_dim(k, "k", 4);
-  check_dim(v, "v", 4);
-  check_same_dtype(k, "k", q, "q");
-  check_same_dtype(v, "v", q, "q");
-  check_same_device(k, "k", q, "q");
-  check_same_device(v, "v", q, "q");
-  check_same_shape(v, "v", k, "k");
+  check_attention_qkv(q, k, v, 4, {at::kHalf, at::kBFloat16});
   const int64_t batch = q.size(0), heads = q.size(1), sq = q.size(2), dim = q.size(3);
   const int64_t kv_heads = k.size(1), sk = k.size(2);
   TORCH_CHECK_VALUE(k.size(0) == batch, "argument `k` has batch ", k.size(0), "; expected ", batch,

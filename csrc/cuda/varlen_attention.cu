@@ -26,15 +26,7 @@ namespace {
 void check_varlen_arguments(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                             const at::Tensor& cu_seqlens_q, const at::Tensor& cu_seqlens_k, int64_t max_seqlen_q,
                             int64_t max_seqlen_k, double dropout_p) {
-  check_dtype(q, "q", {at::kHalf, at::kBFloat16});
-  check_dim(q, "q", 3);
-  check_dim(k, "k", 3);
-  check_dim(v, "v", 3);
-  check_same_dtype(k, "k", q, "q");
-  check_same_dtype(v, "v", q, "q");
-  check_same_device(k, "k", q, "q");
-  check_same_device(v, "v", q, "q");
-  check_same_shape(v, "v", k, "k");
+  check_attention_qkv(q, k, v, 3, {at::kHalf, at::kBFloat16});
   const int64_t heads = q.size(1), kv_heads = k.size(1);
   TORCH_CHECK_VALUE(k.size(2) == q.size(2), "argument `k` has head dim ", k.size(2), "; expected ", q.size(2),
                     " (the head dim of `q`)");

@@ -48,4 +48,19 @@ inline void check_dim(const at::Tensor& t, const char* name, int64_t dim) {
   TORCH_CHECK_VALUE(t.dim() == dim, "argument `", name, "` must have ", dim, " dimensions, got shape ", t.sizes());
 }
 
+// q, k, v of an attention op: `dims` dimensions each (dense (B, H, S, D): 4; packed (T, H, D): 3), q's dtype one of
+// `allowed`, k and v of q's dtype and device, v shaped like k. Sizes across q and k are the caller's to check.
+inline void check_attention_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t dims,
+                                std::initializer_list<at::ScalarType> allowed) {
+  check_dtype(q, "q", allowed);
+  check_dim(q, "q", dims);
+  check_dim(k, "k", dims);
+  check_dim(v, "v", dims);
+  check_same_dtype(k, "k", q, "q");
+  check_same_dtype(v, "v", q, "q");
+  check_same_device(k, "k", q, "q");
+  check_same_device(v, "v", q, "q");
+  check_same_shape(v, "v", k, "k");
+}
+
 }  // namespace kernels
