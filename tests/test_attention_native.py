@@ -3,8 +3,8 @@ csrc/cuda/attention*.cu): fp64 gradcheck of the C++ CPU kernels, opcheck, the dr
 Triton's tl.rand), argument checks of the C++ ops, and the reference cases on the native backend.
 
 The shared attention test-suite (tests/test_attention.py) holds every backend to the same cases; these add what only
-the native kernels have (their ops' signatures, masks passed as stride-0 views, the edges of the CPU kernel's 64-row
-query and 128-key blocks and of the CUDA kernels' 64-row tiles).
+the native kernels have (their ops' signatures, masks passed as stride-0 views, the edges of the CPU kernel's query
+blocks (128 rows forward, 64 backward) and 128-key blocks and of the CUDA kernels' 64-row tiles).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def _native(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Against the reference (sizes straddle the CPU kernel's 64-row query and 128-key blocks)
+# Against the reference (sizes straddle the CPU kernel's 128- and 64-row query and 128-key blocks)
 # ----------------------------------------------------------------------------------------------------------------------
 
 SHAPES = [  # b, h, hkv, sq, sk, d
@@ -90,11 +90,13 @@ def test_matches_reference_dtypes(dtype, kind):
                             **_mask_kwargs(kind, b, h, sq, sk, dtype))
 
 
-@pytest.mark.parametrize("lengths", [(300, 141, 17), (0, 159, 290)], ids=["suffix", "prefix"])
+@pytest.mark.parametrize("lengths", [(300, 141, 17), (0, 159, 290), (288, 144, 32)],
+                         ids=["suffix", "prefix", "panel-aligned"])
 @pytest.mark.parametrize("is_causal", [False, True])
 def test_padding_runs_trim_the_key_blocks(lengths, is_causal):
     """Right- and left-padded batches: the kernels narrow each 128-key block to its unpadded keys (whole 16-key
-    panels) and causal tiles to the keys their rows see; the keys trimmed away or kept must not change the result."""
+    panels) and causal tiles to the keys their rows see; the keys trimmed away or kept must not change the result.
+    Panel-aligned lengths leave ranges with no padding key at all, which skip the padding bias (the unmasked path)."""
     sk = 300
     padding = torch.zeros(3, sk, dtype=torch.bool)
     for b, n in enumerate(lengths):

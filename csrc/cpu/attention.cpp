@@ -37,12 +37,16 @@
 #include <kernels/outputs.h>
 #include <kernels/philox.h>
 
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
-#include <new>
 #include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <new>
 #include <optional>
 #include <vector>
 
@@ -175,11 +179,65 @@ inline T row_max(const T* x, int64_t n) {
   return m;
 }
 
-// dst[c][r] = src[r][c] for an (rows x cols) block.
+#if defined(__AVX__)
+// dst[c][r] = src[r][c] for one 8 x 8 fp32 tile, in registers: pairs of rows interleaved, then groups of four, then
+// the 128-bit halves exchanged (8 loads, 24 shuffles, 8 stores instead of 64 strided scalar stores).
+inline void transpose_8x8(const float* src, int64_t lds, float* dst, int64_t ldd) {
+  __m256 r[8], t[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * lds);
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);      // a0 b0 a1 b1 | a4 b4 a5 b5
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);  // a2 b2 a3 b3 | a6 b6 a7 b7
+  }
+  for (int i = 0; i < 8; i += 4) {
+    r[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));          // a0 b0 c0 d0 | a4 b4 c4 d4
+    r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));      // a1 b1 c1 d1 | a5 b5 c5 d5
+    r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));  // a2 .. d2 | a6 .. d6
+    r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));  // a3 .. d3 | a7 .. d7
+  }
+  // column c: rows 0-3 from r[c], rows 4-7 from r[c + 4]; column c + 4: their high halves
+  for (int c = 0; c < 4; ++c) {
+    _mm256_storeu_ps(dst + c * ldd, _mm256_permute2f128_ps(r[c], r[c + 4], 0x20));
+    _mm256_storeu_ps(dst + (c + 4) * ldd, _mm256_permute2f128_ps(r[c], r[c + 4], 0x31));
+  }
+}
+#endif
+
+// sum of a[j] * b[j] over n (a multiple of panel<T>()) elements, in vector lanes.
+template <typename T>
+inline T dot_product(const T* a, const T* b, int64_t n) {
+  using V = typename Vec<T>::type;
+  constexpr int W = Vec<T>::kWidth;
+  V x = V{}, y = V{};
+  for (int64_t j = 0; j < n; j += 2 * W) {
+    x += load(a + j) * load(b + j);
+    y += load(a + j + W) * load(b + j + W);
+  }
+  x += y;
+  T sum = 0;
+  for (int i = 0; i < W; ++i) sum += x[i];
+  return sum;
+}
+
+// dst[c][r] = src[r][c] for an (rows x cols) block, in 8 x 8 tiles (cache friendly; whole fp32 tiles in registers).
 template <typename T>
 void transpose(int64_t rows, int64_t cols, const T* src, int64_t lds, T* dst, int64_t ldd) {
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t c = 0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
+  constexpr int64_t kTile = 8;
+  for (int64_t r0 = 0; r0 < rows; r0 += kTile) {
+    for (int64_t c0 = 0; c0 < cols; c0 += kTile) {
+#if defined(__AVX__)
+      if constexpr (std::is_same_v<T, float>) {
+        if (r0 + kTile <= rows && c0 + kTile <= cols) {
+          transpose_8x8(src + r0 * lds + c0, lds, dst + c0 * ldd + r0, ldd);
+          continue;
+        }
+      }
+#endif
+      const int64_t r1 = std::min(rows, r0 + kTile), c1 = std::min(cols, c0 + kTile);
+      for (int64_t r = r0; r < r1; ++r) {
+        for (int64_t c = c0; c < c1; ++c) dst[c * ldd + r] = src[r * lds + c];
+      }
+    }
   }
 }
 
@@ -292,11 +350,12 @@ T mask_row(T* s, int64_t width, int64_t i, int64_t k0, T scale2, const T* key_bi
   return row_max(s, width);
 }
 
-// Whether query row i sees every key of k0 + [0, width) with no mask or bias: then the row keeps its raw products,
-// its maximum is the raw maximum times scale2 (> 0), and the exponential applies the scale (one pass fewer).
-inline bool plain_row(int64_t i, int64_t k0, int64_t width, int64_t keys, bool has_bias, double scale2,
+// Whether query row i sees every key of k0 + [0, width) with no mask or padding bias (`needs_bias`: the range has
+// padding keys): then the row keeps its raw products, its maximum is the raw maximum times scale2 (> 0), and the
+// exponential applies the scale (one pass fewer).
+inline bool plain_row(int64_t i, int64_t k0, int64_t width, int64_t keys, bool needs_bias, double scale2,
                       const Masks& masks) {
-  return !has_bias && masks.mask == nullptr && scale2 > 0 && k0 + width <= keys &&
+  return !needs_bias && masks.mask == nullptr && scale2 > 0 && k0 + width <= keys &&
          (!masks.causal || k0 + width <= i + 1);
 }
 
@@ -307,9 +366,11 @@ struct Sequence {
   int64_t batch, q_begin, q_len, k_begin, k_len;
 };
 
-// The keys of one key block that take part, [lo, hi) within the block, widened to whole register panels.
+// The keys of one key block that take part, [lo, hi) within the block, widened to whole register panels; `clean`
+// when every key of the range exists and is not padding (its rows need no padding bias).
 struct KeyRange {
   int64_t lo = 0, hi = 0;
+  bool clean = false;
   int64_t width() const { return hi - lo; }
 };
 
@@ -377,7 +438,12 @@ struct Problem {
           if (pad != nullptr) bias[key_base[s] + k0 + j] = T(0);
         }
         KeyRange& range = ranges[(key_base[s] + k0) / kBlockK];
-        if (last >= 0) range = KeyRange{first / width * width, round_up(last + 1, width)};
+        if (last < 0) continue;
+        range = KeyRange{first / width * width, round_up(last + 1, width), true};
+        range.clean = range.hi <= n;
+        for (int64_t j = range.lo; range.clean && j < range.hi; ++j) {
+          range.clean = pad == nullptr || !pad[(seq.k_begin + k0 + j) * pad_stride];
+        }
       }
     }
   }
@@ -413,8 +479,14 @@ void pack_rows(const at::Tensor& x, int64_t b, int64_t h, int64_t row0, int64_t 
   const scalar_t* src = row_ptr<scalar_t>(x, b, h, row0);
   const int64_t sr = x.stride(2), sd = x.stride(3);
   for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t d = 0; d < dim; ++d) dst[r * ld + d] = static_cast<T>(src[r * sr + d * sd]);
-    std::fill(dst + r * ld + dim, dst + (r + 1) * ld, T(0));
+    T* out = dst + r * ld;
+    const scalar_t* in = src + r * sr;
+    if (sd == 1) {  // the usual layout: a unit-stride loop the compiler vectorises
+      for (int64_t d = 0; d < dim; ++d) out[d] = static_cast<T>(in[d]);
+    } else {
+      for (int64_t d = 0; d < dim; ++d) out[d] = static_cast<T>(in[d * sd]);
+    }
+    std::fill(out + dim, out + ld, T(0));
   }
 }
 
@@ -425,7 +497,13 @@ void unpack_rows(const T* src, int64_t ld, int64_t rows, int64_t dim, T factor, 
   scalar_t* dst = mutable_row_ptr<scalar_t>(x, b, h, row0);
   const int64_t sr = x.stride(2), sd = x.stride(3);
   for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t d = 0; d < dim; ++d) dst[r * sr + d * sd] = static_cast<scalar_t>(src[r * ld + d] * factor);
+    scalar_t* out = dst + r * sr;
+    const T* in = src + r * ld;
+    if (sd == 1) {
+      for (int64_t d = 0; d < dim; ++d) out[d] = static_cast<scalar_t>(in[d] * factor);
+    } else {
+      for (int64_t d = 0; d < dim; ++d) out[d * sd] = static_cast<scalar_t>(in[d] * factor);
+    }
   }
 }
 
@@ -466,85 +544,97 @@ void forward_kernel(Problem& p, const at::Tensor& q, const at::Tensor& k, const 
                     at::Tensor& lse) {
   using T = at::opmath_type<scalar_t>;
   constexpr T kNegInf = -std::numeric_limits<T>::infinity();
-  const int64_t dp = p.dim_padded, padded_keys = p.padded_keys(), query_blocks = p.query_blocks();
+  const int64_t dp = p.dim_padded, query_blocks = p.query_blocks();
   const int64_t group = p.group(), seqs = static_cast<int64_t>(p.seqs.size());
 
-  // K transposed (Dp x kBlockK per block) and V (kBlockK x Dp per block) per (hkv, sequence), in T.
-  Buffer<T> kt(p.kv_heads * padded_keys * dp), vb(p.kv_heads * padded_keys * dp);
-  at::parallel_for(0, seqs * p.kv_heads, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t s = t / p.kv_heads, hkv = t % p.kv_heads, at_key = (hkv * padded_keys + p.key_base[s]) * dp;
-      pack_keys<T, scalar_t>(k, p.seqs[s], hkv, p, nullptr, kt.data() + at_key);
-      pack_keys<T, scalar_t>(v, p.seqs[s], hkv, p, vb.data() + at_key, nullptr);
-    }
-  });
   Buffer<T> bias;
   p.find_key_ranges(bias);
   const T scale2 = static_cast<T>(p.scale * kLog2e);
   const float drop = static_cast<float>(p.dropout_p);
   const T keep_scale = static_cast<T>(1.0 / (1.0 - p.dropout_p));
 
-  // Tasks: (query block, sequence, head), the last query blocks (the most keys under causality) first.
-  parallel_tasks(seqs * p.heads * query_blocks, [&] {
-    return [&, qt = Buffer<T>(kForwardRows * dp), s = Buffer<T>(kForwardRows * kBlockK),
-            o = Buffer<T>(kForwardRows * dp), m = Buffer<T>(kForwardRows),
+  // Tasks: (chunk of query blocks, sequence, key/value head), the last chunks (the most keys under causality) first.
+  // A task packs the K and V of its (sequence, key/value head) into its thread's buffers (skipped when the thread's
+  // previous task had the same pair) and runs its query blocks for every query head that shares them (GQA). The
+  // query blocks are split into chunks only when there are too few pairs to keep the threads balanced.
+  const int64_t pairs = seqs * p.kv_heads;
+  if (pairs == 0 || query_blocks == 0) return;
+  const int64_t chunks = std::clamp<int64_t>((4 * at::get_num_threads() + pairs - 1) / pairs, 1, query_blocks);
+  const int64_t chunk_blocks = (query_blocks + chunks - 1) / chunks;
+  const int64_t kd = p.max_padded_keys() * dp;
+  parallel_tasks(chunks * pairs, [&] {
+    // kt: K transposed (Dp x kBlockK per block); vb: V (kBlockK x Dp per block); in T.
+    return [&, kt = Buffer<T>(kd), vb = Buffer<T>(kd), packed = int64_t{-1}, qt = Buffer<T>(kForwardRows * dp),
+            s = Buffer<T>(kForwardRows * kBlockK), o = Buffer<T>(kForwardRows * dp), m = Buffer<T>(kForwardRows),
             l = Buffer<T>(kForwardRows)](int64_t task) mutable {
-      const int64_t qb = query_blocks - 1 - task / (seqs * p.heads), sh = task % (seqs * p.heads);
-      const int64_t si = sh / p.heads, h = sh % p.heads;
+      const int64_t chunk = chunks - 1 - task / pairs, pair = task % pairs;
+      const int64_t si = pair / p.kv_heads, hkv = pair % p.kv_heads;
       const Sequence& seq = p.seqs[si];
-      const int64_t q0 = qb * kForwardRows;
-      if (q0 >= seq.q_len) return;
-      const int64_t rows = std::min(kForwardRows, seq.q_len - q0), hkv = h / group;
-      const Masks masks = p.masks(seq, h);
-      pack_rows<T, scalar_t>(q, seq.batch, h, seq.q_begin + q0, rows, p.dim, dp, qt.data());
-      std::fill(o.begin(), o.end(), T(0));
-      std::fill(m.begin(), m.end(), kNegInf);
-      std::fill(l.begin(), l.end(), T(0));
-      for (int64_t kb = 0; kb * kBlockK < seq.k_len; ++kb) {
-        const KeyRange keys = p.visible(si, kb, q0, rows, panel<T>());
-        if (keys.width() == 0) continue;
-        const int64_t k0 = kb * kBlockK + keys.lo, width = keys.width();
-        const int64_t at_key = (hkv * padded_keys + p.key_base[si] + kb * kBlockK) * dp;
-        // s = q k^T (rows x width, row stride kBlockK), then scale and mask.
-        block_gemm<T>(rows, width, dp, qt.data(), dp, kt.data() + at_key + keys.lo, kBlockK, s.data(), kBlockK, false);
-        for (int64_t r = 0; r < rows; ++r) {
-          T* row = s.data() + r * kBlockK;
-          const bool plain = plain_row(q0 + r, k0, width, seq.k_len, !bias.empty(), scale2, masks);
-          const T block_max = plain ? row_max(row, width) * scale2
-                                    : mask_row<T>(row, width, q0 + r, k0, scale2, p.key_bias(bias, si, k0), seq.k_len,
-                                                  masks);
-          if (block_max == kNegInf) {  // nothing visible in this block: p = 0
-            std::fill(row, row + width, T(0));
-            continue;
-          }
-          // Online softmax (base 2): rescale the running sum and output to the new maximum.
-          const T m_new = std::max(m[r], block_max);
-          const T alpha = std::exp2(m[r] - m_new);  // 0 when m[r] = -inf
-          l[r] = l[r] * alpha + exp2_scaled(row, width, plain ? scale2 : T(1), m_new);
-          m[r] = m_new;
-          if (alpha != T(1)) {
-            for (int64_t d = 0; d < dp; ++d) o[r * dp + d] *= alpha;
-          }
-          if (drop > 0.f) {  // the sum above is of the undropped probabilities
-            const int64_t n = std::min(width, seq.k_len - k0);
-            for (int64_t j = 0; j < n; ++j) {
-              if (!dropout_keep(p.seed, p.dropout_offset(seq, h, q0 + r, k0 + j), drop)) row[j] = T(0);
+      const int64_t qb_end = std::min((chunk + 1) * chunk_blocks, round_up(seq.q_len, kForwardRows) / kForwardRows);
+      if (chunk * chunk_blocks >= qb_end) return;
+      if (packed != pair) {
+        pack_keys<T, scalar_t>(k, seq, hkv, p, nullptr, kt.data());
+        pack_keys<T, scalar_t>(v, seq, hkv, p, vb.data(), nullptr);
+        packed = pair;
+      }
+      for (int64_t h = hkv * group; h < (hkv + 1) * group; ++h) {
+        const Masks masks = p.masks(seq, h);
+        for (int64_t qb = chunk * chunk_blocks; qb < qb_end; ++qb) {
+          const int64_t q0 = qb * kForwardRows, rows = std::min(kForwardRows, seq.q_len - q0);
+          pack_rows<T, scalar_t>(q, seq.batch, h, seq.q_begin + q0, rows, p.dim, dp, qt.data());
+          std::fill(o.begin(), o.end(), T(0));
+          std::fill(m.begin(), m.end(), kNegInf);
+          std::fill(l.begin(), l.end(), T(0));
+          for (int64_t kb = 0; kb * kBlockK < seq.k_len; ++kb) {
+            const KeyRange keys = p.visible(si, kb, q0, rows, panel<T>());
+            if (keys.width() == 0) continue;
+            const int64_t k0 = kb * kBlockK + keys.lo, width = keys.width();
+            const int64_t at_key = kb * kBlockK * dp;
+            const bool needs_bias = !bias.empty() && !keys.clean;
+            // s = q k^T (rows x width, row stride kBlockK), then scale and mask.
+            block_gemm<T>(rows, width, dp, qt.data(), dp, kt.data() + at_key + keys.lo, kBlockK, s.data(), kBlockK,
+                          false);
+            for (int64_t r = 0; r < rows; ++r) {
+              T* row = s.data() + r * kBlockK;
+              const bool plain = plain_row(q0 + r, k0, width, seq.k_len, needs_bias, scale2, masks);
+              const T block_max = plain ? row_max(row, width) * scale2
+                                        : mask_row<T>(row, width, q0 + r, k0, scale2, p.key_bias(bias, si, k0),
+                                                      seq.k_len, masks);
+              if (block_max == kNegInf) {  // nothing visible in this block: p = 0
+                std::fill(row, row + width, T(0));
+                continue;
+              }
+              // Online softmax (base 2): rescale the running sum and output to the new maximum.
+              const T m_new = std::max(m[r], block_max);
+              const T alpha = std::exp2(m[r] - m_new);  // 0 when m[r] = -inf
+              l[r] = l[r] * alpha + exp2_scaled(row, width, plain ? scale2 : T(1), m_new);
+              m[r] = m_new;
+              if (alpha != T(1)) {
+                for (int64_t d = 0; d < dp; ++d) o[r * dp + d] *= alpha;
+              }
+              if (drop > 0.f) {  // the sum above is of the undropped probabilities
+                const int64_t n = std::min(width, seq.k_len - k0);
+                for (int64_t j = 0; j < n; ++j) {
+                  if (!dropout_keep(p.seed, p.dropout_offset(seq, h, q0 + r, k0 + j), drop)) row[j] = T(0);
+                }
+              }
             }
+            // o += p v (rows x Dp)
+            block_gemm<T>(rows, dp, width, s.data(), kBlockK, vb.data() + at_key + keys.lo * dp, dp, o.data(), dp,
+                          true);
           }
+          // Normalise and write; rows with no visible key give zeros and lse = +inf (natural log units).
+          T* lse_row = lse.mutable_data_ptr<T>() + seq.batch * lse.stride(0) + h * lse.stride(1) +
+                       (seq.q_begin + q0) * lse.stride(2);
+          for (int64_t r = 0; r < rows; ++r) {
+            const T inv = l[r] > T(0) ? keep_scale / l[r] : T(0);
+            for (int64_t d = 0; d < dp; ++d) o[r * dp + d] *= inv;
+            lse_row[r * lse.stride(2)] =
+                l[r] > T(0) ? (m[r] + std::log2(l[r])) * static_cast<T>(kLn2) : std::numeric_limits<T>::infinity();
+          }
+          unpack_rows<T, scalar_t>(o.data(), dp, rows, p.dim, T(1), out, seq.batch, h, seq.q_begin + q0);
         }
-        // o += p v (rows x Dp)
-        block_gemm<T>(rows, dp, width, s.data(), kBlockK, vb.data() + at_key + keys.lo * dp, dp, o.data(), dp, true);
       }
-      // Normalise and write; rows with no visible key give zeros and lse = +inf (natural log units).
-      T* lse_row = lse.mutable_data_ptr<T>() + seq.batch * lse.stride(0) + h * lse.stride(1) +
-                   (seq.q_begin + q0) * lse.stride(2);
-      for (int64_t r = 0; r < rows; ++r) {
-        const T inv = l[r] > T(0) ? keep_scale / l[r] : T(0);
-        for (int64_t d = 0; d < dp; ++d) o[r * dp + d] *= inv;
-        lse_row[r * lse.stride(2)] =
-            l[r] > T(0) ? (m[r] + std::log2(l[r])) * static_cast<T>(kLn2) : std::numeric_limits<T>::infinity();
-      }
-      unpack_rows<T, scalar_t>(o.data(), dp, rows, p.dim, T(1), out, seq.batch, h, seq.q_begin + q0);
     };
   });
 }
@@ -566,8 +656,8 @@ void backward_kernel(Problem& p, const at::Tensor& grad_out, const at::Tensor& q
   const int64_t kd = p.max_padded_keys() * dp;
   parallel_tasks(seqs * p.kv_heads, [&] {
     return [&, kr = Buffer<T>(kd), kt = Buffer<T>(kd), vt = Buffer<T>(kd), dkb = Buffer<T>(kd),
-            dvb = Buffer<T>(kd), qt = Buffer<T>(kBackwardRows * dp),
-            dot = Buffer<T>(kBackwardRows * dp), dqb = Buffer<T>(kBackwardRows * dp),
+            dvb = Buffer<T>(kd), qt = Buffer<T>(kBackwardRows * dp), dot = Buffer<T>(kBackwardRows * dp),
+            ob = Buffer<T>(kBackwardRows * dp), dqb = Buffer<T>(kBackwardRows * dp),
             delta = Buffer<T>(kBackwardRows), s = Buffer<T>(kBackwardRows * kBlockK),
             dpm = Buffer<T>(kBackwardRows * kBlockK),
             st = Buffer<T>(kBlockK * kBackwardRows)](int64_t task) mutable {
@@ -583,22 +673,18 @@ void backward_kernel(Problem& p, const at::Tensor& grad_out, const at::Tensor& q
           const int64_t rows = std::min(kBackwardRows, seq.q_len - q0), row0 = seq.q_begin + q0;
           pack_rows<T, scalar_t>(q, seq.batch, h, row0, rows, p.dim, dp, qt.data());
           pack_rows<T, scalar_t>(grad_out, seq.batch, h, row0, rows, p.dim, dp, dot.data());
+          pack_rows<T, scalar_t>(out, seq.batch, h, row0, rows, p.dim, dp, ob.data());
           const T* lse_row = lse.const_data_ptr<T>() + seq.batch * lse.stride(0) + h * lse.stride(1) +
                              row0 * lse.stride(2);
-          const scalar_t* o = row_ptr<scalar_t>(out, seq.batch, h, row0);
-          for (int64_t r = 0; r < rows; ++r) {  // delta = rowsum(dO * O)
-            T sum = 0;
-            for (int64_t d = 0; d < p.dim; ++d) {
-              sum += dot[r * dp + d] * static_cast<T>(o[r * out.stride(2) + d * out.stride(3)]);
-            }
-            delta[r] = sum;
-          }
+          const int64_t lse_stride = lse.stride(2);
+          for (int64_t r = 0; r < rows; ++r) delta[r] = dot_product(dot.data() + r * dp, ob.data() + r * dp, dp);
           std::fill(dqb.begin(), dqb.end(), T(0));
           for (int64_t kb = 0; kb * kBlockK < seq.k_len; ++kb) {
             const KeyRange keys = p.visible(si, kb, q0, rows, panel<T>());
             if (keys.width() == 0) continue;
             const int64_t k0 = kb * kBlockK + keys.lo, width = keys.width(), n = std::min(width, seq.k_len - k0);
             const int64_t off = k0 * dp;
+            const bool needs_bias = !bias.empty() && !keys.clean;
             // P = 2^(scale2 * q k^T + mask - lse * log2 e): the forward's probabilities, recomputed.
             block_gemm<T>(rows, width, dp, qt.data(), dp, kt.data() + kb * kBlockK * dp + keys.lo, kBlockK, s.data(),
                     kBlockK, false);
@@ -608,10 +694,10 @@ void backward_kernel(Problem& p, const at::Tensor& grad_out, const at::Tensor& q
             for (int64_t r = 0; r < rows; ++r) {
               T* pr = s.data() + r * kBlockK;
               T* dr = dpm.data() + r * kBlockK;
-              const bool plain = plain_row(q0 + r, k0, width, seq.k_len, !bias.empty(), scale2, masks);
+              const bool plain = plain_row(q0 + r, k0, width, seq.k_len, needs_bias, scale2, masks);
               if (!plain) mask_row<T>(pr, width, q0 + r, k0, scale2, p.key_bias(bias, si, k0), seq.k_len, masks);
               // lse = +inf (no visible key) gives 0
-              exp2_scaled(pr, width, plain ? scale2 : T(1), lse_row[r * lse.stride(2)] * static_cast<T>(kLog2e));
+              exp2_scaled(pr, width, plain ? scale2 : T(1), lse_row[r * lse_stride] * static_cast<T>(kLog2e));
               if (drop > 0.f) {
                 // s row becomes the dropped probabilities (for dV), dP is taken back through the dropout.
                 for (int64_t j = 0; j < n; ++j) {
