@@ -126,6 +126,32 @@ def test_scale_and_large_magnitudes(dtype, magnitude):
     assert torch.isfinite(out).all()
 
 
+def _mask_of_layout(layout, sq, sk):
+    if layout == "bool":
+        return torch.rand(sq, sk) < 0.7
+    if layout == "bool-transposed":  # key stride sq
+        return (torch.rand(sk, sq) < 0.7).t()
+    if layout == "bool-key-broadcast":  # key stride 0
+        return (torch.rand(sq, 1) < 0.7).expand(sq, sk)
+    if layout == "float32":
+        return torch.randn(sq, sk)
+    return torch.randn(sk, sq).t()  # float32-transposed
+
+
+@pytest.mark.parametrize("layout", ["bool", "bool-transposed", "bool-key-broadcast", "float32", "float32-transposed"])
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_mask_layouts(layout, is_causal):
+    """The CPU kernel applies unit-stride bool masks and float masks of its compute dtype in one vectorised pass (full
+    vectors, then a partial one), and every other mask (strided; bf16 masks of bf16 inputs, tested with the dtypes
+    above) by a scalar pass through its strides: both agree with the reference. 45 keys: five full fp32 vectors and a
+    partial one."""
+    sq, sk = 37, 45
+    q, k, v = _inputs(2, 2, 2, sq, sk, 24)
+    mask = _mask_of_layout(layout, sq, sk)
+    check_against_reference(_native, reference.scaled_dot_product_attention, q, k, v, attn_mask=mask,
+                            is_causal=is_causal, key_padding_mask=_padding(2, sk))
+
+
 def test_fully_masked_rows_give_zeros_and_zero_gradients():
     b, h, sq, sk, d = 2, 2, 9, 20, 16
     q, k, v = _inputs(b, h, h, sq, sk, d)

@@ -80,6 +80,9 @@ template <typename T>
 struct Vec {
   static constexpr int kWidth = 32 / sizeof(T);
   typedef T type __attribute__((vector_size(32)));
+  // lane masks of comparisons (same-width integers), and one byte per lane (a bool mask's lanes)
+  typedef std::conditional_t<sizeof(T) == 4, int32_t, int64_t> mask __attribute__((vector_size(32)));
+  typedef uint8_t bytes __attribute__((vector_size(kWidth)));
 };
 
 template <typename T>
@@ -293,58 +296,91 @@ struct Masks {
   bool causal = false;
 };
 
+// The bools m[0 : W] widened to one integer lane each (0 or 1). AVX2 has the widening load; GCC's generic
+// conversion of a byte vector compiles to a scalar insert per lane.
+template <typename T>
+inline typename Vec<T>::mask bool_lanes(const bool* m) {
+  typename Vec<T>::mask lanes;
+#if defined(__AVX2__)
+  if constexpr (sizeof(T) == 4) {
+    const __m256i wide = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(m)));
+    std::memcpy(&lanes, &wide, sizeof(lanes));
+    return lanes;
+  }
+#endif
+  typename Vec<T>::bytes b;
+  std::memcpy(&b, m, sizeof(b));
+  lanes = __builtin_convertvector(b, typename Vec<T>::mask);
+  return lanes;
+}
+
 // s[0 : width] = scores of query row i against keys k0 + [0, width) (indices within the sequence), in base-2 units:
 // scaled by scale2 = scale * log2 e, plus `key_bias` when given (0, or -inf for a padding key), then causality, the
 // keys past `keys` (the sequence's length) and the mask (additive values also times log2 e); hidden keys are -inf.
-// Returns the row's maximum.
+// Returns the row's maximum. One vectorised pass over the visible keys when the mask is absent or is a unit-stride
+// bool or T mask (the usual layouts); other masks (strided, or of another float type) are applied by a scalar pass.
 template <typename T>
 T mask_row(T* s, int64_t width, int64_t i, int64_t k0, T scale2, const T* key_bias, int64_t keys, const Masks& masks) {
   using V = typename Vec<T>::type;
   constexpr T kNegInf = -std::numeric_limits<T>::infinity();
   constexpr int W = Vec<T>::kWidth;
-  V top = V{} + kNegInf;  // scale, bias and max in one pass
-  if (key_bias != nullptr) {
-    for (int64_t j = 0; j < width; j += W) {
-      const V x = load(s + j) * scale2 + load(key_bias + j);
-      store(s + j, x);
-      top = top > x ? top : x;
-    }
-  } else {
-    for (int64_t j = 0; j < width; j += W) {
-      const V x = load(s + j) * scale2;
-      store(s + j, x);
-      top = top > x ? top : x;
-    }
-  }
-  T row_top = top[0];
-  for (int l = 1; l < W; ++l) row_top = std::max(row_top, top[l]);
+  const T log2e = static_cast<T>(kLog2e);
   int64_t valid = std::min(width, keys - k0);
   if (masks.causal) valid = std::min(valid, i + 1 - k0);
   valid = std::max<int64_t>(valid, 0);
-  if (valid < width) {
+  const char* mask_row_start =
+      masks.mask == nullptr
+          ? nullptr
+          : static_cast<const char*>(masks.mask) +
+                (i * masks.stride_q + k0 * masks.stride_k) * static_cast<int64_t>(at::elementSize(masks.mask_type));
+  const bool vector_mask =
+      masks.mask == nullptr ||
+      (masks.stride_k == 1 && (masks.mask_type == at::kBool || masks.mask_type == c10::CppTypeToScalarType<T>::value));
+  // x = scores of keys [j, j + W) scaled and biased; `apply(x, j)` adds the mask.
+  const auto pass = [&](auto apply, auto apply_one) {
+    V top = V{} + kNegInf;
+    const int64_t full = valid / W * W;
+    for (int64_t j = 0; j < full; j += W) {
+      V x = load(s + j) * scale2;
+      if (key_bias != nullptr) x += load(key_bias + j);
+      x = apply(x, j);
+      store(s + j, x);
+      top = top > x ? top : x;
+    }
+    T row_top = top[0];
+    for (int l = 1; l < W; ++l) row_top = std::max(row_top, top[l]);
+    for (int64_t j = full; j < valid; ++j) {
+      T x = s[j] * scale2 + (key_bias != nullptr ? key_bias[j] : T(0));
+      s[j] = x = apply_one(x, j);
+      row_top = std::max(row_top, x);
+    }
     std::fill(s + valid, s + width, kNegInf);
-    if (masks.mask == nullptr) return row_max(s, width);
+    return row_top;
+  };
+  if (vector_mask) {
+    if (masks.mask == nullptr) {
+      return pass([](V x, int64_t) { return x; }, [](T x, int64_t) { return x; });
+    }
+    if (masks.mask_type == at::kBool) {  // keep where the mask is true: a select, no branch
+      const bool* m = reinterpret_cast<const bool*>(mask_row_start);
+      return pass(
+          [&](V x, int64_t j) { return bool_lanes<T>(m + j) != 0 ? x : V{} + kNegInf; },
+          [&](T x, int64_t j) { return m[j] ? x : kNegInf; });
+    }
+    const T* m = reinterpret_cast<const T*>(mask_row_start);  // additive, in natural-log units
+    return pass([&](V x, int64_t j) { return x + load(m + j) * log2e; },
+                [&](T x, int64_t j) { return x + m[j] * log2e; });
   }
-  if (masks.mask == nullptr) return row_top;
-  const int64_t base = i * masks.stride_q + k0 * masks.stride_k, st = masks.stride_k;
-  const T log2e = static_cast<T>(kLog2e);
+  pass([](V x, int64_t) { return x; }, [](T x, int64_t) { return x; });
   AT_DISPATCH_FLOATING_TYPES_AND3(at::kBool, at::kHalf, at::kBFloat16, masks.mask_type, "attention_mask", [&] {
-    const scalar_t* m = static_cast<const scalar_t*>(masks.mask) + base;
-    // Branch-free selects (a random mask would mispredict a branch per hidden key); the unit-stride loop is the
-    // common layout and vectorises.
-    const auto apply = [&](int64_t stride) {
-      for (int64_t j = 0; j < valid; ++j) {
-        if constexpr (std::is_same_v<scalar_t, bool>) {
-          s[j] = m[j * stride] ? s[j] : kNegInf;
-        } else {
-          s[j] += static_cast<T>(m[j * stride]) * log2e;
-        }
+    const scalar_t* m = reinterpret_cast<const scalar_t*>(mask_row_start);
+    const int64_t st = masks.stride_k;
+    for (int64_t j = 0; j < valid; ++j) {
+      if constexpr (std::is_same_v<scalar_t, bool>) {
+        s[j] = m[j * st] ? s[j] : kNegInf;  // a select: a random mask would mispredict a branch per hidden key
+      } else {
+        s[j] += static_cast<T>(m[j * st]) * log2e;
       }
-    };
-    if (st == 1) {
-      apply(1);
-    } else {
-      apply(st);
     }
   });
   return row_max(s, width);
