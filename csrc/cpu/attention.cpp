@@ -47,6 +47,7 @@
 #include <cstring>
 #include <limits>
 #include <new>
+#include <numeric>
 #include <optional>
 #include <vector>
 
@@ -422,6 +423,7 @@ struct Problem {
   bool causal;
   std::optional<at::Tensor> mask, padding;  // dense calls only
   std::vector<KeyRange> ranges;  // per padded key block: the keys that take part (lo = hi: none)
+  std::vector<int64_t> order;    // sequence indices, the most work (query rows x keys that take part) first
 
   int64_t group() const { return kv_heads > 0 ? heads / kv_heads : 1; }  // query heads per key/value head (GQA)
   int64_t query_blocks() const { return round_up(max_q, kForwardRows) / kForwardRows; }
@@ -454,6 +456,7 @@ struct Problem {
 
   // Per padded key block of each sequence: the keys that exist and are not padding, widened to panels of width
   // `panel`; and, with a padding mask, the per-key bias. A block whose keys are all padding gets an empty range.
+  // Then the order the sequences' tasks are taken in: the largest first, so the threads finish together.
   template <typename T>
   void find_key_ranges(Buffer<T>& bias) {
     const int64_t width = panel<T>();
@@ -482,6 +485,14 @@ struct Problem {
         }
       }
     }
+    std::vector<int64_t> work(seqs.size(), 0);
+    for (size_t s = 0; s < seqs.size(); ++s) {
+      for (int64_t b = key_base[s] / kBlockK; b < key_base[s + 1] / kBlockK; ++b) work[s] += ranges[b].width();
+      work[s] *= seqs[s].q_len;
+    }
+    order.resize(seqs.size());
+    std::iota(order.begin(), order.end(), int64_t{0});
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return work[a] > work[b]; });
   }
 
   // The keys of block (s, kb) that query rows [q0, q0 + rows) of the sequence may see (empty: skip the block).
@@ -589,7 +600,8 @@ void forward_kernel(Problem& p, const at::Tensor& q, const at::Tensor& k, const 
   const float drop = static_cast<float>(p.dropout_p);
   const T keep_scale = static_cast<T>(1.0 / (1.0 - p.dropout_p));
 
-  // Tasks: (chunk of query blocks, sequence, key/value head), the last chunks (the most keys under causality) first.
+  // Tasks: (chunk of query blocks, sequence, key/value head), the last chunks (the most keys under causality) and the
+  // largest sequences (p.order) first.
   // A task packs the K and V of its (sequence, key/value head) into its thread's buffers (skipped when the thread's
   // previous task had the same pair) and runs its query blocks for every query head that shares them (GQA). The
   // query blocks are split into chunks only when there are too few pairs to keep the threads balanced.
@@ -604,7 +616,7 @@ void forward_kernel(Problem& p, const at::Tensor& q, const at::Tensor& k, const 
             s = Buffer<T>(kForwardRows * kBlockK), o = Buffer<T>(kForwardRows * dp), m = Buffer<T>(kForwardRows),
             l = Buffer<T>(kForwardRows)](int64_t task) mutable {
       const int64_t chunk = chunks - 1 - task / pairs, pair = task % pairs;
-      const int64_t si = pair / p.kv_heads, hkv = pair % p.kv_heads;
+      const int64_t si = p.order[pair / p.kv_heads], hkv = pair % p.kv_heads;
       const Sequence& seq = p.seqs[si];
       const int64_t qb_end = std::min((chunk + 1) * chunk_blocks, round_up(seq.q_len, kForwardRows) / kForwardRows);
       if (chunk * chunk_blocks >= qb_end) return;
@@ -689,6 +701,7 @@ void backward_kernel(Problem& p, const at::Tensor& grad_out, const at::Tensor& q
   const float drop = static_cast<float>(p.dropout_p);
   const T keep_scale = static_cast<T>(1.0 / (1.0 - p.dropout_p));
 
+  // Tasks: (sequence, key/value head), the largest sequences (p.order) first.
   const int64_t kd = p.max_padded_keys() * dp;
   parallel_tasks(seqs * p.kv_heads, [&] {
     return [&, kr = Buffer<T>(kd), kt = Buffer<T>(kd), vt = Buffer<T>(kd), dkb = Buffer<T>(kd),
@@ -697,7 +710,7 @@ void backward_kernel(Problem& p, const at::Tensor& grad_out, const at::Tensor& q
             delta = Buffer<T>(kBackwardRows), s = Buffer<T>(kBackwardRows * kBlockK),
             dpm = Buffer<T>(kBackwardRows * kBlockK),
             st = Buffer<T>(kBlockK * kBackwardRows)](int64_t task) mutable {
-      const int64_t si = task / p.kv_heads, hkv = task % p.kv_heads;
+      const int64_t si = p.order[task / p.kv_heads], hkv = task % p.kv_heads;
       const Sequence& seq = p.seqs[si];
       pack_keys<T, scalar_t>(k, seq, hkv, p, kr.data(), kt.data());
       pack_keys<T, scalar_t>(v, seq, hkv, p, nullptr, vt.data());
