@@ -200,8 +200,9 @@ def test_empty(shape):
         assert torch.equal(k.grad, torch.zeros_like(k))
 
 
-def test_result_does_not_depend_on_thread_count():
-    q, k, v = _inputs(2, 4, 2, 100, 150, 64, requires_grad=False)
+@pytest.mark.parametrize("shape", [(2, 4, 2, 100, 150, 64), (1, 2, 1, 150, 1100, 32)], ids=["pairs", "key-chunks"])
+def test_result_does_not_depend_on_thread_count(shape):
+    q, k, v = _inputs(*shape, requires_grad=False)
     grad = torch.randn_like(q)
     threads = torch.get_num_threads()
     results = []
@@ -271,6 +272,41 @@ def test_opcheck_backward():
     out, lse = ops.attention_forward(q, k, v, mask, padding, causal, scale, p, seed)
     torch.library.opcheck(ops.attention_backward.default,
                           (torch.randn_like(out), q, k, v, out, lse, mask, padding, causal, scale, p, seed))
+
+
+@pytest.mark.parametrize("kind", ["none", "causal", "causal+padding+bool", "float"])
+def test_backward_splits_the_keys_of_few_sequences_into_chunks(kind):
+    """One (sequence, key/value head) pair with 9 key blocks: the CPU backward splits its keys into chunks, each adding
+    its dQ into a partial sum (summed in chunk order afterwards). Causal rows (150 queries) see only the first chunk's
+    keys: the other chunk's query blocks are skipped and its dK, dV are zero."""
+    b, h, hkv, sq, sk, d = 1, 2, 1, 150, 1100, 32
+    q, k, v = _inputs(b, h, hkv, sq, sk, d)
+    check_against_reference(_native, reference.scaled_dot_product_attention, q, k, v, enable_gqa=True,
+                            **_mask_kwargs(kind, b, h, sq, sk, torch.float32))
+
+
+def test_varlen_backward_splits_the_keys_into_chunks():
+    """Two packed sequences (150 x 1100 and 40 x 60, one key/value head): the long one's keys are split into chunks,
+    the short one has keys in the first chunk only."""
+    lengths_q, lengths_k = (150, 40), (1100, 60)
+    cu_q = torch.tensor([0, 150, 190], dtype=torch.int32)
+    cu_k = torch.tensor([0, 1100, 1160], dtype=torch.int32)
+    q = torch.randn(190, 2, 32, requires_grad=True)
+    k, v = (torch.randn(1160, 1, 32, requires_grad=True) for _ in range(2))
+
+    def fn(q, k, v):
+        return ops.varlen_attention_forward(q, k, v, cu_q, cu_k, 150, 1100, False, 0.2, 0.0, 0)[0]
+
+    def ref(q, k, v):
+        outs, row, key = [], 0, 0
+        for lq, lk in zip(lengths_q, lengths_k):
+            qs, ks, vs = (x.transpose(0, 1).unsqueeze(0) for x in (q[row:row + lq], k[key:key + lk], v[key:key + lk]))
+            out = reference.scaled_dot_product_attention(qs, ks, vs, scale=0.2, enable_gqa=True)
+            outs.append(out.squeeze(0).transpose(0, 1))
+            row, key = row + lq, key + lk
+        return torch.cat(outs)
+
+    check_against_reference(fn, ref, q, k, v)
 
 
 # The varlen ops: packed (T, H, D) tensors, int32 offsets (sequences of 3, 0 and 6 queries; 5, 2 and 6 keys).
