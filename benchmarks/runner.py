@@ -1,4 +1,6 @@
-"""Runs the cases of the chosen suites: every provider of a case timed in turn, in one process, then compared."""
+"""Runs the cases of the chosen suites: every provider of a case timed in one process, then compared. On a GPU the
+providers run one after the other (CUDA events, L2 flushed per call); on the CPU they are timed in interleaved rounds
+(timing.measure_interleaved), so the ratios hold on a shared, noisy machine."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import torch
 
 from .ceilings import Ceilings
 from .suite import OUR_PROVIDERS, Case, Unavailable
-from .timing import measure
+from .timing import Timing, measure, measure_interleaved
 
 
 @dataclass
@@ -48,7 +50,10 @@ def run_cases(cases: Iterable[Case], ceilings: Ceilings, *, providers: set[str] 
     started = time.perf_counter()
     for index, case in enumerate(cases, 1):
         chosen = {name: setup for name, setup in case.providers.items() if providers is None or name in providers}
-        group = [_run_provider(case, name, setup, ceilings, budget_s, cuda_graph) for name, setup in chosen.items()]
+        if case.device.type == "cpu":
+            group = _run_interleaved(case, chosen, ceilings, budget_s)
+        else:
+            group = [_run_provider(case, name, setup, ceilings, budget_s, cuda_graph) for name, setup in chosen.items()]
         _compare(group)
         results.extend(group)
         if progress is not None:
@@ -60,24 +65,56 @@ def run_cases(cases: Iterable[Case], ceilings: Ceilings, *, providers: set[str] 
     return results
 
 
+def _new_result(case: Case, name: str) -> Result:
+    return Result(case.op, case.mode, case.shape_text(), str(case.dtype).replace("torch.", ""), str(case.device),
+                  name, "ok")
+
+
+def _record_failure(result: Result, error: BaseException) -> Result:
+    """A provider that is unavailable or fails is recorded; the sweep goes on."""
+    if isinstance(error, Unavailable):
+        result.status, result.reason = "unavailable", str(error)
+    else:
+        result.status = "error"
+        result.reason = f"{type(error).__name__}: {error}".splitlines()[0][:300]
+        traceback.print_exception(error, limit=2)
+    return result
+
+
 def _run_provider(case: Case, name: str, setup, ceilings: Ceilings, budget_s: float, cuda_graph: bool) -> Result:
-    result = Result(case.op, case.mode, case.shape_text(), str(case.dtype).replace("torch.", ""), str(case.device),
-                    name, "ok")
+    result = _new_result(case, name)
     try:
         closure = setup()
         timing = measure(closure, case.device, budget_s=budget_s, cuda_graph=cuda_graph)
-    except Unavailable as reason:
-        result.status, result.reason = "unavailable", str(reason)
-        return result
-    except Exception as error:  # noqa: BLE001  (a failing provider is recorded, the sweep goes on)
-        result.status = "error"
-        result.reason = f"{type(error).__name__}: {error}".splitlines()[0][:300]
-        traceback.print_exc(limit=2)
-        return result
+    except Exception as error:  # noqa: BLE001
+        return _record_failure(result, error)
     finally:
         gc.collect()
         if case.device.type == "cuda":
             torch.cuda.empty_cache()
+    return _fill(result, timing, case, ceilings)
+
+
+def _run_interleaved(case: Case, chosen: dict, ceilings: Ceilings, budget_s: float) -> list[Result]:
+    """CPU: sets up every provider of the case, then times them in interleaved rounds."""
+    results = {name: _new_result(case, name) for name in chosen}
+    closures = {}
+    for name, setup in chosen.items():
+        try:
+            closures[name] = setup()
+        except Exception as error:  # noqa: BLE001
+            _record_failure(results[name], error)
+    for name, outcome in measure_interleaved(closures, budget_s=budget_s).items():
+        if isinstance(outcome, Timing):
+            _fill(results[name], outcome, case, ceilings)
+        else:
+            _record_failure(results[name], outcome)
+    closures.clear()
+    gc.collect()
+    return list(results.values())
+
+
+def _fill(result: Result, timing: Timing, case: Case, ceilings: Ceilings) -> Result:
     result.median_ms, result.p20_ms, result.p80_ms = (timing.median_s * 1e3, timing.p20_s * 1e3, timing.p80_s * 1e3)
     result.repeats = timing.repeats
     if timing.peak_memory_bytes is not None:

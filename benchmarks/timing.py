@@ -3,7 +3,10 @@
 * CUDA: one pair of CUDA events around every call, after warm-up; the L2 cache is flushed (a 256 MiB buffer is
   overwritten) before each call, outside the timed region, so memory-bound kernels read from HBM; the peak memory of
   the calls is recorded. Optionally CUDA-graph replay for launch-bound shapes.
-* CPU: ``time.perf_counter`` around every call, after warm-up.
+* CPU: ``time.perf_counter`` around every call, after warm-up. The providers of one case are timed in turns
+  (``measure_interleaved``: rounds of a few calls each, in a rotating order), so that a slow spell of a shared machine
+  (another tenant, frequency changes) falls on every provider alike instead of on whichever ran at that moment: the
+  ratios, the figures that count, stay stable where sequential timing moved them by 10-20%.
 The statistic is the median, with the 20th and 80th percentiles.
 """
 
@@ -63,6 +66,46 @@ def _measure_cpu(fn, budget_s, warmup, min_repeats, max_repeats) -> Timing:
         fn()
         samples.append(time.perf_counter() - start)
     return _summarise(samples)
+
+
+def measure_interleaved(fns: dict[str, Callable[[], Any]], *, budget_s: float = 0.5, warmup: int = 3,
+                        min_repeats: int = 5, max_repeats: int = 200, rounds: int = 8
+                        ) -> dict[str, Timing | BaseException]:
+    """Times several CPU closures in turns: each gets warm-up calls, then its timed calls (as many as fit ``budget_s``,
+    within the bounds) spread over ``rounds`` rounds; round r starts with closure r mod n. A closure that raises gets
+    its exception instead of a Timing and leaves the rotation."""
+    names = list(fns)
+    if not names:
+        return {}
+    repeats: dict[str, int] = {}
+    outcome: dict[str, Timing | BaseException] = {}
+    for name in names:
+        try:
+            start = time.perf_counter()
+            for _ in range(warmup):
+                fns[name]()
+            one_call = (time.perf_counter() - start) / max(warmup, 1)
+        except Exception as error:  # noqa: BLE001  (recorded by the caller)
+            outcome[name] = error
+            continue
+        repeats[name] = _repeats_for(one_call, budget_s, min_repeats, max_repeats)
+    samples: dict[str, list[float]] = {name: [] for name in repeats}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            if name in outcome:
+                continue
+            share = repeats[name] // rounds + (1 if r < repeats[name] % rounds else 0)
+            try:
+                for _ in range(share):
+                    start = time.perf_counter()
+                    fns[name]()
+                    samples[name].append(time.perf_counter() - start)
+            except Exception as error:  # noqa: BLE001
+                outcome[name] = error
+    for name, values in samples.items():
+        if name not in outcome:
+            outcome[name] = _summarise(values)
+    return outcome
 
 
 def _measure_cuda(fn, budget_s, warmup, min_repeats, max_repeats, cuda_graph) -> Timing:

@@ -614,7 +614,7 @@ void forward_kernel(Problem& p, const at::Tensor& q, const at::Tensor& k, const 
   // query blocks are split into chunks only when there are too few pairs to keep the threads balanced.
   const int64_t pairs = seqs * p.kv_heads;
   if (pairs == 0 || query_blocks == 0) return;
-  const int64_t chunks = std::clamp<int64_t>((4 * at::get_num_threads() + pairs - 1) / pairs, 1, query_blocks);
+  const int64_t chunks = std::clamp<int64_t>((2 * at::get_num_threads() + pairs - 1) / pairs, 1, query_blocks);
   const int64_t chunk_blocks = (query_blocks + chunks - 1) / chunks;
   const int64_t kd = p.max_padded_keys() * dp;
   parallel_tasks(chunks * pairs, [&] {
