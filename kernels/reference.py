@@ -137,6 +137,24 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_caus
     return probs @ v
 
 
+def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, is_causal=False, scale=None,
+                     dropout_p=0.0, dropout_mask=None):
+    """``kernels.varlen_attention`` semantics, sequence by sequence with the dense reference: ``q`` ``(total_q, H,
+    D)``, ``k``/``v`` ``(total_k, Hkv, D)``, sequence ``i`` spanning rows ``cu_seqlens[i]:cu_seqlens[i + 1]``
+    (the ``max_seqlen`` bounds are not needed here). ``dropout_mask``: the packed ``(1, H, total_q, total_k)``
+    keep-mask."""
+    outputs = []
+    for i in range(cu_seqlens_q.numel() - 1):
+        rows = slice(int(cu_seqlens_q[i]), int(cu_seqlens_q[i + 1]))
+        cols = slice(int(cu_seqlens_k[i]), int(cu_seqlens_k[i + 1]))
+        keep = None if dropout_mask is None else dropout_mask[:, :, rows, cols]
+        out = scaled_dot_product_attention(  # (1, H, S, D) views of the sequence
+            q[rows].transpose(0, 1)[None], k[cols].transpose(0, 1)[None], v[cols].transpose(0, 1)[None],
+            dropout_p=dropout_p, is_causal=is_causal, scale=scale, enable_gqa=True, dropout_mask=keep)
+        outputs.append(out[0].transpose(0, 1))
+    return torch.cat(outputs) if outputs else q.new_zeros(q.shape)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Feed-forward
 # ----------------------------------------------------------------------------------------------------------------------

@@ -92,18 +92,9 @@ def varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, is_causal=False, dropout_p=0.0,
     return _Varlen.apply(q, k, v, cu_q, cu_k, max_q, max_k, is_causal, q.shape[-1] ** -0.5, dropout_p, seed)
 
 
-def varlen_reference(q, k, v, cu_q, cu_k, max_q, max_k, *, is_causal=False, dropout_p=0.0, seed=0,
-                     dropout_mask=None):
-    """Sequence by sequence with the dense reference; ``dropout_mask`` is the packed (1, H, Tq, Tk) keep-mask."""
-    outputs = []
-    for i in range(cu_q.numel() - 1):
-        rows, cols = slice(int(cu_q[i]), int(cu_q[i + 1])), slice(int(cu_k[i]), int(cu_k[i + 1]))
-        keep = None if dropout_mask is None else dropout_mask[:, :, rows, cols]
-        out = reference.scaled_dot_product_attention(
-            q[rows].transpose(0, 1)[None], k[cols].transpose(0, 1)[None], v[cols].transpose(0, 1)[None],
-            dropout_p=dropout_p, is_causal=is_causal, enable_gqa=True, dropout_mask=keep)
-        outputs.append(out[0].transpose(0, 1))
-    return torch.cat(outputs)
+def varlen_reference(*args, seed=0, **kwargs):
+    """The reference of the varlen op (the seed is the kernel's; the reference takes the keep-mask instead)."""
+    return reference.varlen_attention(*args, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

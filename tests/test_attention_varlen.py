@@ -31,19 +31,7 @@ def packed(lengths_q, lengths_k, heads, kv_heads, head_dim, device, dtype=torch.
     return q, k, v, cu_q, cu_k, max(lengths_q), max(lengths_k)
 
 
-def varlen_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, is_causal=False,
-                     dropout_p=0.0, dropout_mask=None):
-    """Sequence by sequence with the dense reference; ``dropout_mask`` is the packed (1, H, total_q, total_k) one."""
-    outputs = []
-    for i in range(cu_seqlens_q.numel() - 1):
-        rows = slice(int(cu_seqlens_q[i]), int(cu_seqlens_q[i + 1]))
-        cols = slice(int(cu_seqlens_k[i]), int(cu_seqlens_k[i + 1]))
-        keep = None if dropout_mask is None else dropout_mask[:, :, rows, cols]
-        out = reference.scaled_dot_product_attention(
-            q[rows].transpose(0, 1)[None], k[cols].transpose(0, 1)[None], v[cols].transpose(0, 1)[None],
-            dropout_p=dropout_p, is_causal=is_causal, enable_gqa=True, dropout_mask=keep)
-        outputs.append(out[0].transpose(0, 1))
-    return torch.cat(outputs)
+varlen_reference = reference.varlen_attention
 
 
 def varlen(backend, *args, dropout_mask=None, **kwargs):

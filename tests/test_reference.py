@@ -142,6 +142,20 @@ def test_sdpa_dropout_uses_the_given_keep_mask():
     _close(out, (probs * keep / 0.75) @ v)
 
 
+def test_varlen_attention_is_the_dense_math_per_sequence():
+    """Three packed sequences (5 x 7, 0 x 2 and 4 x 3 queries x keys), GQA, causal, a scale: each sequence's rows
+    match the attention math of that sequence alone."""
+    cu_q, cu_k = torch.tensor([0, 5, 5, 9], dtype=torch.int32), torch.tensor([0, 7, 9, 12], dtype=torch.int32)
+    q, k, v = torch.randn(9, 4, 8, dtype=D), torch.randn(12, 2, 8, dtype=D), torch.randn(12, 2, 8, dtype=D)
+    out = reference.varlen_attention(q, k, v, cu_q, cu_k, 5, 7, is_causal=True, scale=0.3)
+    assert out.shape == q.shape
+    for (r0, r1), (c0, c1) in zip([(0, 5), (5, 9)], [(0, 7), (9, 12)]):
+        qs = q[r0:r1].transpose(0, 1)
+        ks, vs = (x[c0:c1].repeat_interleave(2, 1).transpose(0, 1) for x in (k, v))
+        keep = torch.ones(r1 - r0, c1 - c0, dtype=torch.bool).tril()
+        _close(out[r0:r1], _attention_math(qs, ks, vs, keep, 0.3).transpose(0, 1))
+
+
 # --------------------------------------------------------------------------------------------------- feed-forward
 
 _MATH = {
