@@ -5,6 +5,7 @@ The other backends keep working without it: the registry simply reports the ``na
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import torch
@@ -49,8 +50,10 @@ def native_available(device_type: str) -> bool:
     return device_type == "cpu" or (device_type == "cuda" and bool(_C.with_cuda))
 
 
+@functools.cache
 def has_native_kernel(op_name: str, device_type: str) -> bool:
-    """True when the C++ op ``kernels::<op_name>`` has a kernel registered for the device's dispatch key."""
+    """True when the C++ op ``kernels::<op_name>`` has a kernel registered for the device's dispatch key. Cached: the
+    kernels are registered when kernels._C loads (the dispatcher query cost ~15 us per call, on every op call)."""
     if not native_available(device_type):
         return False
     key = {"cpu": "CPU", "cuda": "CUDA"}[device_type]

@@ -125,7 +125,8 @@ def normalize_attention_args(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=F
         except RuntimeError:
             raise ValueError(f"argument `attn_mask` has shape {tuple(attn_mask.shape)}, which does not broadcast to "
                              f"{full} (*batch, H, Sq, Sk)") from None
-        attn_mask = attn_mask.reshape(batch, heads, sq, sk)
+        if len(batch_shape) != 1:
+            attn_mask = attn_mask.reshape(batch, heads, sq, sk)
     if key_padding_mask is not None:
         _same_device("key_padding_mask", key_padding_mask, q)
         if key_padding_mask.dtype != torch.bool:
@@ -134,10 +135,13 @@ def normalize_attention_args(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=F
         if tuple(key_padding_mask.shape) != (*batch_shape, sk):
             raise ValueError(f"argument `key_padding_mask` has shape {tuple(key_padding_mask.shape)}; expected "
                              f"{(*batch_shape, sk)} (B, Sk)")
-        key_padding_mask = key_padding_mask.reshape(batch, sk)
-    return AttentionArgs(q.reshape(batch, heads, sq, head_dim), k.reshape(batch, *k.shape[-3:]),
-                         v.reshape(batch, *v.shape[-3:]), attn_mask, dropout_p, bool(is_causal), scale,
-                         bool(enable_gqa), key_padding_mask, batch_shape)
+        if len(batch_shape) != 1:
+            key_padding_mask = key_padding_mask.reshape(batch, sk)
+    if len(batch_shape) != 1:  # (*batch, H, S, D) -> (B, H, S, D); 4-D inputs pass as they are
+        q = q.reshape(batch, heads, sq, head_dim)
+        k, v = k.reshape(batch, *k.shape[-3:]), v.reshape(batch, *v.shape[-3:])
+    return AttentionArgs(q, k, v, attn_mask, dropout_p, bool(is_causal), scale, bool(enable_gqa), key_padding_mask,
+                         batch_shape)
 
 
 def _unsupported_by_kernels(backend, q, k, v, attn_mask=None, **_):

@@ -55,8 +55,12 @@ def define(backend: str, forward: Callable, act_backward: Callable, matmul: Call
         ctx.activation = activation
         ctx.bias_dtype = None if bias is None else bias.dtype
         ctx.save_for_backward(x, weight, output[1])
+        # `pre` is internal (saved for the backward, never differentiated): no (M, width) zeros for its gradient.
+        ctx.set_materialize_grads(False)
 
     def linear_backward(ctx, grad_out, _grad_pre):
+        if grad_out is None:
+            return None, None, None, None, None
         x, weight, pre = ctx.saved_tensors
         has_bias = ctx.bias_dtype is not None
         if ctx.activation is None:  # the bias gradient comes with the weight gradient's GEMM
@@ -95,8 +99,13 @@ def define(backend: str, forward: Callable, act_backward: Callable, matmul: Call
         ctx.has_residual = residual is not None
         _out, h, pre = output
         ctx.save_for_backward(x, w1, w2, seed, h, pre)
+        # h and pre are internal (saved for the backward): no (M, ffn) zeros for their gradients (measured: two 512 x
+        # 512 fills per layer, ~4% of a small CPU training step).
+        ctx.set_materialize_grads(False)
 
     def feed_forward_backward(ctx, grad_out, _grad_h, _grad_pre):
+        if grad_out is None:
+            return (None,) * 10
         x, w1, w2, seed, h, pre = ctx.saved_tensors
         b1_dtype, b2_dtype = ctx.dtypes
         # Second Linear: grad_w2 = grad_out.T @ h (d_out, ffn), grad_b2 = column sums of grad_out.
