@@ -5,7 +5,8 @@ and a CUDA build of torch are both present.
 
 Environment switches:
   KERNELS_CUDA=auto|1|0   build CUDA kernels when possible (default), always (fail if impossible), or never
-  TORCH_CUDA_ARCH_LIST    target architectures, default "8.0;9.0" (sm_80 and sm_90)
+  TORCH_CUDA_ARCH_LIST    target architectures, default "8.0;9.0+PTX" (sm_80 and sm_90 code, and sm_90 PTX that
+                          GPUs newer than sm_90 compile when loading)
   MAX_JOBS                parallel compile jobs (ninja), default: the number of cores
   KERNELS_PORTABLE=1      do not tune the CPU code for the build machine (-march=native off)
   KERNELS_CUBLAS_HOME     a folder with include/cublasLt.h and lib/libcublasLt.so*, tried before CUDA_HOME and the
@@ -62,7 +63,7 @@ def _extension():
             "kernels._C", sources, include_dirs=include_dirs,
             extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"],
         )
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
     sources += sorted(glob.glob("csrc/cuda/*.cu"))
     defines = ["-DKERNELS_WITH_CUDA"]
     link = ["-fopenmp"]

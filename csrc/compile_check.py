@@ -117,10 +117,11 @@ def main() -> int:
         rows = _report(log)
         print(f"-- {name} (sm_{arch}): {len(rows)} kernel(s)")
         for (kernel, karch, regs, smem, stores, loads), pretty in zip(rows, _demangle([r[0] for r in rows])):
-            pretty = re.sub(r"^void |kernels::|\(anonymous namespace\)::", "", pretty).split("(")[0]
+            full = re.sub(r"^void |kernels::|\(anonymous namespace\)::", "", pretty)
+            short = re.sub(r"\((\w+)\)(\d+)", r"\1 \2", full).split("(")[0]  # template args like (MaskKind)2 kept
             spills += stores + loads > 0
-            flag = "  SPILLS" if stores + loads else ""
-            print(f"{pretty[:70]:70} {karch:7} {regs:5d} {smem:7d} {stores:6d}/{loads:<6d}{flag}")
+            flag = f"  SPILLS: {full}" if stores + loads else ""  # the whole name: which instantiation
+            print(f"{short[:70]:70} {karch:7} {regs:5d} {smem:7d} {stores:6d}/{loads:<6d}{flag}")
     print(f"compile check: {len(results) - failures} of {len(results)} compilations passed; "
           f"{spills} kernel(s) spill registers")
     if failures or (args.no_spills and spills):

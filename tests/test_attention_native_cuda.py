@@ -211,6 +211,46 @@ def test_unsupported_head_dim_names_it():
         ops.attention_forward(q, k, v, None, None, False, 0.1, 0.0, 0)
 
 
+def test_more_batch_heads_than_a_grid_dimension_of_65535():
+    """B x H = 65664: the grids put (batch, head) pairs on x (limit 2^31 - 1), the row blocks on y; decode-size rows."""
+    q, k, v = _dense_inputs(2052, 32, 32, 1, 24, 64, torch.bfloat16)
+    check_against_reference(dense, dense_reference, q, k, v)
+
+
+def test_key_blocks_no_query_sees_have_zero_gradients():
+    """Causal with Sk = 3 Sq: the dK/dV CTAs of keys >= Sq walk no query row (their K/V copies must still complete
+    before the CTA leaves); their gradients are exactly zero, run after run."""
+    q, k, v = _dense_inputs(2, 4, 2, 100, 300, 64, torch.float16)
+    grad = torch.randn_like(q)
+    for _ in range(20):
+        _, dk, dv = torch.autograd.grad(dense(q, k, v, is_causal=True), (q, k, v), grad)
+        assert torch.equal(dk[:, :, 100:], torch.zeros_like(dk[:, :, 100:]))
+        assert torch.equal(dv[:, :, 100:], torch.zeros_like(dv[:, :, 100:]))
+    check_against_reference(dense, dense_reference, q, k, v, is_causal=True)
+
+
+def test_misaligned_contiguous_grad_out():
+    """A contiguous grad_out at an odd element offset (not 16-byte aligned) is copied before the 16-byte loads."""
+    q, k, v = _dense_inputs(1, 2, 2, 70, 90, 64, torch.float16)
+    out, lse = ops.attention_forward(q.detach(), k.detach(), v.detach(), None, None, False, 0.125, 0.0, 0)
+    grad = torch.randn_like(out)
+    storage = torch.empty(grad.numel() + 1, dtype=grad.dtype, device="cuda")
+    misaligned = storage[1:].view(grad.shape).copy_(grad)
+    assert misaligned.is_contiguous() and misaligned.data_ptr() % 16 != 0
+    expected = ops.attention_backward(grad, q, k, v, out, lse, None, None, False, 0.125, 0.0, 0)
+    got = ops.attention_backward(misaligned, q, k, v, out, lse, None, None, False, 0.125, 0.0, 0)
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
+
+
+def test_backward_tensors_on_another_device_name_the_argument():
+    q, k, v = _dense_inputs(1, 2, 2, 8, 8, 64, torch.float16)
+    out, lse = ops.attention_forward(q.detach(), k.detach(), v.detach(), None, None, False, 0.125, 0.0, 0)
+    for name, args in (("grad_out", (out.cpu(), out, lse)), ("out", (out, out.cpu(), lse)),
+                       ("lse", (out, out, lse.cpu()))):
+        with pytest.raises(ValueError, match=f"`{name}`"):
+            ops.attention_backward(args[0], q, k, v, args[1], args[2], None, None, False, 0.125, 0.0, 0)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Varlen
 # ----------------------------------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 // Fused masked attention backward on CUDA tensor cores (mma.sync m16n8k16, sm_80+), fp16 and bf16, head dims 32, 64,
 // 96, 128 and 256, deterministic (no atomics): three kernels, recomputing P = exp2(S - lse) from the forward's
-// log-sum-exp. The same kernels serve packed sequences (csrc/cuda/varlen_attention.cu, Params::cu_seqlens_q).
+// log-sum-exp. The same kernels serve packed sequences (csrc/cuda/varlen_attention.cu, Params::spans_q).
 //   1. delta = rowsum(dO * O) per query row (fp32).
 //   2. dK, dV: one CTA per (64-key block, b, kv head); each warp owns 16 keys and walks every query block of every
 //      query head that shares the kv head (GQA), accumulating dV += P^T dO and dK += dS^T Q in fp32 registers, with
@@ -63,9 +63,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_backward_kv_ke
   __shared__ float lse_s[BQ], delta_s[BQ];
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const int b = blockIdx.y / p.kv_heads, hkv = blockIdx.y % p.kv_heads, group = p.heads / p.kv_heads;
+  const int b = blockIdx.x / p.kv_heads, hkv = blockIdx.x % p.kv_heads, group = p.heads / p.kv_heads;
   const Sequence<kVarlen> seq = sequence<kVarlen>(p, b);
-  const int n0 = blockIdx.x * kBlockM;
+  const int n0 = blockIdx.y * kBlockM;
   if (n0 >= seq.sk) return;  // varlen: a sequence shorter than max_seqlen_k (the whole CTA leaves, before any barrier)
   const int key_a = n0 + warp * 16 + g, key_b = key_a + 8;  // this thread's two keys
 
@@ -82,6 +82,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_backward_kv_ke
 
   // Causality hides this key block from query rows < n0.
   const int m_start = p.causal ? (n0 / BQ) * BQ : 0;
+  if (m_start >= seq.sq) cp_async_wait<0>();  // no query row sees these keys (causal Sk > Sq, varlen): no copy may
+                                              // outlive the CTA, which writes zero gradients
   for (int h = hkv * group; h < (hkv + 1) * group; ++h) {
     const scalar_t* q = q_rows<scalar_t>(p, seq, h);
     const scalar_t* go = static_cast<const scalar_t*>(p.grad_out) + out_row(p, seq, h, 0) * D;
@@ -206,9 +208,9 @@ __global__ void __launch_bounds__(kThreads) attention_backward_q_kernel(const Pa
   scalar_t* v_tile = k_tile + BN * D;
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const int b = blockIdx.y / p.heads, h = blockIdx.y % p.heads, hkv = h / (p.heads / p.kv_heads);
+  const int b = blockIdx.x / p.heads, h = blockIdx.x % p.heads, hkv = h / (p.heads / p.kv_heads);
   const Sequence<kVarlen> seq = sequence<kVarlen>(p, b);
-  const int m0 = blockIdx.x * kBlockM, d0 = blockIdx.z * DO;
+  const int m0 = blockIdx.y * kBlockM, d0 = blockIdx.z * DO;
   if (m0 >= seq.sq) return;  // varlen: a sequence shorter than max_seqlen_q (the whole CTA leaves, before any barrier)
   const int row_a = m0 + warp * 16 + g, row_b = row_a + 8;
 
@@ -314,7 +316,7 @@ void launch_backward(const Params& p, cudaStream_t stream) {
   const int e = static_cast<int>(sizeof(scalar_t));
   launch_attention_kernel(attention_delta_kernel<scalar_t, D>, dim3((p.out_rows + kWarps - 1) / kWarps), 0, D, p,
                           stream);
-  const dim3 kv_grid((p.max_sk + kBlockM - 1) / kBlockM, p.batch * p.kv_heads);
+  const dim3 kv_grid(p.batch * p.kv_heads, (p.max_sk + kBlockM - 1) / kBlockM);
   const int kv_smem = (2 * kBlockM + 2 * Tiles::kBackwardBlockQ) * D * e;
   if constexpr (Tiles::kSplitKeyGrads) {
     launch_attention_kernel(attention_backward_kv_kernel<scalar_t, D, kMask, kDropout, kVarlen, KeyGrads::kValues>,
@@ -326,14 +328,14 @@ void launch_backward(const Params& p, cudaStream_t stream) {
                             kv_grid, kv_smem, D, p, stream);
   }
   launch_attention_kernel(attention_backward_q_kernel<scalar_t, D, kMask, kDropout, kVarlen>,
-                          dim3((p.max_sq + kBlockM - 1) / kBlockM, p.batch * p.heads, Tiles::kOutputSplit),
+                          dim3(p.batch * p.heads, (p.max_sq + kBlockM - 1) / kBlockM, Tiles::kOutputSplit),
                           (2 * kBlockM + 2 * Tiles::kBackwardBlockK) * D * e, D, p, stream);
 }
 
 template <typename scalar_t, int D>
 void dispatch_backward(const Params& p, MaskKind mask, cudaStream_t stream) {
   const bool dropout = p.dropout_p > 0.f;
-  if (p.cu_seqlens_q != nullptr) {  // packed sequences: no mask
+  if (p.spans_q != nullptr) {  // packed sequences: no mask
     TORCH_CHECK(mask == MaskKind::kNone, "attention on CUDA: packed sequences take no mask");
     dropout ? launch_backward<scalar_t, D, MaskKind::kNone, true, true>(p, stream)
             : launch_backward<scalar_t, D, MaskKind::kNone, false, true>(p, stream);
@@ -356,17 +358,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
   const MaskKind kind = check_attention_arguments(q_in, k_in, v_in, mask, key_padding_mask, dropout_p);
   check_same_shape(grad_out_in, "grad_out", q_in, "q");
   check_same_dtype(grad_out_in, "grad_out", q_in, "q");
+  check_same_device(grad_out_in, "grad_out", q_in, "q");
   check_same_shape(out_in, "out", q_in, "q");
   check_same_dtype(out_in, "out", q_in, "q");
+  check_same_device(out_in, "out", q_in, "q");
   TORCH_CHECK_VALUE(lse_in.scalar_type() == at::kFloat && lse_in.sizes() == q_in.sizes().slice(0, 3),
                     "argument `lse` has dtype ", lse_in.scalar_type(), " and shape ", lse_in.sizes(),
                     "; expected Float and ", q_in.sizes().slice(0, 3));
+  check_same_device(lse_in, "lse", q_in, "q");
   const int64_t batch = q_in.size(0), heads = q_in.size(1), sq = q_in.size(2), dim = q_in.size(3);
   const int64_t kv_heads = k_in.size(1), sk = k_in.size(2);
 
   const c10::cuda::CUDAGuard guard(q_in.device());
   const at::Tensor q = loadable(q_in), k = loadable(k_in), v = loadable(v_in);
-  const at::Tensor grad_out = grad_out_in.contiguous(), out = out_in.contiguous(), lse = lse_in.contiguous();
+  const at::Tensor grad_out = contiguous_aligned(grad_out_in), out = out_in.contiguous(), lse = lse_in.contiguous();
   at::Tensor dq = empty_output({batch, heads, sq, dim}, q.options());
   at::Tensor dk = empty_output({batch, kv_heads, sk, dim}, q.options());
   at::Tensor dv = empty_output({batch, kv_heads, sk, dim}, q.options());
@@ -395,6 +400,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
 
 void launch_attention_backward(const Params& p, MaskKind mask, at::ScalarType dtype, int64_t head_dim,
                                cudaStream_t stream) {
+  check_row_blocks(p.max_sq, "q");
+  check_row_blocks(p.max_sk, "k");
   dispatch_head_dim(head_dim, [&](auto d) {
     constexpr int D = decltype(d)::value;
     dtype == at::kHalf ? dispatch_backward<__half, D>(p, mask, stream)

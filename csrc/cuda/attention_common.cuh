@@ -9,7 +9,7 @@
 // a thread may hold at 128 threads per CTA, with no spills on sm_80 and sm_90 (csrc/compile_check.py reports it).
 //
 // Dense and packed (varlen) problems share the kernels: a CTA works on batch entry (or sequence) b and head h; with
-// Params::cu_seqlens_q/_k set, its rows are those of sequence b, found from the offsets (see Sequence below), and the
+// Params::spans_q/_k set, its rows are those of sequence b, found from its row spans (see Sequence below), and the
 // outputs are addressed through Params' row strides, so the dense path is the varlen path with one sequence per batch
 // entry starting at row 0.
 #pragma once
@@ -24,7 +24,10 @@
 #include <kernels/philox.h>
 
 #include <cstdint>
+#include <mutex>
 #include <optional>
+#include <set>
+#include <tuple>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -82,10 +85,11 @@ struct Params {
   void *dq, *dk, *dv;          // backward only: dq laid out like `out`, dk / dv like each other
   const void* mask;            // bool or the input dtype, (B, H, Sq, Sk) through strides (0 where broadcast)
   const bool* padding;         // (B, Sk) through strides, True = padding; may be null
-  const int* cu_seqlens_q;     // varlen only: (N + 1,) row offsets of the sequences in q; null for dense problems
-  const int* cu_seqlens_k;     // varlen only: the same in k / v
+  const int* spans_q;          // varlen only: (N, 2) [start, end) rows of each sequence in q, clamped into q
+                               // (varlen_attention.cu, clamp_spans_kernel); null for dense problems
+  const int* spans_k;          // varlen only: the same in k / v
   int64_t q_stride[3], k_stride[3], v_stride[3];  // batch, head, row in elements (the head dim is contiguous);
-                                                  // varlen: batch stride 0 (rows come from cu_seqlens)
+                                                  // varlen: batch stride 0 (rows come from the spans)
   int64_t o_stride[3];         // batch, head, row strides of out / grad_out / dq / delta, in rows of D elements
   int64_t dkv_stride[3];       // the same for dk / dv
   int64_t lse_stride[2];       // batch, head strides of lse (its rows are contiguous)
@@ -101,7 +105,7 @@ struct Params {
 };
 
 // Launchers of the whole forward (out, lse) and backward (delta, dK/dV, dQ) on `stream`, for a checked problem
-// (defined in attention_forward.cu and attention_backward.cu; varlen_attention.cu calls them with cu_seqlens set).
+// (defined in attention_forward.cu and attention_backward.cu; varlen_attention.cu calls them with the spans set).
 void launch_attention_forward(const Params& p, MaskKind mask, at::ScalarType dtype, int64_t head_dim,
                               cudaStream_t stream);
 void launch_attention_backward(const Params& p, MaskKind mask, at::ScalarType dtype, int64_t head_dim,
@@ -204,7 +208,7 @@ __device__ __forceinline__ void load_tile(scalar_t* tile, const scalar_t* src, i
 // --- the rows a CTA works on ------------------------------------------------------------------------------------------
 
 // Batch entry b of a dense problem (all Sq rows of q, Sk of k / v, from row 0), or sequence b of a packed one (rows
-// q0 .. q0 + sq - 1 of q and k0 .. k0 + sk - 1 of k / v, from cu_seqlens). Row and key indices in the kernels are
+// q0 .. q0 + sq - 1 of q and k0 .. k0 + sk - 1 of k / v, from its spans). Row and key indices in the kernels are
 // local to the sequence (causality, masks); the helpers below turn them into addresses. The kernels take kVarlen as
 // a template parameter, so on the dense path q0 = k0 = 0 and the lengths are kernel parameters at compile time,
 // with no register cost.
@@ -219,8 +223,8 @@ __device__ __forceinline__ Sequence<kVarlen> sequence(const Params& p, int b) {
   if constexpr (!kVarlen) {
     return {b, p.sq, p.sk, 0, 0};
   } else {
-    const int q0 = p.cu_seqlens_q[b], k0 = p.cu_seqlens_k[b];
-    return {b, p.cu_seqlens_q[b + 1] - q0, p.cu_seqlens_k[b + 1] - k0, q0, k0};
+    const int q0 = p.spans_q[2 * b], k0 = p.spans_k[2 * b];
+    return {b, p.spans_q[2 * b + 1] - q0, p.spans_k[2 * b + 1] - k0, q0, k0};
   }
 }
 
@@ -293,7 +297,13 @@ __device__ __forceinline__ uint64_t dropout_offset(const Params& p, const Sequen
 inline at::Tensor loadable(const at::Tensor& x) {
   bool ok = x.stride(-1) == 1 && reinterpret_cast<uintptr_t>(x.const_data_ptr()) % 16 == 0;
   for (int64_t i = 0; i + 1 < x.dim(); ++i) ok = ok && x.stride(i) % 8 == 0;
-  return ok ? x : x.contiguous();
+  return ok ? x : x.clone(at::MemoryFormat::Contiguous);  // a fresh allocation: contiguous() keeps a misaligned view
+}
+
+// x contiguous and 16-byte aligned (grad_out is read with 16-byte copies in out's contiguous layout); a copy otherwise.
+inline at::Tensor contiguous_aligned(const at::Tensor& x) {
+  const bool ok = x.is_contiguous() && reinterpret_cast<uintptr_t>(x.const_data_ptr()) % 16 == 0;
+  return ok ? x : x.clone(at::MemoryFormat::Contiguous);
 }
 
 inline void check_head_dim(int64_t dim) {
@@ -317,21 +327,40 @@ void dispatch_head_dim(int64_t dim, const F& f) {
 // Launches kernel<<<grid, kThreads, smem, stream>>>(p), first raising the kernel's dynamic shared memory limit to
 // `smem` bytes; raises when the device cannot give a CTA that much (with the kernel's static shared memory). A grid
 // with no CTA (varlen: no sequence, or max_seqlen 0) launches nothing.
+// The attribute queries and the limit raise run once per (kernel, device, size): each costs a runtime call, and a
+// backward launches four or five kernels, which shows at decode sizes.
 template <typename Kernel>
 void launch_attention_kernel(Kernel kernel, dim3 grid, int smem, int64_t head_dim, const Params& p,
                              cudaStream_t stream) {
   if (grid.x == 0 || grid.y == 0) return;
-  int device = 0, optin = 0;
+  int device = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  cudaFuncAttributes attributes{};
-  C10_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
-  const int64_t needed = smem + static_cast<int64_t>(attributes.sharedSizeBytes);
-  TORCH_CHECK(needed <= optin, "attention on CUDA: head dim ", head_dim, " needs ", needed,
-              " bytes of shared memory per block; this device allows ", optin);
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  {
+    static std::mutex mutex;
+    static std::set<std::tuple<const void*, int, int>> prepared;  // (kernel, device, dynamic shared memory bytes)
+    const std::lock_guard<std::mutex> lock(mutex);
+    const auto key = std::make_tuple(reinterpret_cast<const void*>(kernel), device, smem);
+    if (prepared.count(key) == 0) {
+      int optin = 0;
+      C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+      cudaFuncAttributes attributes{};
+      C10_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
+      const int64_t needed = smem + static_cast<int64_t>(attributes.sharedSizeBytes);
+      TORCH_CHECK(needed <= optin, "attention on CUDA: head dim ", head_dim, " needs ", needed,
+                  " bytes of shared memory per block; this device allows ", optin);
+      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+      prepared.insert(key);
+    }
+  }
   kernel<<<grid, kThreads, smem, stream>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Grids put (batch x heads) on x (up to 2^31 - 1 CTAs) and the row blocks on y, whose limit is 65535 blocks of 64
+// rows: longer sequences are refused with the argument named.
+inline void check_row_blocks(int64_t rows, const char* name) {
+  TORCH_CHECK_VALUE((rows + kBlockM - 1) / kBlockM <= 65535, "argument `", name, "` has ", rows,
+                    " rows per sequence; the CUDA kernel supports up to ", 65535 * kBlockM);
 }
 
 // Checks q, k, v and the masks of a dense call (every message names the argument); returns the kind of `mask`.

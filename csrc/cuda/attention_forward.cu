@@ -1,7 +1,7 @@
 // Fused masked attention forward on CUDA tensor cores (mma.sync m16n8k16, sm_80+), fp16 and bf16, head dims 32, 64,
 // 96, 128 and 256. Semantics and layouts as in csrc/cpu/attention.cpp (the schema comment in csrc/ops.cpp): out
 // (B, H, Sq, D) contiguous, lse (B, H, Sq) fp32 (+inf for rows with no visible key), masks combined here and read
-// through strides. The same kernel serves packed sequences (csrc/cuda/varlen_attention.cu, Params::cu_seqlens_q).
+// through strides. The same kernel serves packed sequences (csrc/cuda/varlen_attention.cu, Params::spans_q).
 //
 // One CTA = 4 warps = 64 query rows (16 per warp) of one (b, h); it walks the keys in tiles of
 // AttentionTiles<D>::kForwardBlockN keys (128 at D = 32, 64 at D = 64 to 128, 16 at D = 256; attention_common.cuh
@@ -43,10 +43,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_forward_kernel
   scalar_t* v_tile = k_tile + kBlockN * D;
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const int b = blockIdx.y / p.heads, h = blockIdx.y % p.heads, hkv = h / (p.heads / p.kv_heads);
+  const int b = blockIdx.x / p.heads, h = blockIdx.x % p.heads, hkv = h / (p.heads / p.kv_heads);
   const Sequence<kVarlen> seq = sequence<kVarlen>(p, b);
-  // Causal CTAs with more rows do more work: start them first.
-  const int m_block = p.causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
+  // Causal CTAs with more rows do more work: start them first (x, the (batch, head) pairs, is scheduled fastest).
+  const int m_block = p.causal ? gridDim.y - 1 - blockIdx.y : blockIdx.y;
   const int m0 = m_block * kBlockM, d0 = blockIdx.z * DO;
   if (m0 >= seq.sq) return;  // varlen: a sequence shorter than max_seqlen_q (the whole CTA leaves, before any barrier)
 
@@ -197,7 +197,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_forward_kernel
 
 template <typename scalar_t, int D, MaskKind kMask, bool kDropout, bool kVarlen = false>
 void launch(const Params& p, cudaStream_t stream) {
-  const dim3 grid((p.max_sq + kBlockM - 1) / kBlockM, p.batch * p.heads, AttentionTiles<D>::kOutputSplit);
+  const dim3 grid(p.batch * p.heads, (p.max_sq + kBlockM - 1) / kBlockM, AttentionTiles<D>::kOutputSplit);
   const int smem = (kBlockM + 2 * AttentionTiles<D>::kForwardBlockN) * D * static_cast<int>(sizeof(scalar_t));
   launch_attention_kernel(attention_forward_kernel<scalar_t, D, kMask, kDropout, kVarlen>, grid, smem, D, p, stream);
 }
@@ -205,7 +205,7 @@ void launch(const Params& p, cudaStream_t stream) {
 template <typename scalar_t, int D>
 void dispatch_mask(const Params& p, MaskKind mask, cudaStream_t stream) {
   const bool dropout = p.dropout_p > 0.f;
-  if (p.cu_seqlens_q != nullptr) {  // packed sequences: no mask
+  if (p.spans_q != nullptr) {  // packed sequences: no mask
     TORCH_CHECK(mask == MaskKind::kNone, "attention on CUDA: packed sequences take no mask");
     dropout ? launch<scalar_t, D, MaskKind::kNone, true, true>(p, stream)
             : launch<scalar_t, D, MaskKind::kNone, false, true>(p, stream);
@@ -243,6 +243,7 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_cuda(const at::Tensor& q_in
 
 void launch_attention_forward(const Params& p, MaskKind mask, at::ScalarType dtype, int64_t head_dim,
                               cudaStream_t stream) {
+  check_row_blocks(p.max_sq, "q");
   dispatch_head_dim(head_dim, [&](auto d) {
     constexpr int D = decltype(d)::value;
     dtype == at::kHalf ? dispatch_mask<__half, D>(p, mask, stream) : dispatch_mask<__nv_bfloat16, D>(p, mask, stream);

@@ -3,11 +3,13 @@
 // cu_seqlens_k[i]:cu_seqlens_k[i + 1] of k / v (int32, (N + 1,)), causal top-left within each sequence.
 //
 // The dense kernels of attention_forward.cu / attention_backward.cu do the work, flash-attn style: the grid covers
-// (max_seqlen blocks, N * H); each CTA reads its sequence's offsets from cu_seqlens (Sequence in
-// attention_common.cuh) and leaves at once when its block starts past the sequence's length. Only the Params differ:
+// (N * H, max_seqlen blocks); each CTA reads its sequence's row span (Sequence in attention_common.cuh) and leaves
+// at once when its block starts past the sequence's length. Only the Params differ:
 // q / k / v rows come from the offsets (batch stride 0), out / grad_out / dq are (Tq, H, D) contiguous, dk / dv
 // (Tk, Hkv, D), lse (H, Tq), and dropout counts (h*Tq + i)*Tk + j over global rows i, j (the dense counter with B = 1).
-// max_seqlen_q / _k must bound the lengths (not checked: that would synchronise with the GPU); rows of q or k / v
+// max_seqlen_q / _k must bound the lengths and the offsets must be non-decreasing within the tensors: not checked
+// (that would synchronise with the GPU), but a first pass clamps each sequence to the tensors and to max_seqlen
+// (clamp_spans_kernel), so bad offsets give wrong results, never an access outside the tensors. Rows of q or k / v
 // outside every sequence are not written (out, lse, dq, dk, dv), as in the Triton backend.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -53,19 +55,47 @@ void check_varlen_arguments(const at::Tensor& q, const at::Tensor& k, const at::
   TORCH_CHECK_VALUE(dropout_p >= 0.0 && dropout_p < 1.0, "argument `dropout_p` must be in [0, 1); got ", dropout_p);
 }
 
-// Launch parameters of a packed problem (the caller adds the output pointers); cu_seqlens must stay alive (and
-// contiguous) until the kernels have run.
-Params make_varlen_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& cu_seqlens_q,
-                          const at::Tensor& cu_seqlens_k, int64_t max_seqlen_q, int64_t max_seqlen_k, bool is_causal,
+// Sequence i's rows [cu[i], cu[i + 1]) clamped into [0, total) and to at most `longest` rows: spans[i] = (start,
+// end). The host never reads the offsets (that would synchronise with the GPU), so this is what keeps bad offsets or
+// a too small max_seqlen from reaching outside the tensors: they give wrong results, not memory faults, and the
+// forward and backward see the same sequences. A separate pass, so the attention kernels' registers do not grow.
+__global__ void clamp_spans_kernel(const int* cu, int sequences, int total, int longest, int* spans) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= sequences) return;
+  const int start = min(max(cu[i], 0), total);
+  const int length = min(min(max(cu[i + 1], start), total) - start, longest);
+  spans[2 * i] = start;
+  spans[2 * i + 1] = start + length;
+}
+
+// (N, 2) int32 spans of the offsets cu (N + 1,), on the current stream.
+at::Tensor clamped_spans(const at::Tensor& cu_in, int64_t total, int64_t longest) {
+  const at::Tensor cu = cu_in.contiguous();
+  const int64_t sequences = cu.size(0) - 1;
+  at::Tensor spans = at::empty({sequences, 2}, cu.options());
+  if (sequences == 0) return spans;
+  constexpr int kThreadsPerBlock = 256;
+  clamp_spans_kernel<<<(sequences + kThreadsPerBlock - 1) / kThreadsPerBlock, kThreadsPerBlock, 0,
+                       c10::cuda::getCurrentCUDAStream()>>>(cu.const_data_ptr<int>(), static_cast<int>(sequences),
+                                                            static_cast<int>(total), static_cast<int>(longest),
+                                                            spans.mutable_data_ptr<int>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return spans;
+}
+
+// Launch parameters of a packed problem (the caller adds the output pointers); the spans (clamped_spans) must stay
+// alive until the kernels have run.
+Params make_varlen_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& spans_q,
+                          const at::Tensor& spans_k, int64_t max_seqlen_q, int64_t max_seqlen_k, bool is_causal,
                           double scale, double dropout_p, int64_t seed) {
   Params p{};
   const int64_t total_q = q.size(0), heads = q.size(1), total_k = k.size(0), kv_heads = k.size(1);
   p.q = q.const_data_ptr();
   p.k = k.const_data_ptr();
   p.v = v.const_data_ptr();
-  p.cu_seqlens_q = cu_seqlens_q.const_data_ptr<int>();
-  p.cu_seqlens_k = cu_seqlens_k.const_data_ptr<int>();
-  // (batch, head, row) strides: no batch stride, the rows of sequence b start at cu_seqlens[b].
+  p.spans_q = spans_q.const_data_ptr<int>();
+  p.spans_k = spans_k.const_data_ptr<int>();
+  // (batch, head, row) strides: no batch stride, the rows of sequence b start at its span's start.
   const int64_t q_stride[3] = {0, q.stride(1), q.stride(0)}, k_stride[3] = {0, k.stride(1), k.stride(0)},
                 v_stride[3] = {0, v.stride(1), v.stride(0)};
   const int64_t o_stride[3] = {0, 1, heads}, dkv_stride[3] = {0, 1, kv_heads};  // (T, H, D) contiguous, in rows
@@ -79,7 +109,7 @@ Params make_varlen_params(const at::Tensor& q, const at::Tensor& k, const at::Te
   p.lse_stride[0] = 0;  // lse (H, Tq)
   p.lse_stride[1] = total_q;
   p.out_rows = total_q * heads;
-  p.batch = static_cast<int>(cu_seqlens_q.size(0) - 1);
+  p.batch = static_cast<int>(spans_q.size(0));
   p.heads = static_cast<int>(heads);
   p.kv_heads = static_cast<int>(kv_heads);
   p.sq = static_cast<int>(total_q);
@@ -98,12 +128,13 @@ std::tuple<at::Tensor, at::Tensor> varlen_attention_forward_cuda(
   const int64_t total_q = q_in.size(0), heads = q_in.size(1), dim = q_in.size(2);
   const c10::cuda::CUDAGuard guard(q_in.device());
   const at::Tensor q = loadable(q_in), k = loadable(k_in), v = loadable(v_in);
-  const at::Tensor cu_seqlens_q = cu_seqlens_q_in.contiguous(), cu_seqlens_k = cu_seqlens_k_in.contiguous();
+  const at::Tensor spans_q = clamped_spans(cu_seqlens_q_in, q_in.size(0), max_seqlen_q);
+  const at::Tensor spans_k = clamped_spans(cu_seqlens_k_in, k_in.size(0), max_seqlen_k);
   at::Tensor out = empty_output({total_q, heads, dim}, q.options());
   at::Tensor lse = empty_output({heads, total_q}, q.options().dtype(at::kFloat));
   if (out.numel() == 0) return {out, lse};
 
-  Params p = make_varlen_params(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, is_causal, scale,
+  Params p = make_varlen_params(q, k, v, spans_q, spans_k, max_seqlen_q, max_seqlen_k, is_causal, scale,
                                 dropout_p, seed);
   p.out = out.mutable_data_ptr();
   p.lse = lse.mutable_data_ptr<float>();
@@ -132,8 +163,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> varlen_attention_backward_cuda(
 
   const c10::cuda::CUDAGuard guard(q_in.device());
   const at::Tensor q = loadable(q_in), k = loadable(k_in), v = loadable(v_in);
-  const at::Tensor cu_seqlens_q = cu_seqlens_q_in.contiguous(), cu_seqlens_k = cu_seqlens_k_in.contiguous();
-  const at::Tensor grad_out = grad_out_in.contiguous(), out = out_in.contiguous(), lse = lse_in.contiguous();
+  const at::Tensor spans_q = clamped_spans(cu_seqlens_q_in, q_in.size(0), max_seqlen_q);
+  const at::Tensor spans_k = clamped_spans(cu_seqlens_k_in, k_in.size(0), max_seqlen_k);
+  const at::Tensor grad_out = contiguous_aligned(grad_out_in), out = out_in.contiguous(), lse = lse_in.contiguous();
   at::Tensor dq = empty_output(q.sizes(), q.options());
   at::Tensor dk = empty_output(k.sizes(), k.options());
   at::Tensor dv = empty_output(v.sizes(), v.options());
@@ -141,7 +173,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> varlen_attention_backward_cuda(
   // One delta per row of out, in its (Tq, H) order.
   at::Tensor delta = at::empty({total_q, heads}, q.options().dtype(at::kFloat));
 
-  Params p = make_varlen_params(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, is_causal, scale,
+  Params p = make_varlen_params(q, k, v, spans_q, spans_k, max_seqlen_q, max_seqlen_k, is_causal, scale,
                                 dropout_p, seed);
   p.out = const_cast<void*>(out.const_data_ptr());
   p.lse = const_cast<float*>(lse.const_data_ptr<float>());

@@ -134,6 +134,10 @@ _CUDA_HEAD_DIMS = (32, 64, 96, 128, 256)
 
 
 def _cuda_unsupported(q, k, v) -> str | None:
+    major, minor = torch.cuda.get_device_capability(q.device)
+    if major < 8:  # the kernels use sm_80's mma.sync (bf16) and cp.async
+        return (f"argument `q` is on a GPU of compute capability {major}.{minor}; backend 'native' on cuda needs "
+                "8.0 or newer")
     if q.shape[-1] not in _CUDA_HEAD_DIMS:
         return (f"argument `q` has head dim {q.shape[-1]}; backend 'native' on cuda supports head dims "
                 f"{', '.join(map(str, _CUDA_HEAD_DIMS))}")
