@@ -104,19 +104,21 @@ def _flatten(x: torch.Tensor) -> torch.Tensor:
 
 
 def _runners(ops):
-    """The registry functions of one backend, over its composite ops (kernels/_ops/feed_forward_autograd.py)."""
-    linear_op, feed_forward_op = ops
+    """The registry functions of one backend, over its composite ops (kernels/_ops/feed_forward_autograd.py): the
+    registered ops when a gradient is needed or torch.compile traces, their plain implementations otherwise."""
 
     def run_linear(x, weight, bias=None, *, activation=None):
-        out, _pre = linear_op(_flatten(x), weight, bias, activation, _needs_grad(x, weight, bias))
+        needs_grad = _needs_grad(x, weight, bias)
+        op = ops.linear if needs_grad or torch.compiler.is_compiling() else ops.linear_eager
+        out, _pre = op(_flatten(x), weight, bias, activation, needs_grad)
         return out.reshape(*x.shape[:-1], out.shape[-1])
 
     def run_feed_forward(x, w1, b1, w2, b2, *, activation="gelu", dropout_p=0.0, residual=None):
         seed = _draw_seed(dropout_p, x.device)
         flat_residual = None if residual is None else _flatten(residual)
         save_pre = _needs_grad(x, w1, b1, w2, b2, residual)
-        out, _h, _pre = feed_forward_op(_flatten(x), w1, b1, w2, b2, activation, float(dropout_p), seed,
-                                        flat_residual, save_pre)
+        op = ops.feed_forward if save_pre or torch.compiler.is_compiling() else ops.feed_forward_eager
+        out, _h, _pre = op(_flatten(x), w1, b1, w2, b2, activation, float(dropout_p), seed, flat_residual, save_pre)
         return out.reshape(*x.shape[:-1], out.shape[-1])
 
     return run_linear, run_feed_forward
@@ -160,7 +162,7 @@ def _register() -> None:
     if _backend._triton_importable():
         from ._ops import linear_triton
 
-        run_linear, run_feed_forward = _runners((linear_triton.linear, linear_triton.feed_forward))
+        run_linear, run_feed_forward = _runners(linear_triton.ops)
         dtypes = {"cpu": (torch.float32, torch.float16), "cuda": _CUDA}
         notes = "cpu only under TRITON_INTERPRET=1"
         _backend.register(Implementation("linear", "triton", run_linear, dtypes, notes=notes))

@@ -13,9 +13,14 @@ implementations and autograd, built once per backend from that backend's three p
 
 All tensors here are 2-D: the public functions flatten the leading dimensions. The backward only calls registered ops,
 so AOTAutograd traces it under ``torch.compile``.
+
+``define`` also returns the ops' plain implementations (``linear_eager``, ``feed_forward_eager``: the same Python
+bodies, not wrapped). In eager inference, where no input needs a gradient, the public functions call those and skip
+torch.library's custom-op dispatch, which costs ~150 us of Python per call (measured on a (8, 64) x (64, 64) linear:
+kernels.linear 200 us against F.linear's 8 us).
 """
 
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 
@@ -31,18 +36,27 @@ def _column_sums(grad: torch.Tensor) -> torch.Tensor:
     return grad.sum(0, dtype=torch.promote_types(grad.dtype, torch.float32))
 
 
+class CompositeOps(NamedTuple):
+    linear: Callable  # the registered ops (autograd, fakes)
+    feed_forward: Callable
+    linear_eager: Callable  # their implementations, for eager calls that need no gradient
+    feed_forward_eager: Callable
+
+
 def define(backend: str, forward: Callable, act_backward: Callable, matmul: Callable,
-           weight_grad: Optional[Callable] = None):
-    """Registers ``kernels::{backend}_linear`` and ``kernels::{backend}_feed_forward``; returns both ops."""
+           weight_grad: Optional[Callable] = None) -> CompositeOps:
+    """Registers ``kernels::{backend}_linear`` and ``kernels::{backend}_feed_forward``; returns them with their
+    implementations."""
     if weight_grad is None:
         def weight_grad(grad, x, bias):
             return matmul(grad.t(), x), (_column_sums(grad) if bias else None)
 
-    @torch.library.custom_op(f"kernels::{backend}_linear", mutates_args=())
-    def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], activation: Optional[str],
-               save_pre: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def linear_eager(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], activation: Optional[str],
+                     save_pre: bool) -> tuple[torch.Tensor, torch.Tensor]:
         seed = torch.zeros(1, dtype=torch.int64, device=x.device)
         return forward(x, weight, bias, activation, 0.0, seed, None, save_pre and activation is not None)
+
+    linear = torch.library.custom_op(f"kernels::{backend}_linear", linear_eager, mutates_args=())
 
     @linear.register_fake
     def _(x, weight, bias, activation, save_pre):
@@ -76,15 +90,16 @@ def define(backend: str, forward: Callable, act_backward: Callable, matmul: Call
 
     linear.register_autograd(linear_backward, setup_context=linear_setup)
 
-    @torch.library.custom_op(f"kernels::{backend}_feed_forward", mutates_args=())
-    def feed_forward(x: torch.Tensor, w1: torch.Tensor, b1: Optional[torch.Tensor], w2: torch.Tensor,
-                     b2: Optional[torch.Tensor], activation: Optional[str], dropout_p: float, seed: torch.Tensor,
-                     residual: Optional[torch.Tensor], save_pre: bool
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def feed_forward_eager(x: torch.Tensor, w1: torch.Tensor, b1: Optional[torch.Tensor], w2: torch.Tensor,
+                           b2: Optional[torch.Tensor], activation: Optional[str], dropout_p: float, seed: torch.Tensor,
+                           residual: Optional[torch.Tensor], save_pre: bool
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         # h = dropout(act(x @ w1.T + b1)): (M, ffn); pre = x @ w1.T + b1: (M, ffn or 2 ffn), kept for the backward.
         h, pre = forward(x, w1, b1, activation, dropout_p, seed, None, save_pre)
         out, _ = forward(h, w2, b2, None, 0.0, seed, residual, False)  # (M, d_out)
         return out, h, pre
+
+    feed_forward = torch.library.custom_op(f"kernels::{backend}_feed_forward", feed_forward_eager, mutates_args=())
 
     @feed_forward.register_fake
     def _(x, w1, b1, w2, b2, activation, dropout_p, seed, residual, save_pre):
@@ -120,4 +135,4 @@ def define(backend: str, forward: Callable, act_backward: Callable, matmul: Call
         return grad_x, grad_w1, grad_b1, grad_w2, grad_b2, None, None, None, grad_residual, None
 
     feed_forward.register_autograd(feed_forward_backward, setup_context=feed_forward_setup)
-    return linear, feed_forward
+    return CompositeOps(linear, feed_forward, linear_eager, feed_forward_eager)
