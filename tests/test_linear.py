@@ -142,6 +142,27 @@ def test_gradcheck_fp64_native(activation):
                                     (x, weight, bias))
 
 
+def _ops_called(fn):
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        fn()
+    return {event.name for event in profile.events()}
+
+
+@pytest.mark.parametrize("backend", backends_for("linear", "cpu"))
+def test_inference_skips_the_composite_op_and_training_uses_it(backend):
+    """Without gradients the public functions call the composite ops' implementations (no custom-op dispatch); with
+    them, the registered ops that carry the autograd. Both give the same result."""
+    x, weight, bias = _inputs(6, 16, 8, "gelu")
+    with torch.no_grad():
+        names = _ops_called(lambda: kernels.linear(x, weight, bias, activation="gelu", backend=backend))
+        ffn = _ops_called(lambda: kernels.feed_forward(x, weight, bias, weight.t(), None, backend=backend))
+        expected = kernels.linear(x, weight, bias, activation="gelu", backend=backend)
+    assert f"kernels::{backend}_linear" not in names and f"kernels::{backend}_feed_forward" not in ffn
+    names = _ops_called(lambda: kernels.linear(x, weight, bias, activation="gelu", backend=backend))
+    assert f"kernels::{backend}_linear" in names
+    assert_close(kernels.linear(x, weight, bias, activation="gelu", backend=backend).detach(), expected.double())
+
+
 @pytest.mark.parametrize("backend", backends_for("linear", "cpu"))
 def test_torch_compile_fullgraph(backend):
     x, weight, bias = _inputs(6, 16, 8, "geglu")
