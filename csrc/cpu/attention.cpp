@@ -17,15 +17,18 @@
 // Work skipped: each 128-key block is narrowed to the keys that take part (the first to the last unpadded key,
 // widened to 16-key panels), and, under causality, to the keys its query tile sees; empty blocks are skipped.
 //
-// Numerics: inputs are converted to T = fp32 (fp64 for fp64) once, into blocked, zero-padded tiles; every product and
+// Numerics: inputs are converted to T = fp32 (fp64 for fp64) into blocked, zero-padded tiles; every product and
 // the softmax run in T. Scores are kept in base-2 units (scale * log2 e folded into one multiply) so the exponential
 // is a power of two: a vectorised polynomial for fp32 (exp2_scaled), std::exp2 for fp64. The fp32 tile products go
 // to torch's CPU BLAS (block_gemm); fp64 uses a small register-blocked kernel on GCC/Clang vector types.
 //
-// Parallelism: torch's intra-op threads take tasks from a shared counter (parallel_tasks). The forward's tasks are
-// sequences x heads x query blocks. The backward's are sequences x Hkv: one task owns the dK/dV of its key/value head
-// (and the dQ of the heads that share it, GQA), so no two tasks write the same element and the result does not depend
-// on the thread count (deterministic, no atomics on the data).
+// Parallelism: torch's intra-op threads take tasks from a shared counter (parallel_tasks), the largest sequences
+// first. The forward's tasks are (sequence, key/value head) pairs, split into chunks of query blocks when there are
+// too few pairs for the threads; a task packs its K and V once and serves every query head that shares them (GQA).
+// The backward's tasks are (sequence, key/value head) pairs, their keys split into chunks when there are few pairs
+// (a fixed rule, not the thread count): a task owns the dK/dV of its keys and the dQ of the heads it serves, or with
+// several chunks a partial dQ sum of its own, added in chunk order afterwards. No two tasks write the same element and
+// the result does not depend on the thread count (deterministic, no atomics on the data).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
