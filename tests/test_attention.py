@@ -468,6 +468,15 @@ def test_gpu_fp32_tf32_tolerance(case):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("case", GPU_FAST, ids=ids)
+def test_gpu_more_batch_heads_than_a_grid_axis_of_65535(case):
+    """B x H = 65664 decode-size rows: the (batch, head) pairs take grid axis 0 (axes 1 and 2 stop at 65535)."""
+    device, backend = case
+    q, k, v = qkv(2052, 32, 1, 24, 64, device=device, dtype=torch.bfloat16)
+    check_against_reference(functools.partial(attention, backend), reference.scaled_dot_product_attention, q, k, v)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", GPU_FAST, ids=ids)
 def test_gpu_deterministic_50x(case):
     device, backend = case
     q, k, v = qkv(4, 16, 1024, 1024, 128, device=device, dtype=torch.bfloat16, kv_heads=4)

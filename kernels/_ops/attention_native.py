@@ -12,6 +12,7 @@ keeps an element when its uniform number is ``>= dropout_p``; :func:`dropout_kee
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import torch
@@ -141,9 +142,10 @@ def _cuda_unsupported(q, k, v) -> str | None:
     if q.shape[-1] not in _CUDA_HEAD_DIMS:
         return (f"argument `q` has head dim {q.shape[-1]}; backend 'native' on cuda supports head dims "
                 f"{', '.join(map(str, _CUDA_HEAD_DIMS))}")
-    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+    if (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+            and os.environ.get("KERNELS_NATIVE_CUDA_TRAINING") != "1"):
         return ("argument `q` requires grad; backend 'native' serves CUDA inference only until its backward kernels "
-                "have passed the GPU tier")
+                "have passed the GPU tier (KERNELS_NATIVE_CUDA_TRAINING=1 runs them: benchmarks/gpu_check.sh does)")
     return None
 
 

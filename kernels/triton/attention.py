@@ -185,8 +185,8 @@ def _forward_kernel(
 ):
     """One program: BLOCK_M query rows of one (batch, head), keys [split * k_chunk, (split + 1) * k_chunk).
     Without SPLIT it writes the normalised output and lse; with SPLIT, fp32 partials for :func:`_combine_kernel`."""
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    pid_bh = tl.program_id(0)  # (batch, head) on axis 0, whose limit is 2^31 - 1 (axes 1 and 2 stop at 65535)
+    pid_m = tl.program_id(1)
     pid_s = tl.program_id(2)
     b = pid_bh // H
     h = pid_bh % H
@@ -301,8 +301,8 @@ def _dkdv_kernel(
 ):
     """One program: dK, dV of BLOCK_N keys of one (batch, kv head), summed over the GROUP query heads that share it.
     Works on transposed tiles: sT = k q^T (BLOCK_N, BLOCK_M), so dV += pT dO and dK += dsT q are plain dots."""
-    pid_n = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    pid_bh = tl.program_id(0)
+    pid_n = tl.program_id(1)
     b = pid_bh // HKV
     hk = pid_bh % HKV
     q_start, q_len, k_start, k_len, diag = _sequence(b, CuSeqQ, CuSeqK, CuSeqK, seqlen_q, seqlen_k,
@@ -385,8 +385,8 @@ def _dq_kernel(
     DROPOUT: tl.constexpr,
 ):
     """One program: dQ of BLOCK_M query rows of one (batch, head), looping over the key blocks."""
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    pid_bh = tl.program_id(0)
+    pid_m = tl.program_id(1)
     b = pid_bh // H
     h = pid_bh % H
     q_start, q_len, k_start, k_len, diag = _sequence(b, CuSeqQ, CuSeqK, CuSeqK, seqlen_q, seqlen_k,
@@ -491,6 +491,15 @@ def _configs(stages, warps):
 
 _KEY = ["HEAD_DIM", "BLOCK_M", "BLOCK_N", "MASK_KIND", "HAS_KPM", "IS_CAUSAL", "VARLEN", "DROPOUT"]
 _tuned = {}
+
+
+def _row_blocks(rows: int, block: int, name: str) -> int:
+    """Blocks of rows per sequence: grid axis 1 (the (batch, head) pairs take axis 0), at most 65535 of them."""
+    blocks = triton.cdiv(rows, block)
+    if blocks > 65535:
+        raise ValueError(f"argument `{name}` has {rows} rows per sequence; the Triton kernels support up to "
+                         f"{65535 * block} at this head dim")
+    return blocks
 
 
 def _launcher(kernel, name, stages, warps, key):
@@ -627,7 +636,7 @@ def _forward(q, k, v, out, lse, lse_strides, *, batch, seqlen_q, seqlen_k, attn_
     else:
         bmap, bs = dummy, (0, 0, 0, 0)
     k_chunk = triton.cdiv(triton.cdiv(max(seqlen_k, 1), splits), block_n) * block_n
-    grid = (triton.cdiv(seqlen_q, block_m), batch * heads, splits)
+    grid = (batch * heads, _row_blocks(seqlen_q, block_m, "q"), splits)
     st = _strides(cu_seqlens_q is not None)
     _forward_launcher()(
         grid,
@@ -674,14 +683,14 @@ def _backward(grad_out, q, k, v, out, lse, lse_strides, dq, dk, dv, *, batch, se
                   DROPOUT=dropout_p > 0.0)
     strides = (*st(q), *st(k), *st(v), *st(do_view))
     _dkdv_launcher()(
-        (triton.cdiv(seqlen_k, block_n), batch * hkv),
+        (batch * hkv, _row_blocks(seqlen_k, block_n, "k")),
         args=(q, k, v, do_view, lse, delta, dk, dv, mask, kpm, bmap, cu_q, cu_k, *strides,
               *st(dk), *lse_strides, *ms, *kps, *bs,
               heads, hkv, heads // hkv, seqlen_q, seqlen_k, scale * LOG2E, scale, dropout_p, seed,
               rng_shape[0], rng_shape[1]),
         **common)
     _dq_launcher()(
-        (triton.cdiv(seqlen_q, block_m), batch * heads),
+        (batch * heads, _row_blocks(seqlen_q, block_m, "q")),
         args=(q, k, v, do_view, lse, delta, dq, mask, kpm, bmap, cu_q, cu_k, *strides,
               *st(dq), *lse_strides, *ms, *kps, *bs,
               heads, heads // hkv, seqlen_q, seqlen_k, scale * LOG2E, scale, dropout_p, seed,
