@@ -384,13 +384,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
   at::Tensor delta = at::empty({batch, heads, sq}, q.options().dtype(at::kFloat));
 
   Params p = make_params(q, k, v, mask, key_padding_mask, is_causal, scale, dropout_p, seed);
-  p.out = const_cast<void*>(out.const_data_ptr());
-  p.lse = const_cast<float*>(lse.const_data_ptr<float>());
-  p.grad_out = grad_out.const_data_ptr();
-  p.delta = delta.mutable_data_ptr<float>();
-  p.dq = dq.mutable_data_ptr();
-  p.dk = dk.mutable_data_ptr();
-  p.dv = dv.mutable_data_ptr();
+  set_backward_tensors(p, out, lse, grad_out, delta, dq, dk, dv);
 
   launch_attention_backward(p, kind, q.scalar_type(), dim, c10::cuda::getCurrentCUDAStream());
   return {dq, dk, dv};

@@ -356,6 +356,18 @@ void launch_attention_kernel(Kernel kernel, dim3 grid, int smem, int64_t head_di
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// The tensors of a backward call: out, lse and grad_out (read), delta (scratch), dq, dk and dv (written).
+inline void set_backward_tensors(Params& p, const at::Tensor& out, const at::Tensor& lse, const at::Tensor& grad_out,
+                                 at::Tensor& delta, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv) {
+  p.out = const_cast<void*>(out.const_data_ptr());
+  p.lse = const_cast<float*>(lse.const_data_ptr<float>());
+  p.grad_out = grad_out.const_data_ptr();
+  p.delta = delta.mutable_data_ptr<float>();
+  p.dq = dq.mutable_data_ptr();
+  p.dk = dk.mutable_data_ptr();
+  p.dv = dv.mutable_data_ptr();
+}
+
 // Grids put (batch x heads) on x (up to 2^31 - 1 CTAs) and the row blocks on y, whose limit is 65535 blocks of 64
 // rows: longer sequences are refused with the argument named.
 inline void check_row_blocks(int64_t rows, const char* name) {

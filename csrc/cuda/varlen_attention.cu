@@ -175,13 +175,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> varlen_attention_backward_cuda(
 
   Params p = make_varlen_params(q, k, v, spans_q, spans_k, max_seqlen_q, max_seqlen_k, is_causal, scale,
                                 dropout_p, seed);
-  p.out = const_cast<void*>(out.const_data_ptr());
-  p.lse = const_cast<float*>(lse.const_data_ptr<float>());
-  p.grad_out = grad_out.const_data_ptr();
-  p.delta = delta.mutable_data_ptr<float>();
-  p.dq = dq.mutable_data_ptr();
-  p.dk = dk.mutable_data_ptr();
-  p.dv = dv.mutable_data_ptr();
+  set_backward_tensors(p, out, lse, grad_out, delta, dq, dk, dv);
   // A sequence with keys and no query gets zero dK / dV from the dK/dV kernel (it walks no query row).
   launch_attention_backward(p, MaskKind::kNone, q.scalar_type(), dim, c10::cuda::getCurrentCUDAStream());
   return {dq, dk, dv};
