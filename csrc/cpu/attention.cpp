@@ -920,10 +920,8 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_cpu(const at::Tensor& q, co
 // Checks of the tensors the backward adds: grad_out and out like q, lse (leading dims of q) in the lse dtype.
 void check_backward_inputs(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& out,
                            const at::Tensor& lse, at::IntArrayRef lse_shape) {
-  check_same_shape(grad_out, "grad_out", q, "q");
-  check_same_dtype(grad_out, "grad_out", q, "q");
-  check_same_shape(out, "out", q, "q");
-  check_same_dtype(out, "out", q, "q");
+  check_like_q(grad_out, "grad_out", q);
+  check_like_q(out, "out", q);
   TORCH_CHECK_VALUE(lse.scalar_type() == lse_type(q) && lse.sizes() == lse_shape, "argument `lse` has dtype ",
                     lse.scalar_type(), " and shape ", lse.sizes(), "; expected ", lse_type(q), " and ", lse_shape);
 }

@@ -356,12 +356,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
     const at::Tensor& out_in, const at::Tensor& lse_in, const std::optional<at::Tensor>& mask,
     const std::optional<at::Tensor>& key_padding_mask, bool is_causal, double scale, double dropout_p, int64_t seed) {
   const MaskKind kind = check_attention_arguments(q_in, k_in, v_in, mask, key_padding_mask, dropout_p);
-  check_same_shape(grad_out_in, "grad_out", q_in, "q");
-  check_same_dtype(grad_out_in, "grad_out", q_in, "q");
-  check_same_device(grad_out_in, "grad_out", q_in, "q");
-  check_same_shape(out_in, "out", q_in, "q");
-  check_same_dtype(out_in, "out", q_in, "q");
-  check_same_device(out_in, "out", q_in, "q");
+  check_like_q(grad_out_in, "grad_out", q_in);
+  check_like_q(out_in, "out", q_in);
   TORCH_CHECK_VALUE(lse_in.scalar_type() == at::kFloat && lse_in.sizes() == q_in.sizes().slice(0, 3),
                     "argument `lse` has dtype ", lse_in.scalar_type(), " and shape ", lse_in.sizes(),
                     "; expected Float and ", q_in.sizes().slice(0, 3));

@@ -148,12 +148,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> varlen_attention_backward_cuda(
     const at::Tensor& cu_seqlens_k_in, int64_t max_seqlen_q, int64_t max_seqlen_k, bool is_causal, double scale,
     double dropout_p, int64_t seed) {
   check_varlen_arguments(q_in, k_in, v_in, cu_seqlens_q_in, cu_seqlens_k_in, max_seqlen_q, max_seqlen_k, dropout_p);
-  check_same_shape(grad_out_in, "grad_out", q_in, "q");
-  check_same_dtype(grad_out_in, "grad_out", q_in, "q");
-  check_same_device(grad_out_in, "grad_out", q_in, "q");
-  check_same_shape(out_in, "out", q_in, "q");
-  check_same_dtype(out_in, "out", q_in, "q");
-  check_same_device(out_in, "out", q_in, "q");
+  check_like_q(grad_out_in, "grad_out", q_in);
+  check_like_q(out_in, "out", q_in);
   const int64_t total_q = q_in.size(0), heads = q_in.size(1), dim = q_in.size(2);
   const std::vector<int64_t> lse_shape{heads, total_q};
   TORCH_CHECK_VALUE(lse_in.scalar_type() == at::kFloat && lse_in.sizes() == at::IntArrayRef(lse_shape),

@@ -63,4 +63,11 @@ inline void check_attention_qkv(const at::Tensor& q, const at::Tensor& k, const 
   check_same_shape(v, "v", k, "k");
 }
 
+// grad_out or out of an attention backward: q's shape, dtype and device.
+inline void check_like_q(const at::Tensor& t, const char* name, const at::Tensor& q) {
+  check_same_shape(t, name, q, "q");
+  check_same_dtype(t, name, q, "q");
+  check_same_device(t, name, q, "q");
+}
+
 }  // namespace kernels
