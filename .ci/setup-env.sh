@@ -19,7 +19,7 @@ else
     python3 -m venv .venv
   fi
   PY=$_root/.venv/bin/python
-  if ! "$PY" -c 'import torch, triton, pytest, pytest_benchmark, tabulate, matplotlib, ninja' 2>/dev/null; then
+  if ! "$PY" -c 'import torch, triton, pytest, pytest_benchmark, tabulate, matplotlib, ninja, transformers, hypothesis, rich, tqdm' 2>/dev/null; then
     echo "setup: installing .ci/requirements.txt into .venv" >&2
     # (the local package mirror's harmless "Location ... is ignored" warnings are filtered out)
     "$PY" -m pip install -q torch==2.13.0 2>&1 | { grep -v "is ignored: it is neither" || true; }
