@@ -89,7 +89,7 @@ def profile_model(model: nn.Module, example_inputs, *, mode: str = "train", step
             progress_bar.close()
     profile = Profile(model=label or type(model).__name__, mode=mode, device=device.type, dtype=_dtype_of(model),
                       backend=backend, warmup=warmup, ceilings=ceilings.as_dict(), environment=environment(device),
-                      variants=results, notes=_notes(results, ceilings, model))
+                      variants=results, notes=_notes(variants, ceilings, model, backend))
     if out is not None:
         outputs.write(profile, out)
     return profile
@@ -268,15 +268,18 @@ def _ceilings(given, device) -> Ceilings:
     return given
 
 
-def _notes(results, ceilings, model) -> list[str]:
+def _notes(variants, ceilings, model, backend) -> list[str]:
     notes = []
     dtype = _dtype_of(model)
     if dtype != ceilings.matmul_dtype:
         notes.append(f"note: MFU is against the {ceilings.matmul_dtype} matmul ceiling; the model runs in {dtype}")
-    for variant in results:
-        if variant.swap_report is not None and variant.swap_report.startswith("swapped 0 "):
-            notes.append("note: swap found no torch.nn module to replace (the model may already run on the fused "
-                         "modules, whose backend was set)")
+    swapped = variants.get("swapped")
+    if swapped is not None and swapped.swap_report.startswith("swapped 0 "):
+        if any(isinstance(getattr(m, "backend", None), str) for m in swapped.model.modules()):
+            notes.append(f"note: swap replaced no module: the model is built from the fused modules; the swapped "
+                         f"copy runs them with backend={backend!r}")
+        else:
+            notes.append("note: swap found no module it supports in this model: both variants run the same code")
     return notes
 
 

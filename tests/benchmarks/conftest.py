@@ -24,3 +24,12 @@ def decoder():
 @pytest.fixture
 def ids():
     return torch.randint(0, VOCAB, (2, 8))  # (B, S)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models on one thread: OpenMP's wake-ups on a loaded 2-core machine cost more than the work."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
