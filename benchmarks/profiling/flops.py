@@ -4,9 +4,12 @@ The counter sees the ops at the dispatcher's top level and counts matmuls (``mm`
 kernels, forward and backward). A registered op is opaque to it, so formulas are supplied here for every
 ``kernels::`` op that does matmul work, and for the CPU flash SDPA (torch has formulas for its CUDA kernels only):
 * linear ``x (M, K) @ weight.T (N, K)``: ``2 M N K``; the feed-forward op: both GEMMs; the backward GEMMs likewise;
-* attention, as torch counts SDPA: ``4 B H Sq Sk D`` forward (``2 B H Sq Sk (D_qk + D_v)``), 2.5x that backward;
-  a causal mask is not halved (torch's convention, kept so that eager and swapped models count the same FLOPs);
-  packed (varlen) attention sums ``Sq_i Sk_i`` over the sequences, cached decoding uses the cache lengths.
+* attention: ``4 B H Sq Sk D`` forward (``2 B H Sq Sk (D_qk + D_v)``) as torch counts SDPA, a causal mask not
+  halved (torch's convention); backward twice the forward: the four GEMMs of the gradients, without the recomputed
+  ``Q K^T`` of a flash backward. Torch's own SDPA backward formulas count that recomputation (2.5x); they are
+  replaced here so that a model counts the same FLOPs whichever attention runs it (a ``bmm`` + softmax eager
+  attention, SDPA, or our kernels): model FLOPs, as in MFU's definition. Packed (varlen) attention sums
+  ``Sq_i Sk_i`` over the sequences; cached decoding uses the cache lengths.
 Elementwise work (norms, softmax, activations) is not counted, as in the usual model-FLOPs definition.
 
 A step with ``torch.no_grad`` lets ``nn.TransformerEncoderLayer`` take torch's fused fast path, which the counter
@@ -56,7 +59,7 @@ def _attention(q, k, v, *args, out_shape=None, **kwargs) -> int:
 
 
 def _attention_backward(grad_out, q, k, v, *args, out_shape=None, **kwargs) -> int:
-    return 5 * _dense_attention(q, k, v) // 2
+    return 2 * _dense_attention(q, k, v)
 
 
 def _varlen_pairs(cu_q, cu_k) -> int:
@@ -70,7 +73,7 @@ def _varlen(q, k, v, cu_q, cu_k, *args, out_val=None, **kwargs) -> int:
 
 
 def _varlen_backward(grad_out, q, k, v, out, lse, cu_q, cu_k, *args, out_val=None, **kwargs) -> int:
-    return 5 * _varlen(q, k, v, cu_q, cu_k) // 2
+    return 2 * _varlen(q, k, v, cu_q, cu_k)
 
 
 def _kv_cache(q, k_cache, v_cache, cache_seqlens, *args, out_val=None, **kwargs) -> int:
@@ -97,6 +100,10 @@ _KERNEL_FORMULAS = {
 _ATEN_FORMULAS = {
     "_scaled_dot_product_flash_attention_for_cpu": _attention,
     "_scaled_dot_product_flash_attention_for_cpu_backward": _attention_backward,
+    # torch's (grad_out, query, key, value, ...) backward ops, (B, H, S, D): counted without the recomputation
+    "_scaled_dot_product_flash_attention_backward": _attention_backward,
+    "_scaled_dot_product_efficient_attention_backward": _attention_backward,
+    "_scaled_dot_product_cudnn_attention_backward": _attention_backward,
 }
 
 
@@ -108,7 +115,7 @@ def _packet(namespace, name):
 
 
 def custom_formulas() -> dict:
-    """FlopCounterMode's ``custom_mapping`` for the ops it cannot count by itself (those defined here)."""
+    """FlopCounterMode's ``custom_mapping``: the ops it cannot count by itself, and SDPA's backward (above)."""
     import kernels  # noqa: F401  (loads the ops)
 
     mapping = {}

@@ -111,6 +111,14 @@ def test_eager_and_swapped_count_the_same_flops(decoder, ids, ceilings):
         assert profile["eager"].flops_per_step == profile["swapped"].flops_per_step
 
 
+def test_bmm_attention_and_our_kernels_count_the_same_flops(ceilings):
+    config = transformer.GPTConfig(vocab_size=32, max_seq_len=16, d_model=16, n_heads=2, n_layers=1)
+    model = transformer.GPT(config, backend="torch")  # attention by bmm + softmax; the swapped copy: our kernels
+    ids = torch.randint(0, 32, (2, 8))
+    profile = profile_model(model, (ids, ids), mode="train", ceilings=ceilings, **FAST)
+    assert profile["eager"].flops_per_step == profile["swapped"].flops_per_step
+
+
 def test_flops_of_a_linear_model(ceilings):
     model = nn.Sequential(nn.Linear(8, 12), nn.GELU(), nn.Linear(12, 4))
     x = torch.randn(5, 8)
@@ -127,6 +135,7 @@ def test_generate_calls_the_models_generate(ceilings):
     prompt = torch.randint(0, 32, (2, 4))
     profile = profile_model(model, prompt, mode="generate", new_tokens=3, ceilings=ceilings, **FAST)
     assert profile["eager"].tokens_per_step == 6
+    assert profile["eager"].flops_per_step == profile["swapped"].flops_per_step
     assert profile["swapped"].block_share("attention") > 0
     assert any(row["ours"] and row["block"] == "attention" for row in profile["swapped"].top)
 
