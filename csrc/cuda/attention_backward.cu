@@ -136,7 +136,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_backward_kv_ke
           s[nt][e] = pr;
           if constexpr (kDropout) {
             const bool keep = row < seq.sq && key < seq.sk &&
-                              dropout_keep(p.seed, dropout_offset(p, seq, h, row, key), p.dropout_p);
+                              dropout_keep(dropout_seed(p), dropout_offset(p, seq, h, row, key), p.dropout_p);
             s[nt][e] = keep ? pr * p.keep_scale : 0.f;
             grad = keep ? grad * p.keep_scale : 0.f;
           }
@@ -269,7 +269,7 @@ __global__ void __launch_bounds__(kThreads) attention_backward_q_kernel(const Pa
         float grad = dp[nt][e];
         if constexpr (kDropout) {
           const bool keep = row < seq.sq && col < seq.sk &&
-                            dropout_keep(p.seed, dropout_offset(p, seq, h, row, col), p.dropout_p);
+                            dropout_keep(dropout_seed(p), dropout_offset(p, seq, h, row, col), p.dropout_p);
           grad = keep ? grad * p.keep_scale : 0.f;
         }
         dp[nt][e] = pr * (grad - delta[half]);
@@ -354,7 +354,8 @@ void dispatch_backward(const Params& p, MaskKind mask, cudaStream_t stream) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
     const at::Tensor& grad_out_in, const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
     const at::Tensor& out_in, const at::Tensor& lse_in, const std::optional<at::Tensor>& mask,
-    const std::optional<at::Tensor>& key_padding_mask, bool is_causal, double scale, double dropout_p, int64_t seed) {
+    const std::optional<at::Tensor>& key_padding_mask, bool is_causal, double scale, double dropout_p,
+    const std::optional<at::Tensor>& seed) {
   const MaskKind kind = check_attention_arguments(q_in, k_in, v_in, mask, key_padding_mask, dropout_p);
   check_like_q(grad_out_in, "grad_out", q_in);
   check_like_q(out_in, "out", q_in);

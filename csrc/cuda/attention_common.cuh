@@ -100,7 +100,7 @@ struct Params {
   int max_sq, max_sk;          // the longest sequences (grid extents): dense Sq and Sk; varlen max_seqlen_q / _k
   float scale_log2;            // softmax scale * log2(e)
   float dropout_p, keep_scale;
-  uint64_t seed;
+  const int64_t* seed;         // the Philox seed, one int64 in device memory (read only when dropout_p > 0)
   bool causal;
 };
 
@@ -121,6 +121,9 @@ constexpr float kLn2 = 0.6931471805599453f;
 __device__ __forceinline__ uint32_t smem_address(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
+
+// The Philox seed of a problem with dropout, read from device memory (a cached load: every thread reads the same word).
+__device__ __forceinline__ uint64_t dropout_seed(const Params& p) { return static_cast<uint64_t>(__ldg(p.seed)); }
 
 // 16 bytes global -> shared, zero-filled when !valid.
 __device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool valid) {
@@ -415,11 +418,13 @@ inline MaskKind check_attention_arguments(const at::Tensor& q, const at::Tensor&
 }
 
 // The scalars every problem has.
-inline void set_scalars(Params& p, bool is_causal, double scale, double dropout_p, int64_t seed) {
+inline void set_scalars(Params& p, const at::Tensor& q, bool is_causal, double scale, double dropout_p,
+                        const std::optional<at::Tensor>& seed) {
+  check_dropout_seed(seed, dropout_p, q, "q");
   p.scale_log2 = static_cast<float>(scale) * kLog2e;
   p.dropout_p = static_cast<float>(dropout_p);
   p.keep_scale = static_cast<float>(1.0 / (1.0 - dropout_p));
-  p.seed = static_cast<uint64_t>(seed);
+  p.seed = dropout_p > 0.0 ? seed->const_data_ptr<int64_t>() : nullptr;
   p.causal = is_causal;
 }
 
@@ -427,7 +432,8 @@ inline void set_scalars(Params& p, bool is_causal, double scale, double dropout_
 // contiguous (B, H, Sq, D), dk / dv contiguous (B, Hkv, Sk, D) and lse (B, H, Sq) (the caller adds the pointers).
 inline Params make_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                           const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& key_padding_mask,
-                          bool is_causal, double scale, double dropout_p, int64_t seed) {
+                          bool is_causal, double scale, double dropout_p,
+                          const std::optional<at::Tensor>& seed) {
   Params p{};
   const int64_t batch = q.size(0), heads = q.size(1), sq = q.size(2), kv_heads = k.size(1), sk = k.size(2);
   p.q = q.const_data_ptr();
@@ -460,7 +466,7 @@ inline Params make_params(const at::Tensor& q, const at::Tensor& k, const at::Te
   p.kv_heads = static_cast<int>(kv_heads);
   p.sq = p.max_sq = static_cast<int>(sq);
   p.sk = p.max_sk = static_cast<int>(sk);
-  set_scalars(p, is_causal, scale, dropout_p, seed);
+  set_scalars(p, q, is_causal, scale, dropout_p, seed);
   return p;
 }
 
