@@ -11,7 +11,7 @@ from torch import nn
 from .feed_forward import FeedForward
 from .generation import next_token, set_backend
 from .layer_norm import LayerNorm, RMSNorm
-from .layers import add_norm
+from .layers import add_norm, apply_dropout
 from .multihead_attention import AttentionCache, MultiheadAttention
 
 
@@ -53,7 +53,7 @@ class GPTBlock(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x, cache: AttentionCache | None = None):
-        a = self.resid_dropout(self.attn.attend(self.ln_1(x), cache))
+        a = apply_dropout(self.resid_dropout, self.attn.attend(self.ln_1(x), cache))
         n2, h = add_norm(self.ln_2, a, x)
         if self.training and self.resid_dropout.p > 0.0:
             return h + self.resid_dropout(self.mlp(n2))

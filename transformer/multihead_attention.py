@@ -11,6 +11,11 @@ The module subclasses ``nn.MultiheadAttention``, so the constructor, the paramet
 * ``need_weights=True`` computes the scores and normalises them with ``kernels.masked_softmax``;
 * ``add_bias_kv`` / ``add_zero_attn`` run torch's own forward (the reference path): no kernel serves them.
 
+Inputs are validated before any kernel runs (:func:`check_attention_inputs`): every shape torch's module rejects is
+rejected, with an error that names the argument and is also of torch's exception type (``InputError`` is a
+``ValueError`` and an ``AssertionError``, ``MaskShapeError`` a ``ValueError`` and a ``RuntimeError``), so code that
+catches torch's errors keeps working. The checks compare integers only: no tensor is read.
+
 Fully masked query rows give zeros (the kernels' contract) where torch's MultiheadAttention may give NaN.
 """
 
@@ -23,6 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import kernels
+
+from ._scripting import NotScriptable
 
 
 @dataclass
@@ -56,22 +63,111 @@ def decode_attention(q, k, v, *, causal, key_padding_mask=None, dropout_p=0.0, b
                                                 backend=backend)
 
 
-class MultiheadAttention(nn.MultiheadAttention):
+class InputError(ValueError, AssertionError):
+    """A bad input of a transformer module: a ``ValueError`` naming the argument, and an ``AssertionError`` because
+    torch.nn raises that type for the same input (``F.multi_head_attention_forward``'s shape checks)."""
+
+
+class MaskShapeError(ValueError, RuntimeError):
+    """An ``attn_mask`` of the wrong shape: a ``ValueError`` naming the argument, and a ``RuntimeError`` as torch's."""
+
+
+# The names check_attention_inputs uses in its messages: MultiheadAttention's own; the layers pass theirs.
+ATTENTION_NAMES = ("query", "key", "value", "key_padding_mask", "attn_mask")
+
+
+def _mask_dtype(mask, name):
+    if mask.dtype != torch.bool and not mask.is_floating_point():
+        raise InputError(f"argument `{name}` must be a bool or floating tensor; got dtype {mask.dtype} (only bool and "
+                         f"floating types of {name} are supported)")
+
+
+def check_attention_inputs(mha, query, key, value, key_padding_mask=None, attn_mask=None, names=ATTENTION_NAMES):
+    """Validates ``nn.MultiheadAttention.forward``'s inputs for ``mha`` as torch does, before any kernel runs; returns
+    whether the inputs are batched. Shapes (batch first or not, as ``mha.batch_first``): ``query`` ``(N, L, E)`` or
+    unbatched ``(L, E)``; ``key`` / ``value`` ``(N, S, kdim / vdim)``; ``key_padding_mask`` ``(N, S)`` / ``(S,)``;
+    ``attn_mask`` ``(L, S)`` or ``(N * num_heads, L, S)`` / ``(num_heads, L, S)``. Only sizes and dtypes are read."""
+    q_name, k_name, v_name, kpm_name, mask_name = names
+    for name, tensor in ((q_name, query), (k_name, key), (v_name, value)):
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"argument `{name}` must be a tensor, got {type(tensor).__name__}")
+        if tensor.is_nested:
+            raise InputError(f"argument `{name}` is a nested tensor; transformer's attention takes dense tensors with "
+                             "a key_padding_mask (nested.to_padded_tensor(0.0) and the lengths' padding mask)")
+    dim = query.dim()
+    if dim == 3:
+        batch_axis = 0 if mha.batch_first else 1
+        n, length = query.shape[batch_axis], query.shape[1 - batch_axis]
+    elif dim == 2:
+        batch_axis, n, length = None, 1, query.shape[0]
+    else:
+        raise InputError(f"argument `{q_name}` has shape {tuple(query.shape)}: {q_name} should be unbatched 2D or "
+                         f"batched 3D tensor but received {dim}-D {q_name} tensor")
+    kind = "batched (3-D)" if dim == 3 else "unbatched (2-D)"
+    if key.dim() != dim or value.dim() != dim:
+        raise InputError(f"For {kind} `{q_name}`, expected `{k_name}` and `{v_name}` to be {dim}-D but found "
+                         f"{key.dim()}-D and {value.dim()}-D tensors respectively")
+    for name, tensor, features, what in ((q_name, query, mha.embed_dim, "embed_dim"), (k_name, key, mha.kdim, "kdim"),
+                                         (v_name, value, mha.vdim, "vdim")):
+        if tensor.shape[-1] != features:
+            raise InputError(f"argument `{name}` has shape {tuple(tensor.shape)}: was expecting embedding dimension of "
+                             f"{features} ({what}), but got {tensor.shape[-1]}")
+    if not query.is_floating_point():
+        raise InputError(f"argument `{q_name}` has dtype {query.dtype}; expected a floating dtype")
+    for name, tensor in ((k_name, key), (v_name, value)):
+        if tensor.dtype != query.dtype:
+            raise InputError(f"argument `{name}` has dtype {tensor.dtype}; expected {query.dtype} (the dtype of "
+                             f"`{q_name}`)")
+    kn, src_len = (1, key.shape[0]) if batch_axis is None else (key.shape[batch_axis], key.shape[1 - batch_axis])
+    if kn != n:
+        raise InputError(f"argument `{k_name}` has shape {tuple(key.shape)}: batch size {kn}, expected {n} (the batch "
+                         f"size of `{q_name}`)")
+    if value.shape[:-1] != key.shape[:-1]:
+        raise InputError(f"argument `{v_name}` has shape {tuple(value.shape)}: key's sequence and batch dims "
+                         f"{tuple(key.shape[:-1])} do not match value's {tuple(value.shape[:-1])}")
+    if key_padding_mask is not None:
+        _mask_dtype(key_padding_mask, kpm_name)
+        expected = (n, src_len) if batch_axis is not None else (src_len,)
+        if key_padding_mask.shape != expected:
+            raise InputError(f"argument `{kpm_name}` has shape {tuple(key_padding_mask.shape)}; expected {expected} "
+                             f"({'(N, S)' if batch_axis is not None else '(S,)'} for {kind} `{q_name}`)")
+    if attn_mask is not None:
+        _mask_dtype(attn_mask, mask_name)
+        if attn_mask.dim() == 2:
+            expected = (length, src_len)
+        elif attn_mask.dim() == 3:
+            expected = (n * mha.num_heads if batch_axis is not None else mha.num_heads, length, src_len)
+        else:
+            raise InputError(f"For {kind} `{q_name}`, expected `{mask_name}` to be `None`, 2-D or 3-D but found "
+                             f"{attn_mask.dim()}-D tensor instead")
+        if attn_mask.shape != expected:
+            raise MaskShapeError(f"argument `{mask_name}` has shape {tuple(attn_mask.shape)}: the shape of the "
+                                 f"{attn_mask.dim()}D attn_mask should be {expected}")
+    return batch_axis is not None
+
+
+class MultiheadAttention(NotScriptable, nn.MultiheadAttention):
     """Drop-in ``nn.MultiheadAttention`` on the fused kernels (same arguments, parameters and outputs)."""
 
     backend = "auto"  # passed to every kernel call; set by transformer.swap / the models' `backend=`
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
                 average_attn_weights=True, is_causal=False):
+        batched = check_attention_inputs(self, query, key, value, key_padding_mask, attn_mask)
         if self.bias_k is not None or self.add_zero_attn:
             # No kernel serves the extra key/value positions: torch's own forward is the reference path.
             return super().forward(query, key, value, key_padding_mask=key_padding_mask, need_weights=need_weights,
                                    attn_mask=attn_mask, average_attn_weights=average_attn_weights,
                                    is_causal=is_causal)
+        return self._attention(query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights,
+                               is_causal, batched)
+
+    def _attention(self, query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights,
+                   is_causal, batched):
+        """``forward`` on validated inputs (the layers validate theirs under their own argument names)."""
         if is_causal and attn_mask is None:
             raise RuntimeError("Need attn_mask if specifying the is_causal hint. You may use the Transformer module "
                                "method `generate_square_subsequent_mask` to create this mask.")
-        batched = query.dim() == 3
         if not batched:  # unbatched (L, E): add the batch dimension, drop it at the end
             batch_dim = 0 if self.batch_first else 1
             query, key, value = query.unsqueeze(batch_dim), key.unsqueeze(batch_dim), value.unsqueeze(batch_dim)
@@ -80,7 +176,8 @@ class MultiheadAttention(nn.MultiheadAttention):
         q, k, v = self._project(query, key, value)  # (N, H, L, D), (N, H, S, D), (N, H, S, D)
         if is_causal:
             attn_mask = None  # the hint says attn_mask is the causal mask: the kernels apply it without reading it
-        attn_mask, key_padding_mask = self._masks(attn_mask, key_padding_mask, q)
+        if attn_mask is not None or key_padding_mask is not None:
+            attn_mask, key_padding_mask = self._masks(attn_mask, key_padding_mask, q)
         dropout_p = self.dropout if self.training else 0.0
         weights = None
         if need_weights:
@@ -146,9 +243,6 @@ class MultiheadAttention(nn.MultiheadAttention):
         """nn's masks (True = ignore, or additive) -> the kernels' (``attn_mask`` True = keep or additive,
         broadcastable to ``(N, H, L, S)``; ``key_padding_mask`` bool ``(N, S)`` True = padding, or folded into an
         additive ``attn_mask`` when either mask is floating, as torch does)."""
-        for name, mask in (("attn_mask", attn_mask), ("key_padding_mask", key_padding_mask)):
-            if mask is not None and mask.dtype != torch.bool and not mask.is_floating_point():
-                raise ValueError(f"argument `{name}` must be a bool or floating tensor; got dtype {mask.dtype}")
         if attn_mask is not None:
             if attn_mask.dim() == 3:  # (N * H, L, S) -> (N, H, L, S)
                 attn_mask = attn_mask.view(-1, self.num_heads, *attn_mask.shape[-2:])
