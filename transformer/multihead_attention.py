@@ -12,8 +12,8 @@ The module subclasses ``nn.MultiheadAttention``, so the constructor, the paramet
 * ``add_bias_kv`` / ``add_zero_attn`` run torch's own forward (the reference path): no kernel serves them.
 
 Inputs are validated before any kernel runs (:func:`check_attention_inputs`): every shape torch's module rejects is
-rejected, with an error that names the argument and is also of torch's exception type (``InputError`` is a
-``ValueError`` and an ``AssertionError``, ``MaskShapeError`` a ``ValueError`` and a ``RuntimeError``), so code that
+rejected, with an error that names the argument and is also of torch's exception type (``InputAssertionError`` is a
+``ValueError`` and an ``AssertionError``, ``InputRuntimeError`` a ``ValueError`` and a ``RuntimeError``), so code that
 catches torch's errors keeps working. The checks compare integers only: no tensor is read.
 
 Fully masked query rows give zeros (the kernels' contract) where torch's MultiheadAttention may give NaN.
@@ -63,13 +63,14 @@ def decode_attention(q, k, v, *, causal, key_padding_mask=None, dropout_p=0.0, b
                                                 backend=backend)
 
 
-class InputError(ValueError, AssertionError):
-    """A bad input of a transformer module: a ``ValueError`` naming the argument, and an ``AssertionError`` because
-    torch.nn raises that type for the same input (``F.multi_head_attention_forward``'s shape checks)."""
+class InputAssertionError(ValueError, AssertionError):
+    """A bad input of a transformer module: a ``ValueError`` naming the argument, and an ``AssertionError`` where
+    torch.nn raises that type for the same input (``F.multi_head_attention_forward``'s shape assertions)."""
 
 
-class MaskShapeError(ValueError, RuntimeError):
-    """An ``attn_mask`` of the wrong shape: a ``ValueError`` naming the argument, and a ``RuntimeError`` as torch's."""
+class InputRuntimeError(ValueError, RuntimeError):
+    """A bad input of a transformer module: a ``ValueError`` naming the argument, and a ``RuntimeError`` where torch
+    raises that type (a wrong ``attn_mask`` shape, or inputs that fail inside torch's projections and reshapes)."""
 
 
 # The names check_attention_inputs uses in its messages: MultiheadAttention's own; the layers pass theirs.
@@ -78,22 +79,23 @@ ATTENTION_NAMES = ("query", "key", "value", "key_padding_mask", "attn_mask")
 
 def _mask_dtype(mask, name):
     if mask.dtype != torch.bool and not mask.is_floating_point():
-        raise InputError(f"argument `{name}` must be a bool or floating tensor; got dtype {mask.dtype} (only bool and "
-                         f"floating types of {name} are supported)")
+        raise InputAssertionError(f"argument `{name}` must be a bool or floating tensor; got dtype {mask.dtype} "
+                                  f"(only bool and floating types of {name} are supported)")
 
 
 def check_attention_inputs(mha, query, key, value, key_padding_mask=None, attn_mask=None, names=ATTENTION_NAMES):
     """Validates ``nn.MultiheadAttention.forward``'s inputs for ``mha`` as torch does, before any kernel runs; returns
     whether the inputs are batched. Shapes (batch first or not, as ``mha.batch_first``): ``query`` ``(N, L, E)`` or
     unbatched ``(L, E)``; ``key`` / ``value`` ``(N, S, kdim / vdim)``; ``key_padding_mask`` ``(N, S)`` / ``(S,)``;
-    ``attn_mask`` ``(L, S)`` or ``(N * num_heads, L, S)`` / ``(num_heads, L, S)``. Only sizes and dtypes are read."""
+    ``attn_mask`` ``(L, S)`` or ``(N * num_heads, L, S)`` / ``(num_heads, L, S)``. Only sizes and dtypes are read.
+    The error types follow torch's for the same input (see InputAssertionError / InputRuntimeError)."""
     q_name, k_name, v_name, kpm_name, mask_name = names
     for name, tensor in ((q_name, query), (k_name, key), (v_name, value)):
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"argument `{name}` must be a tensor, got {type(tensor).__name__}")
         if tensor.is_nested:
-            raise InputError(f"argument `{name}` is a nested tensor; transformer's attention takes dense tensors with "
-                             "a key_padding_mask (nested.to_padded_tensor(0.0) and the lengths' padding mask)")
+            raise InputRuntimeError(f"argument `{name}` is a nested tensor; transformer's attention takes dense "
+                                    "tensors and a key_padding_mask (nested.to_padded_tensor(0.0) and the lengths)")
     dim = query.dim()
     if dim == 3:
         batch_axis = 0 if mha.batch_first else 1
@@ -101,36 +103,37 @@ def check_attention_inputs(mha, query, key, value, key_padding_mask=None, attn_m
     elif dim == 2:
         batch_axis, n, length = None, 1, query.shape[0]
     else:
-        raise InputError(f"argument `{q_name}` has shape {tuple(query.shape)}: {q_name} should be unbatched 2D or "
-                         f"batched 3D tensor but received {dim}-D {q_name} tensor")
+        raise InputAssertionError(f"argument `{q_name}` has shape {tuple(query.shape)}: {q_name} should be unbatched "
+                                  f"2D or batched 3D tensor but received {dim}-D {q_name} tensor")
     kind = "batched (3-D)" if dim == 3 else "unbatched (2-D)"
     if key.dim() != dim or value.dim() != dim:
-        raise InputError(f"For {kind} `{q_name}`, expected `{k_name}` and `{v_name}` to be {dim}-D but found "
-                         f"{key.dim()}-D and {value.dim()}-D tensors respectively")
+        raise InputAssertionError(f"For {kind} `{q_name}`, expected `{k_name}` and `{v_name}` to be {dim}-D but found "
+                                  f"{key.dim()}-D and {value.dim()}-D tensors respectively")
     for name, tensor, features, what in ((q_name, query, mha.embed_dim, "embed_dim"), (k_name, key, mha.kdim, "kdim"),
                                          (v_name, value, mha.vdim, "vdim")):
-        if tensor.shape[-1] != features:
-            raise InputError(f"argument `{name}` has shape {tuple(tensor.shape)}: was expecting embedding dimension of "
-                             f"{features} ({what}), but got {tensor.shape[-1]}")
+        if tensor.shape[-1] != features:  # torch: an assertion for `query`, a failed projection for the others
+            error = InputAssertionError if name == q_name else InputRuntimeError
+            raise error(f"argument `{name}` has shape {tuple(tensor.shape)}: was expecting embedding dimension of "
+                        f"{features} ({what}), but got {tensor.shape[-1]}")
     if not query.is_floating_point():
-        raise InputError(f"argument `{q_name}` has dtype {query.dtype}; expected a floating dtype")
+        raise InputRuntimeError(f"argument `{q_name}` has dtype {query.dtype}; expected a floating dtype")
     for name, tensor in ((k_name, key), (v_name, value)):
         if tensor.dtype != query.dtype:
-            raise InputError(f"argument `{name}` has dtype {tensor.dtype}; expected {query.dtype} (the dtype of "
-                             f"`{q_name}`)")
+            raise InputRuntimeError(f"argument `{name}` has dtype {tensor.dtype}; expected {query.dtype} (the dtype "
+                                    f"of `{q_name}`)")
     kn, src_len = (1, key.shape[0]) if batch_axis is None else (key.shape[batch_axis], key.shape[1 - batch_axis])
     if kn != n:
-        raise InputError(f"argument `{k_name}` has shape {tuple(key.shape)}: batch size {kn}, expected {n} (the batch "
-                         f"size of `{q_name}`)")
+        raise InputRuntimeError(f"argument `{k_name}` has shape {tuple(key.shape)}: batch size {kn}, expected {n} "
+                                f"(the batch size of `{q_name}`)")
     if value.shape[:-1] != key.shape[:-1]:
-        raise InputError(f"argument `{v_name}` has shape {tuple(value.shape)}: key's sequence and batch dims "
-                         f"{tuple(key.shape[:-1])} do not match value's {tuple(value.shape[:-1])}")
+        raise InputAssertionError(f"argument `{v_name}` has shape {tuple(value.shape)}: key's sequence and batch dims "
+                                  f"{tuple(key.shape[:-1])} do not match value's {tuple(value.shape[:-1])}")
     if key_padding_mask is not None:
         _mask_dtype(key_padding_mask, kpm_name)
         expected = (n, src_len) if batch_axis is not None else (src_len,)
         if key_padding_mask.shape != expected:
-            raise InputError(f"argument `{kpm_name}` has shape {tuple(key_padding_mask.shape)}; expected {expected} "
-                             f"({'(N, S)' if batch_axis is not None else '(S,)'} for {kind} `{q_name}`)")
+            raise InputAssertionError(f"argument `{kpm_name}` has shape {tuple(key_padding_mask.shape)}; expected "
+                                      f"{expected} for {kind} `{q_name}`")
     if attn_mask is not None:
         _mask_dtype(attn_mask, mask_name)
         if attn_mask.dim() == 2:
@@ -138,11 +141,11 @@ def check_attention_inputs(mha, query, key, value, key_padding_mask=None, attn_m
         elif attn_mask.dim() == 3:
             expected = (n * mha.num_heads if batch_axis is not None else mha.num_heads, length, src_len)
         else:
-            raise InputError(f"For {kind} `{q_name}`, expected `{mask_name}` to be `None`, 2-D or 3-D but found "
-                             f"{attn_mask.dim()}-D tensor instead")
+            raise InputAssertionError(f"For {kind} `{q_name}`, expected `{mask_name}` to be `None`, 2-D or 3-D but "
+                                      f"found {attn_mask.dim()}-D tensor instead")
         if attn_mask.shape != expected:
-            raise MaskShapeError(f"argument `{mask_name}` has shape {tuple(attn_mask.shape)}: the shape of the "
-                                 f"{attn_mask.dim()}D attn_mask should be {expected}")
+            raise InputRuntimeError(f"argument `{mask_name}` has shape {tuple(attn_mask.shape)}: the shape of the "
+                                    f"{attn_mask.dim()}D attn_mask should be {expected}")
     return batch_axis is not None
 
 
