@@ -46,6 +46,35 @@ class AttentionCache:
         return 0 if self.key is None else self.key.shape[-2]
 
 
+@dataclass
+class StaticAttentionCache:
+    """Keys and values of one self-attention layer in preallocated buffers, for decoding steps of fixed shapes.
+
+    ``key`` / ``value`` ``(B, H, max_len, D)``; ``length`` ``(B,)`` int32 on their device: the valid positions of
+    each row. A step writes its new keys and values at ``length`` and advances ``length`` in place, all on the
+    device: no allocation that depends on the step, no host synchronisation, so a step can be captured in a CUDA
+    graph and replayed (``transformer.generation.CUDAGraphStep``)."""
+
+    key: torch.Tensor
+    value: torch.Tensor
+    length: torch.Tensor
+
+    @classmethod
+    def empty(cls, batch, heads, max_len, head_dim, *, device=None, dtype=None) -> "StaticAttentionCache":
+        key = torch.zeros(batch, heads, max_len, head_dim, device=device, dtype=dtype)
+        return cls(key, torch.zeros_like(key), torch.zeros(batch, dtype=torch.int32, device=key.device))
+
+    def append(self, k, v):
+        """Writes ``k`` / ``v`` ``(B, H, T, D)`` at positions ``length .. length + T - 1`` of each row and advances
+        ``length`` by ``T``. Positions past ``max_len`` are the caller's to prevent (checking would synchronise)."""
+        t = k.shape[-2]
+        positions = self.length[:, None] + torch.arange(t, device=k.device, dtype=self.length.dtype)  # (B, T)
+        index = positions[:, None, :, None].expand(k.shape).long()  # (B, H, T, D)
+        self.key.scatter_(2, index, k)
+        self.value.scatter_(2, index, v)
+        self.length += t
+
+
 def decode_attention(q, k, v, *, causal, key_padding_mask=None, dropout_p=0.0, backend="auto"):
     """Attention of the ``T`` newest positions ``q`` ``(B, H, T, D)`` over ``S >= T`` keys/values (cached ones first).
 
@@ -56,7 +85,9 @@ def decode_attention(q, k, v, *, causal, key_padding_mask=None, dropout_p=0.0, b
     """
     t, s = q.shape[-2], k.shape[-2]
     mask = None
-    if causal and t != s:
+    if causal and t == 1:  # one new position sees every cached one: no mask to build
+        causal = False
+    elif causal and t != s:
         mask = torch.ones(t, s, dtype=torch.bool, device=q.device).tril(diagonal=s - t)  # (T, S), True = keep
     return kernels.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
                                                 is_causal=causal and t == s, key_padding_mask=key_padding_mask,
@@ -280,11 +311,13 @@ class MultiheadAttention(NotScriptable, nn.MultiheadAttention):
 
     # -- generation -----------------------------------------------------------------------------------------------
 
-    def attend(self, query, cache: AttentionCache | None = None, memory=None, memory_key_padding_mask=None):
+    def attend(self, query, cache: AttentionCache | StaticAttentionCache | None = None, memory=None,
+               memory_key_padding_mask=None):
         """Attention for the model family and generation (batched inputs in the module's layout; bool masks).
 
         Without ``memory``: causal self-attention of ``query``; with a ``cache``, ``query`` holds the new positions
-        only, attends to the cached ones too, and its keys and values are appended. With ``memory``: cross-attention
+        only, attends to the cached ones too, and its keys and values are appended (a ``StaticAttentionCache``:
+        written in place, on the device, no dropout: decoding only). With ``memory``: cross-attention
         to ``memory`` (``memory_key_padding_mask``: True = padding), projected into ``cache`` on the first call
         when a cache is given. Returns the attention output, like ``forward(...)[0]``.
         """
@@ -294,6 +327,10 @@ class MultiheadAttention(NotScriptable, nn.MultiheadAttention):
         dropout_p = self.dropout if self.training else 0.0
         if memory is None:
             q, k, v = self._project(query, query, query)
+            if isinstance(cache, StaticAttentionCache):
+                cache.append(k, v)  # the keys and values, new ones included, attended bottom-right causally
+                return self._out(kernels.attention_with_kv_cache(q, cache.key, cache.value, cache_seqlens=cache.length,
+                                                                 is_causal=True, backend=self.backend))
             if cache is not None:
                 if cache.key is not None:
                     k, v = torch.cat([cache.key, k], dim=-2), torch.cat([cache.value, v], dim=-2)
