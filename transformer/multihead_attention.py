@@ -121,44 +121,32 @@ def check_attention_inputs(mha, query, key, value, key_padding_mask=None, attn_m
     ``attn_mask`` ``(L, S)`` or ``(N * num_heads, L, S)`` / ``(num_heads, L, S)``. Only sizes and dtypes are read.
     The error types follow torch's for the same input (see InputAssertionError / InputRuntimeError)."""
     q_name, k_name, v_name, kpm_name, mask_name = names
-    for name, tensor in ((q_name, query), (k_name, key), (v_name, value)):
+    # self-attention (the layers' first block): one tensor to check
+    self_attention = query is key and key is value and mha._qkv_same_embed_dim
+    for name, tensor in ((q_name, query),) if self_attention else ((q_name, query), (k_name, key), (v_name, value)):
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"argument `{name}` must be a tensor, got {type(tensor).__name__}")
         if tensor.is_nested:
             raise InputRuntimeError(f"argument `{name}` is a nested tensor; transformer's attention takes dense "
                                     "tensors and a key_padding_mask (nested.to_padded_tensor(0.0) and the lengths)")
-    dim = query.dim()
+    q_shape = query.shape
+    dim = len(q_shape)
     if dim == 3:
         batch_axis = 0 if mha.batch_first else 1
-        n, length = query.shape[batch_axis], query.shape[1 - batch_axis]
+        n, length = q_shape[batch_axis], q_shape[1 - batch_axis]
     elif dim == 2:
-        batch_axis, n, length = None, 1, query.shape[0]
+        batch_axis, n, length = None, 1, q_shape[0]
     else:
-        raise InputAssertionError(f"argument `{q_name}` has shape {tuple(query.shape)}: {q_name} should be unbatched "
+        raise InputAssertionError(f"argument `{q_name}` has shape {tuple(q_shape)}: {q_name} should be unbatched "
                                   f"2D or batched 3D tensor but received {dim}-D {q_name} tensor")
     kind = "batched (3-D)" if dim == 3 else "unbatched (2-D)"
-    if key.dim() != dim or value.dim() != dim:
-        raise InputAssertionError(f"For {kind} `{q_name}`, expected `{k_name}` and `{v_name}` to be {dim}-D but found "
-                                  f"{key.dim()}-D and {value.dim()}-D tensors respectively")
-    for name, tensor, features, what in ((q_name, query, mha.embed_dim, "embed_dim"), (k_name, key, mha.kdim, "kdim"),
-                                         (v_name, value, mha.vdim, "vdim")):
-        if tensor.shape[-1] != features:  # torch: an assertion for `query`, a failed projection for the others
-            error = InputAssertionError if name == q_name else InputRuntimeError
-            raise error(f"argument `{name}` has shape {tuple(tensor.shape)}: was expecting embedding dimension of "
-                        f"{features} ({what}), but got {tensor.shape[-1]}")
+    if q_shape[-1] != mha.embed_dim:
+        raise InputAssertionError(f"argument `{q_name}` has shape {tuple(q_shape)}: was expecting embedding dimension "
+                                  f"of {mha.embed_dim} (embed_dim), but got {q_shape[-1]}")
     if not query.is_floating_point():
         raise InputRuntimeError(f"argument `{q_name}` has dtype {query.dtype}; expected a floating dtype")
-    for name, tensor in ((k_name, key), (v_name, value)):
-        if tensor.dtype != query.dtype:
-            raise InputRuntimeError(f"argument `{name}` has dtype {tensor.dtype}; expected {query.dtype} (the dtype "
-                                    f"of `{q_name}`)")
-    kn, src_len = (1, key.shape[0]) if batch_axis is None else (key.shape[batch_axis], key.shape[1 - batch_axis])
-    if kn != n:
-        raise InputRuntimeError(f"argument `{k_name}` has shape {tuple(key.shape)}: batch size {kn}, expected {n} "
-                                f"(the batch size of `{q_name}`)")
-    if value.shape[:-1] != key.shape[:-1]:
-        raise InputAssertionError(f"argument `{v_name}` has shape {tuple(value.shape)}: key's sequence and batch dims "
-                                  f"{tuple(key.shape[:-1])} do not match value's {tuple(value.shape[:-1])}")
+    k_shape = q_shape if self_attention else _check_key_value(mha, query, key, value, names, kind, n)
+    src_len = k_shape[0] if batch_axis is None else k_shape[1 - batch_axis]
     if key_padding_mask is not None:
         _mask_dtype(key_padding_mask, kpm_name)
         expected = (n, src_len) if batch_axis is not None else (src_len,)
@@ -178,6 +166,31 @@ def check_attention_inputs(mha, query, key, value, key_padding_mask=None, attn_m
             raise InputRuntimeError(f"argument `{mask_name}` has shape {tuple(attn_mask.shape)}: the shape of the "
                                     f"{attn_mask.dim()}D attn_mask should be {expected}")
     return batch_axis is not None
+
+
+def _check_key_value(mha, query, key, value, names, kind, n):
+    """``check_attention_inputs`` for a ``key`` / ``value`` that are not ``query``; returns ``key.shape``."""
+    q_name, k_name, v_name = names[:3]
+    k_shape, v_shape, dim = key.shape, value.shape, query.dim()
+    if len(k_shape) != dim or len(v_shape) != dim:
+        raise InputAssertionError(f"For {kind} `{q_name}`, expected `{k_name}` and `{v_name}` to be {dim}-D but found "
+                                  f"{len(k_shape)}-D and {len(v_shape)}-D tensors respectively")
+    for name, shape, features, what in ((k_name, k_shape, mha.kdim, "kdim"), (v_name, v_shape, mha.vdim, "vdim")):
+        if shape[-1] != features:  # torch fails in the projection
+            raise InputRuntimeError(f"argument `{name}` has shape {tuple(shape)}: was expecting embedding dimension "
+                                    f"of {features} ({what}), but got {shape[-1]}")
+    for name, tensor in ((k_name, key), (v_name, value)):
+        if tensor.dtype != query.dtype:
+            raise InputRuntimeError(f"argument `{name}` has dtype {tensor.dtype}; expected {query.dtype} (the dtype "
+                                    f"of `{q_name}`)")
+    kn = 1 if dim == 2 else k_shape[0 if mha.batch_first else 1]
+    if kn != n:
+        raise InputRuntimeError(f"argument `{k_name}` has shape {tuple(k_shape)}: batch size {kn}, expected {n} "
+                                f"(the batch size of `{q_name}`)")
+    if v_shape[:-1] != k_shape[:-1]:
+        raise InputAssertionError(f"argument `{v_name}` has shape {tuple(v_shape)}: key's sequence and batch dims "
+                                  f"{tuple(k_shape[:-1])} do not match value's {tuple(v_shape[:-1])}")
+    return k_shape
 
 
 class MultiheadAttention(NotScriptable, nn.MultiheadAttention):
@@ -231,10 +244,16 @@ class MultiheadAttention(NotScriptable, nn.MultiheadAttention):
 
     # -- pieces ---------------------------------------------------------------------------------------------------
 
-    def _split_heads(self, x):
-        """``(N, L, E)`` (batch first) or ``(L, N, E)`` -> ``(N, H, L, D)`` (a view)."""
-        x = x.unflatten(-1, (self.num_heads, self.head_dim))
-        return x.transpose(1, 2) if self.batch_first else x.permute(1, 2, 0, 3)
+    def _split_heads(self, x, parts=1):
+        """``(N, L, parts * E)`` (batch first) or ``(L, N, parts * E)`` -> ``(N, H, L, D)`` views, ``parts`` of them
+        (q, k, v of a packed projection) or one. Plain view ops (no ``unflatten``, whose Python wrapper cost more
+        than the rest of the split)."""
+        a, b = x.shape[0], x.shape[1]
+        if parts == 1:
+            x = x.reshape(a, b, self.num_heads, self.head_dim)
+            return x.transpose(1, 2) if self.batch_first else x.permute(1, 2, 0, 3)
+        x = x.reshape(a, b, parts, self.num_heads, self.head_dim)
+        return (x.permute(2, 0, 3, 1, 4) if self.batch_first else x.permute(2, 1, 3, 0, 4)).unbind(0)
 
     def _out(self, out):
         """``(N, H, L, D)`` -> output projection, in the module's layout ``(N, L, E)`` or ``(L, N, E)``."""
@@ -242,34 +261,31 @@ class MultiheadAttention(NotScriptable, nn.MultiheadAttention):
         out = out.flatten(-2)
         return kernels.linear(out, self.out_proj.weight, self.out_proj.bias, backend=self.backend)
 
-    def _weights(self):
-        """The (weight, bias) of the q, k and v projections (views of the packed parameters when packed)."""
-        if self._qkv_same_embed_dim:
-            weights = self.in_proj_weight.chunk(3)
-        else:
-            weights = (self.q_proj_weight, self.k_proj_weight, self.v_proj_weight)
-        biases = (None,) * 3 if self.in_proj_bias is None else self.in_proj_bias.chunk(3)
-        return weights, biases
-
     def _project(self, query, key, value):
         if self._qkv_same_embed_dim and query is key and key is value:
-            # Self-attention: one GEMM for the packed projection, (.., 3E) viewed as three (.., E) slices.
+            # Self-attention: one GEMM for the packed projection, (.., 3E) viewed as q, k and v.
             qkv = kernels.linear(query, self.in_proj_weight, self.in_proj_bias, backend=self.backend)
-            return tuple(self._split_heads(t) for t in qkv.chunk(3, dim=-1))
+            return self._split_heads(qkv, 3)
         return self._project_q(query), *self._project_kv(key, value)
 
     def _project_q(self, query):
-        (w_q, _, _), (b_q, _, _) = self._weights()
-        return self._split_heads(kernels.linear(query, w_q, b_q, backend=self.backend))
+        e, bias = self.embed_dim, self.in_proj_bias
+        weight = self.in_proj_weight[:e] if self._qkv_same_embed_dim else self.q_proj_weight
+        return self._split_heads(kernels.linear(query, weight, None if bias is None else bias[:e],
+                                                backend=self.backend))
 
     def _project_kv(self, key, value):
-        (_, w_k, w_v), (_, b_k, b_v) = self._weights()
         if self._qkv_same_embed_dim and key is value:
             # Cross-attention: one GEMM for the packed k/v projection.
-            e = self.embed_dim
-            bias = None if self.in_proj_bias is None else self.in_proj_bias[e:]
-            kv = kernels.linear(key, self.in_proj_weight[e:], bias, backend=self.backend)
-            return tuple(self._split_heads(t) for t in kv.chunk(2, dim=-1))
+            e, bias = self.embed_dim, self.in_proj_bias
+            kv = kernels.linear(key, self.in_proj_weight[e:], None if bias is None else bias[e:], backend=self.backend)
+            return self._split_heads(kv, 2)
+        e, bias = self.embed_dim, self.in_proj_bias
+        if self._qkv_same_embed_dim:
+            w_k, w_v = self.in_proj_weight[e:2 * e], self.in_proj_weight[2 * e:]
+        else:
+            w_k, w_v = self.k_proj_weight, self.v_proj_weight
+        b_k, b_v = (None, None) if bias is None else (bias[e:2 * e], bias[2 * e:])
         return (self._split_heads(kernels.linear(key, w_k, b_k, backend=self.backend)),
                 self._split_heads(kernels.linear(value, w_v, b_v, backend=self.backend)))
 
