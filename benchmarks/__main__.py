@@ -18,6 +18,7 @@ import torch
 
 from . import ops  # noqa: F401  (registers every suite)
 from .ceilings import measure_ceilings
+from .ops.overhead import overhead_table
 from .records import device_slug, environment, write_record
 from .report import ceilings_line, skipped, terminal_table, write_markdown, write_plots
 from .runner import run_cases
@@ -77,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(ceilings_line(ceilings, env))
     print(terminal_table(results))
+    overhead = overhead_table(results)
+    if overhead:
+        print(f"\nhost time per call (--op overhead):\n{overhead}")
     for line in skipped(results):
         print(f"  not run: {line}")
     print(f"\nrecord: {record}\ntable: {table}\nplots: {len(plots)} in {out_dir}")

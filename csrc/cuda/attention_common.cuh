@@ -293,6 +293,25 @@ __device__ __forceinline__ uint64_t dropout_offset(const Params& p, const Sequen
   return (bh * p.sq + static_cast<uint64_t>(s.q0 + row)) * p.sk + static_cast<uint64_t>(s.k0 + col);
 }
 
+// Dropout keep bits of this thread's elements of the dK/dV kernel's S^T tile, 16 keys x (8 * kTiles) query rows in
+// the mma accumulator layout, element e of 8-row tile nt at bit 4 * nt + e: keys key_a (e < 2) and key_b (e >= 2),
+// query rows row0 + 8 * nt + e % 2 (row0 includes the thread's 2t). A rolled loop with the seed read once: Philox
+// unrolled over every element spilled there.
+template <int kTiles, bool kVarlen>
+__device__ __forceinline__ uint32_t dropout_keep_bits_transposed(const Params& p, const Sequence<kVarlen>& s, int h,
+                                                                 int key_a, int key_b, int row0) {
+  static_assert(4 * kTiles <= 32, "a thread's keep bits fit one uint32");
+  const uint64_t seed = dropout_seed(p);
+  uint32_t bits = 0;
+#pragma unroll 1
+  for (int i = 0; i < 4 * kTiles; ++i) {
+    const int key = i % 4 < 2 ? key_a : key_b, row = row0 + (i / 4) * 8 + i % 2;
+    const bool keep = row < s.sq && key < s.sk && dropout_keep(seed, dropout_offset(p, s, h, row, key), p.dropout_p);
+    bits |= static_cast<uint32_t>(keep) << i;
+  }
+  return bits;
+}
+
 // --- host side, shared by the forward, backward and varlen launchers --------------------------------------------------
 
 // The tensor itself when its head dim (the last) is contiguous and its rows are 16-byte aligned (cp.async), else a
