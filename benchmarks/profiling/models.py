@@ -128,8 +128,9 @@ def _hugging_face(family, size, mode, batch, seq_len, positions, device):
     small = size == "small"
     if family == "gpt2":
         d, heads, layers, vocab = _SHAPES[size]
+        special = min(50256, vocab - 1)  # GPT-2's end-of-text id, inside the small vocabulary too
         config = transformers.GPT2Config(n_embd=d, n_head=heads, n_layer=layers, vocab_size=vocab,
-                                         n_positions=positions)
+                                         n_positions=positions, bos_token_id=special, eos_token_id=special)
         model_cls = transformers.GPT2LMHeadModel
     elif family == "bert":
         _no_generate("hf:bert", mode)
