@@ -221,6 +221,6 @@ def test_cuda_profile_attributes_kernel_time(mode, tmp_path):
         assert variant.profiled_time_s > 0 and variant.peak_memory_bytes > 0
         assert variant.block_share("attention") > 0 and variant.block_share("feed_forward") > 0
     swapped = profile["swapped"]
-    assert swapped.ours_share > 0.3
+    assert swapped.ours_share > 0.1
     assert any(row["ours"] and row["block"] == "attention" for row in swapped.top)
     assert profile.environment["device"] == "cuda" and profile.ceilings["matmul_dtype"] == "bfloat16"
