@@ -93,7 +93,8 @@ def _bert(size, mode, batch, seq_len, positions, device):
     ids = _ids(vocab, batch, seq_len, device)
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     if mode == "train":
-        inputs["labels"] = ids.masked_fill(torch.rand(ids.shape, device=device) > 0.15, -100)  # 15% of the positions scored
+        scored = torch.rand(ids.shape, device=device) < 0.15  # 15% of the positions, as BERT's masked LM
+        inputs["labels"] = ids.masked_fill(~scored, -100)
     return Built(transformer.BERT(config, backend="torch"), inputs, label=f"BERT ({size})")
 
 
