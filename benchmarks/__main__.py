@@ -70,11 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.match:
         patterns = [re.compile(pattern) for pattern in args.match]
         cases = (c for c in cases if any(p.fullmatch(f"{c.op} {c.mode} {c.shape_text()}") for p in patterns))
+    command = ["python", "-m", "benchmarks", *argv]
     results = run_cases(cases, ceilings,
                         providers=set(args.provider) if args.provider else None, budget_s=budget,
-                        cuda_graph=args.cuda_graph)
+                        cuda_graph=args.cuda_graph,
+                        on_case=lambda so_far: write_record(out_dir, env, ceilings, so_far, command))
 
-    record = write_record(out_dir, env, ceilings, results, ["python", "-m", "benchmarks", *argv])
+    record = write_record(out_dir, env, ceilings, results, command)
     table = write_markdown(out_dir, results, ceilings, env)
     plots = [] if args.no_plots else write_plots(out_dir, results)
     print()

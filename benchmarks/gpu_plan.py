@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -32,25 +31,29 @@ STAGE_BUDGET_S = 360
 # native case is a few launches and a reference on small-to-moderate shapes; a Triton compilation (one kernel
 # specialisation: ptxas included) takes ~1-3 s on one core, the workers (-n) compile in parallel; an autotuned
 # specialisation compiles and benchmarks each of its candidates; compute-sanitizer multiplies a case's time.
-COST = {"pytest_start": 20.0, "native_case": 0.25, "triton_case": 0.3, "compile": 2.0, "autotune_configs": 4,
-        "inductor_case": 30.0,
-        "sanitizer_start": 40.0, "sanitizer_case": 6.0, "bench_start": 25.0, "bench_provider": 4.0,
-        "versions": 15.0}
-# Kernels one case of a test file compiles at most (forward and backward launchers of its op).
+COST = {"pytest_start": 20.0, "native_case": 0.25, "triton_case": 0.3, "compile": 2.0, "inductor_case": 30.0,
+        "sanitizer_start": 30.0, "sanitizer_case": 10.0, "bench_start": 25.0, "bench_run": 1.2, "versions": 15.0}
+# Kernels one case of a test file compiles at most (the forward and backward launchers of its op), and the candidates
+# an autotuned specialisation compiles (attention: 2 x 2 warps/stages; linear: its pruned candidates; the other
+# launchers do not autotune).
 KERNELS_PER_CASE = {"test_attention.py": 4, "test_attention_varlen.py": 4, "test_layer_norm.py": 3,
                     "test_masked_softmax.py": 2, "test_residual_add.py": 1, "test_linear.py": 2,
                     "test_feed_forward.py": 4, "test_triton_launchers.py": 4}
-WORKERS = 4  # pytest-xdist workers for the Triton steps (16 cores: compilation is the bottleneck)
+AUTOTUNE_CANDIDATES = {"test_attention.py": 4, "test_attention_varlen.py": 4, "test_linear.py": 8,
+                       "test_feed_forward.py": 8}
+WORKERS = 12  # pytest-xdist workers (16 cores): Triton steps are bound by compilation, native ones by Python
 
-NATIVE_FILES = ("tests/test_attention_native_cuda.py", "tests/test_attention_native.py", "tests/test_layer_norm.py",
-                "tests/test_masked_softmax.py", "tests/test_residual_add.py", "tests/test_linear.py",
-                "tests/test_feed_forward.py", "tests/test_feed_forward_cublaslt.py")
+NATIVE_FILES = ("tests/test_attention_native_cuda.py", "tests/test_attention_native.py", "tests/test_attention.py",
+                "tests/test_attention_varlen.py", "tests/test_layer_norm.py", "tests/test_masked_softmax.py",
+                "tests/test_residual_add.py", "tests/test_linear.py", "tests/test_feed_forward.py",
+                "tests/test_feed_forward_cublaslt.py")
 TRITON_FILES = ("tests/test_attention.py", "tests/test_attention_varlen.py", "tests/test_layer_norm.py",
                 "tests/test_masked_softmax.py", "tests/test_residual_add.py", "tests/test_linear.py",
                 "tests/test_feed_forward.py", "tests/test_triton_launchers.py")
-# Triton cases on large shapes or in long loops: stage 2, autotuned (words of their test names).
-HEAVY = ("realistic", "long_cache", "memory_linear", "50x", "attention_shapes", "retuned", "more_batch_heads",
-         "at_size", "statistics")
+# Stage 2, autotuned: the bf16 cases on realistic shapes (test_gpu_realistic's first dtype, "dtype0" / the masked
+# softmax's "torch.bfloat16") and the test of autotuning itself. Every other Triton case runs in stage 1 with one
+# configuration; torch.compile cases with --full.
+AUTOTUNED_K = "retuned or (realistic and (dtype0 or bfloat16))"
 
 
 @dataclass(frozen=True)
@@ -66,48 +69,47 @@ class Step:
     tool: str = ""  # compute-sanitizer --tool
     autotuned: bool = False
     full_only: bool = False  # runs with --full only
+    min_s: float = 30.0  # the time earlier steps leave it (benchmarks/gpu_run.py stops them to keep it)
 
 
 def _k(*expressions: str) -> str:
     return " and ".join(f"({e})" for e in expressions)
 
 
-def _not_heavy() -> str:
-    return " and ".join(f"not {word}" for word in HEAVY)
 
 
-def _heavy() -> str:
-    return " or ".join(HEAVY)
-
-
-# The small native cases the sanitizers run (compute-sanitizer slows a launch 10-100x).
-SANITIZED = ("tests/test_attention_native_cuda.py::test_head_dims_forward_backward",
-             "tests/test_attention_native_cuda.py::test_varlen_matches_reference",
-             "tests/test_layer_norm.py")
-SANITIZED_K = {"memcheck": _k("native or test_head_dims or test_varlen", "float16", "not 256 and not 96",
-                              "not realistic and not compile and not graph"),
-               "racecheck": _k("native or test_head_dims or test_varlen", "float16", "64", "not causal",
-                               "not realistic and not compile and not graph")}
+# The small native cases the sanitizers run (compute-sanitizer slows every launch 10-100x): the dense forward and
+# backward with causal + padding + bool masks (head dim 64), varlen causal, layer norm with a residual on strided
+# inputs (1024 x 1024); racecheck (slower) the first only.
+_DENSE = "tests/test_attention_native_cuda.py::test_head_dims_forward_backward"
+_VARLEN = "tests/test_attention_native_cuda.py::test_varlen_matches_reference"
+_NORM = "tests/test_layer_norm.py::test_gpu_non_contiguous_and_large_magnitudes"
+SANITIZED = {
+    "memcheck": (f"{_DENSE}[causal+padding+bool-1x2x1x97x45-64-torch.float16]",
+                 f"{_VARLEN}[True-64-torch.float16]", f"{_NORM}[native-layer_norm]"),
+    "racecheck": (f"{_DENSE}[causal+padding+bool-1x2x1x97x45-64-torch.float16]",),
+}
 
 STAGES: dict[int, tuple[Step, ...]] = {
     1: (
         Step("versions", "versions", "Python, torch, Triton, CUDA, GPU; kernels._C loads with CUDA kernels; backends"),
         Step("native", "pytest", "native CUDA tests: attention dense + varlen, layer norm, masked softmax, residual "
-             "add, linear / cuBLASLt", (*NATIVE_FILES, "-m", "gpu", "-k", _k("not triton", "not compile"))),
-        Step("triton-one-config", "pytest", "Triton tests, one configuration per kernel, small and odd shapes",
-             (*TRITON_FILES, "-m", "gpu", "-k", _k("triton or launchers", _not_heavy(), "not compile")),
+             "add, linear / cuBLASLt", (*NATIVE_FILES, "-m", "gpu", "-k", _k("not triton", "not compile")),
+             workers=WORKERS),
+        Step("triton-one-config", "pytest", "Triton tests, one configuration per kernel (realistic shapes: fp16, fp32)",
+             (*TRITON_FILES, "-m", "gpu", "-k", _k("triton or launchers", f"not ({AUTOTUNED_K})", "not compile")),
              env={"KERNELS_TRITON_ONE_CONFIG": "1"}, workers=WORKERS),
     ),
     2: (
-        Step("triton-autotuned", "pytest", "Triton tests with autotuning on realistic shapes and in long loops",
-             (*TRITON_FILES, "-m", "gpu", "-k", _k("triton or launchers", _heavy(), "not compile")),
+        Step("triton-autotuned", "pytest", "Triton tests with autotuning on realistic shapes (bf16)",
+             (*TRITON_FILES, "-m", "gpu", "-k", _k("triton or launchers", AUTOTUNED_K, "not compile")),
              workers=WORKERS, autotuned=True),
         Step("memcheck", "sanitizer", "compute-sanitizer memcheck: small native attention and layer-norm cases",
-             (*SANITIZED, "-m", "gpu", "-k", SANITIZED_K["memcheck"]), tool="memcheck"),
-        Step("racecheck", "sanitizer", "compute-sanitizer racecheck: a few of those cases",
-             (*SANITIZED, "-m", "gpu", "-k", SANITIZED_K["racecheck"]), tool="racecheck"),
+             SANITIZED["memcheck"], tool="memcheck"),
+        Step("racecheck", "sanitizer", "compute-sanitizer racecheck: the dense attention case",
+             SANITIZED["racecheck"], tool="racecheck"),
         Step("benchmark", "bench", "attention fwd, fwd+bwd (4, 16, 4096, 128) +- padding; layer norm, feed-forward "
-             "one large shape; peers SDPA backends + eager; cold start and steady state"),
+             "one large shape; peers SDPA backends + eager; cold start and steady state", min_s=120.0),
         Step("torch-compile", "pytest", "our ops under torch.compile (inductor): --full only",
              (*dict.fromkeys(NATIVE_FILES + TRITON_FILES), "-m", "gpu", "-k", "compile"), workers=WORKERS,
              full_only=True),
@@ -116,16 +118,21 @@ STAGES: dict[int, tuple[Step, ...]] = {
 
 # The benchmark step: cases (--match, full match of "op mode shape label") and providers.
 BENCH_MATCH = (r"attention (fwd|fwd\+bwd) B=4 S=4096 H=16 D=128( key padding mask)?",
-               r"layer_norm (fwd|fwd\+bwd) rows=32768 hidden=4096 layer_norm",
+               r"layer_norm (fwd|fwd\+bwd) rows=32768 hidden=4096",
                r"feed_forward (fwd|fwd\+bwd) tokens=8192 d_model=1024 ffn=4096 gelu")
-BENCH_PEERS = ("sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "sdpa-math", "eager")
+BENCH_PEERS = ("sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "eager")  # SDPA's math backend is eager's algorithm
 BENCH_CASES = 8  # 2 attention variants x 2 modes, 2 layer-norm modes, 2 feed-forward modes
+# Timed runs (a provider on a case: attention has ours and the four peers, the others ours and eager) and the Triton
+# compilations of their cold starts (attention: 4 forward + 9 backward candidates per variant; layer norm 3; the
+# feed-forward block's GEMMs: 8 candidates of each of 3 kernels).
+BENCH_RUNS = 4 * (2 + len(BENCH_PEERS)) + 2 * 3 + 2 * 3
+BENCH_COMPILES = 2 * 13 + 3 + 24
 
 
 def bench_command(out_dir: str, full: bool) -> list[str]:
-    providers = ["triton", "native", *BENCH_PEERS] + (["torch.compile"] if full else [])
+    providers = ["triton", "native", *BENCH_PEERS] + (["sdpa-math", "torch.compile"] if full else [])
     command = [sys.executable, "-m", "benchmarks", "--device", "cuda", "--op", "attention", "--op", "layer_norm",
-               "--op", "feed_forward", "--mode", "fwd", "--mode", "fwd+bwd", "--budget", "1.0" if full else "0.2",
+               "--op", "feed_forward", "--mode", "fwd", "--mode", "fwd+bwd", "--budget", "1.0" if full else "0.1",
                "--no-plots", "--out", out_dir]
     for pattern in BENCH_MATCH:
         command += ["--match", pattern]
@@ -144,31 +151,25 @@ def collect(step: Step) -> list[str]:
     return [line for line in done.stdout.splitlines() if "::" in line]
 
 
-def _specialisation(node_id: str) -> str:
-    """A case's id less its shape-like parts (numbers, 'AxBxC'): cases equal on the rest compile the same kernels."""
-    name, _, params = node_id.partition("[")
-    kept = [part for part in params.rstrip("]").split("-") if not re.fullmatch(r"[\dx.]+|\d+e\d+", part)]
-    return name + "[" + "-".join(kept) + "]"
-
-
 def compilations(node_ids: list[str], step: Step) -> int:
-    """Estimated Triton compilations: distinct specialisations x the kernels a case of that file launches (x the
-    candidates each specialisation tries when autotuned). 0 for native steps."""
+    """Estimated Triton compilations: each case a new specialisation (its dtypes, flags and head dim are constexprs,
+    and Triton specialises integer arguments on divisibility by 16, so new sizes mostly compile again) of each
+    kernel a case of its file launches, times the candidates when autotuned. 0 for the native steps."""
     if step.name in ("native", "memcheck", "racecheck"):
         return 0
     total = 0
-    for spec in set(map(_specialisation, node_ids)):
-        total += KERNELS_PER_CASE.get(os.path.basename(spec.split("::")[0]), 2)
-    return total * (COST["autotune_configs"] if step.autotuned else 1)
+    for node_id in node_ids:
+        test_file = os.path.basename(node_id.split("::")[0])
+        total += KERNELS_PER_CASE.get(test_file, 2) * (AUTOTUNE_CANDIDATES.get(test_file, 1) if step.autotuned else 1)
+    return total
 
 
 def estimate(step: Step, cases: int, compiles: int) -> float:
     """Seconds the step should take on an H200 by the cost model."""
     if step.kind == "versions":
         return COST["versions"]
-    if step.kind == "bench":
-        providers = 2 + len(BENCH_PEERS)
-        return COST["bench_start"] + BENCH_CASES * providers * COST["bench_provider"]
+    if step.kind == "bench":  # one process: its compilations are not spread over workers
+        return COST["bench_start"] + BENCH_RUNS * COST["bench_run"] + BENCH_COMPILES * COST["compile"]
     if step.kind == "sanitizer":
         return COST["sanitizer_start"] + cases * COST["sanitizer_case"]
     per_case = {"native": COST["native_case"], "torch-compile": COST["inductor_case"]}.get(step.name,
@@ -193,7 +194,7 @@ def plan(stage: int, full: bool) -> list[Planned]:
     for step in steps(stage, full):
         ids = collect(step) if step.kind in ("pytest", "sanitizer") else []
         cases = BENCH_CASES if step.kind == "bench" else len(ids)
-        compiles = compilations(ids, step) if step.kind == "pytest" else 0
+        compiles = compilations(ids, step) if step.kind == "pytest" else BENCH_COMPILES if step.kind == "bench" else 0
         planned.append(Planned(step, cases, compiles, estimate(step, cases, compiles)))
     return planned
 

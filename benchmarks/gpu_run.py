@@ -7,8 +7,8 @@
     OUT/summary.md         one row per step: status, cases passed / failed / skipped, seconds measured and estimated
 
 At most 8 files (what is more goes into OUT/extra.tar.gz). Each step is stopped (SIGINT, so pytest still writes its
-report; SIGKILL 30 s later) when it would eat into the time the stage's later steps need; a stopped or failed step
-does not stop the stage. The summary table is printed last.
+report; SIGKILL 30 s later) when it would eat into the time the stage's later steps need (their ``min_s``); a stopped
+or failed step does not stop the stage. The summary table is printed last.
 
     python -m benchmarks.gpu_run run --stage 1|2 --budget SECONDS --out OUT [--full]
     python -m benchmarks.gpu_run versions
@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from .gpu_plan import ROOT, STAGES, STAGE_BUDGET_S, Step, bench_command, compilations, estimate, steps
 
 MAX_FILES = 8
-RESERVE_S = 45  # kept for each later step of the stage
 MIN_STEP_S = 20  # a step with less time than this left is skipped
 
 
@@ -162,7 +161,7 @@ def run_stage(stage: int, budget: float, out_dir: str, full: bool) -> list[Row]:
     with open(os.path.join(out_dir, f"stage{stage}.log"), "a", buffering=1) as log:
         log.write(f"== stage {stage}, budget {budget:.0f} s, {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         for index, step in enumerate(chosen):
-            left = budget - (time.monotonic() - started) - RESERVE_S * (len(chosen) - index - 1)
+            left = budget - (time.monotonic() - started) - sum(later.min_s for later in chosen[index + 1:])
             if left < MIN_STEP_S:
                 rows.append(Row(stage, step.name, "skipped (stage budget spent)"))
                 continue

@@ -9,7 +9,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 
@@ -45,7 +45,10 @@ class Result:
 
 
 def run_cases(cases: Iterable[Case], ceilings: Ceilings, *, providers: set[str] | None, budget_s: float,
-              cuda_graph: bool = False, progress=sys.stderr) -> list[Result]:
+              cuda_graph: bool = False, progress=sys.stderr,
+              on_case: Callable[[list[Result]], None] | None = None) -> list[Result]:
+    """Times every chosen provider of every case; ``on_case(results so far)`` after each case (e.g. to write the
+    record as it goes, so that a run stopped midway leaves what it measured)."""
     cases = list(cases)
     results: list[Result] = []
     started = time.perf_counter()
@@ -57,6 +60,8 @@ def run_cases(cases: Iterable[Case], ceilings: Ceilings, *, providers: set[str] 
             group = [_run_provider(case, name, setup, ceilings, budget_s, cuda_graph) for name, setup in chosen.items()]
         _compare(group)
         results.extend(group)
+        if on_case is not None:
+            on_case(results)
         if progress is not None:
             elapsed = time.perf_counter() - started
             done = ", ".join(f"{r.provider} {r.median_ms:.3g} ms" if r.status == "ok" else f"{r.provider} -"
