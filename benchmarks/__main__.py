@@ -4,6 +4,7 @@ Examples:
     python -m benchmarks --quick                       # every op, small shapes, a table and a record in bench-out/
     python -m benchmarks --op attention --mode fwd --dtype bf16 --out benchmarks/results/h200-attention
     python -m benchmarks --op layer_norm --provider native --provider eager --device cpu
+    python -m benchmarks profile --model gpt --mode train   # a whole model's step, eager vs swapped (profile --help)
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["profile"]:
+        from .profiling.cli import main as profile_main
+
+        return profile_main(argv[1:])
     args = parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():

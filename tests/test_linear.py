@@ -97,6 +97,40 @@ def test_large_magnitudes_stay_finite(backend):
                      rtol=1e-5, atol=1e-3)
 
 
+@pytest.mark.interpret
+@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("activation", reference.GATED_ACTIVATIONS)
+def test_separate_gate_and_up_projections(backend, activation):
+    # Hugging Face's gate_proj / up_proj held apart: a (gate, up) pair, compared with the packed [gate; up] reference.
+    x, weight, bias = _inputs(9, 33, 17, activation)
+    w_gate, w_up = (w.detach().clone().requires_grad_() for w in weight.chunk(2))
+    b_gate, b_up = (b.detach().clone().requires_grad_() for b in bias.chunk(2))
+
+    def run(x, w_gate, w_up, b_gate, b_up, *, activation):
+        return kernels.linear(x, (w_gate, w_up), (b_gate, b_up), activation=activation, backend=backend)
+
+    def ref(x, w_gate, w_up, b_gate, b_up, *, activation):
+        return reference.linear(x, torch.cat([w_gate, w_up]), torch.cat([b_gate, b_up]), activation=activation)
+
+    check_against_reference(run, ref, x, w_gate, w_up, b_gate, b_up, activation=activation)
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_conv1d_weight_as_transposed_view(backend):
+    # GPT-2's Conv1D holds (in, out); passed as .t() it is read through its strides, its gradient reaches (in, out).
+    x = torch.randn(2, 5, 24, requires_grad=True)
+    conv_weight = (torch.randn(24, 40) / 5).requires_grad_()
+    bias = torch.randn(40, requires_grad=True)
+
+    def run(x, conv_weight, bias, *, activation):
+        return kernels.linear(x, conv_weight.t(), bias, activation=activation, backend=backend)
+
+    def ref(x, conv_weight, bias, *, activation):
+        return reference.linear(x, conv_weight.t(), bias, activation=activation)
+
+    check_against_reference(run, ref, x, conv_weight, bias, activation="gelu_tanh")
+
+
 def test_bad_inputs():
     x, weight, bias = _inputs(4, 8, 6, None)
     with pytest.raises(TypeError, match="`x`"):
@@ -113,6 +147,10 @@ def test_bad_inputs():
         kernels.linear(x, weight[:5], activation="swiglu")
     with pytest.raises(ValueError, match="`backend`"):
         kernels.linear(x, weight, backend="cuda")
+    with pytest.raises(ValueError, match="`weight` is a \\(gate, up\\) pair"):
+        kernels.linear(x, (weight, weight), activation="silu")
+    with pytest.raises(ValueError, match="`weight\\[gate\\]` has shape"):
+        kernels.linear(x, (weight.t(), weight.t()), activation="swiglu")
 
 
 def test_negative_control_wrong_gelu_fails_the_checker():

@@ -1,8 +1,10 @@
 """A Triton GEMM with fused epilogues, the building block of ``kernels.linear`` and ``kernels.feed_forward``.
 
 Forward, ``linear_forward``: ``out = residual + dropout(act(x @ w.T + b))`` in one kernel. ``x`` is ``(M, K)``, ``w`` is
-``(N, K)`` (``nn.Linear`` layout) or, for the gated activations, ``(2N, K)`` packing ``[gate; up]``: the program then
-keeps two accumulators (the gate and the up tile of the same output columns) that share the loads of ``x``, and writes
+``(N, K)`` (``nn.Linear`` layout, any strides: a GPT-2 ``Conv1D`` weight ``(K, N)`` comes as its transposed view) or,
+for the gated activations, the gate projection ``(N, K)`` with a separate up projection ``w_up`` ``(N, K)`` (a
+packed ``(2N, K)`` ``[gate; up]`` weight is passed as its two row halves, views): the program then keeps two
+accumulators (the gate and the up tile of the same output columns) that share the loads of ``x``, and writes
 ``act(gate) * up``. With ``save_pre`` the pre-activation ``x @ w.T + b`` (``(M, N)`` or ``(M, 2N)``) is written as a
 second output, for the backward.
 
@@ -108,14 +110,15 @@ def _tile_ids(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.co
 
 
 @triton.jit
-def _mainloop(a_ptr, b_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, up_offset, offs_m, offs_n,
-              GATED: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-              BLOCK_K: tl.constexpr):
-    """(a @ b)[offs_m, offs_n] in fp32 for a (M, K), b (K, N) given by strides; with GATED also the tile of columns
-    offs_n + up_offset of b, sharing the loads of a."""
+def _mainloop(a_ptr, b_ptr, b_up_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, stride_uk, stride_un,
+              offs_m, offs_n, GATED: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """(a @ b)[offs_m, offs_n] in fp32 for a (M, K), b (K, N) given by strides; with GATED also the same tile of a
+    second matrix b_up (K, N) (its own strides), sharing the loads of a."""
     offs_k = tl.arange(0, BLOCK_K)
     a_ptrs = a_ptr + offs_m[:, None].to(tl.int64) * stride_am + offs_k[None, :] * stride_ak  # (BLOCK_M, BLOCK_K)
     b_ptrs = b_ptr + offs_k[:, None] * stride_bk + offs_n[None, :].to(tl.int64) * stride_bn  # (BLOCK_K, BLOCK_N)
+    u_ptrs = b_up_ptr + offs_k[:, None] * stride_uk + offs_n[None, :].to(tl.int64) * stride_un
     in_m = offs_m[:, None] < M
     in_n = offs_n[None, :] < N
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -127,18 +130,19 @@ def _mainloop(a_ptr, b_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn,
         b = tl.load(b_ptrs, mask=b_mask, other=0.0)
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
         if GATED:
-            b_up = tl.load(b_ptrs + up_offset * stride_bn, mask=b_mask, other=0.0)
+            b_up = tl.load(u_ptrs, mask=b_mask, other=0.0)
             acc_up = tl.dot(a, b_up, acc_up, input_precision=PRECISION)
         a_ptrs += BLOCK_K * stride_ak
         b_ptrs += BLOCK_K * stride_bk
+        u_ptrs += BLOCK_K * stride_uk
     return acc, acc_up
 
 
 @triton.jit
 def _linear_forward_kernel(
-    x_ptr, w_ptr, bias_ptr, residual_ptr, out_ptr, pre_ptr, seed_ptr,
+    x_ptr, w_ptr, w_up_ptr, bias_ptr, bias_up_ptr, residual_ptr, out_ptr, pre_ptr, seed_ptr,
     M, N, K,
-    stride_xm, stride_xk, stride_wn, stride_wk, stride_rm, stride_rn, stride_om, stride_on, stride_pm, stride_pn,
+    stride_xm, stride_xk, stride_wn, stride_wk, stride_un, stride_uk, stride_rm, stride_rn, stride_om, stride_on, stride_pm, stride_pn,
     dropout_p, dropout_scale,
     HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, GATED: tl.constexpr, DROPOUT: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr, SAVE_PRE: tl.constexpr, PRECISION: tl.constexpr,
@@ -148,14 +152,14 @@ def _linear_forward_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     # b = w.T: element (k, n) of b is w[n, k].
-    acc, acc_up = _mainloop(x_ptr, w_ptr, M, N, K, stride_xm, stride_xk, stride_wk, stride_wn, N, offs_m, offs_n,
-                            GATED, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
+    acc, acc_up = _mainloop(x_ptr, w_ptr, w_up_ptr, M, N, K, stride_xm, stride_xk, stride_wk, stride_wn, stride_uk,
+                            stride_un, offs_m, offs_n, GATED, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
     in_n = offs_n < N
     mask = (offs_m[:, None] < M) & in_n[None, :]
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_n, mask=in_n, other=0.0).to(tl.float32)[None, :]
         if GATED:
-            acc_up += tl.load(bias_ptr + N + offs_n, mask=in_n, other=0.0).to(tl.float32)[None, :]
+            acc_up += tl.load(bias_up_ptr + offs_n, mask=in_n, other=0.0).to(tl.float32)[None, :]
     rows = offs_m[:, None].to(tl.int64)
     if SAVE_PRE:
         pre_ptrs = pre_ptr + rows * stride_pm + offs_n[None, :] * stride_pn
@@ -190,8 +194,8 @@ def _linear_act_backward_kernel(
     rows = offs_m[:, None].to(tl.int64)
     # Gradient with respect to the activation's (dropped-out) output h: (BLOCK_M, BLOCK_N).
     if FROM_GEMM:
-        dh, _unused = _mainloop(g_ptr, w_ptr, M, N, K, stride_gm, stride_gk, stride_wk, stride_wn, 0, offs_m, offs_n,
-                                False, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
+        dh, _unused = _mainloop(g_ptr, w_ptr, w_ptr, M, N, K, stride_gm, stride_gk, stride_wk, stride_wn, stride_wk,
+                                stride_wn, offs_m, offs_n, False, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
     else:
         dh = tl.load(g_ptr + rows * stride_gm + offs_n[None, :] * stride_gk, mask=mask, other=0.0).to(tl.float32)
     if DROPOUT:
@@ -271,16 +275,24 @@ def _dropout_scale(dropout_p: float) -> float:
 # ----------------------------------------------------------------------------------------------------------------------
 
 def linear_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str | None,
-                   dropout_p: float, seed: torch.Tensor, residual: torch.Tensor | None,
-                   save_pre: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                   dropout_p: float, seed: torch.Tensor, residual: torch.Tensor | None, save_pre: bool,
+                   weight_up: torch.Tensor | None = None,
+                   bias_up: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(out, pre)`` for 2-D ``x`` (M, K) and ``weight`` (N or 2N, K); ``pre`` is empty unless ``save_pre``.
 
-    ``x``, ``weight`` and ``residual`` are read with their strides (no copies).
+    A gated activation takes either ``weight`` ``(2N, K)`` packing ``[gate; up]`` (and ``bias`` ``(2N,)``), or the
+    gate projection ``weight`` ``(N, K)`` with the up projection ``weight_up`` ``(N, K)`` (and ``bias_up``); ``pre``
+    is ``(M, 2N)`` ``[gate, up]`` either way. ``x``, the weights and ``residual`` are read with their strides (no
+    copies).
     """
     gated = activation in GATED
     M, K = x.shape
-    width = weight.shape[0]
-    N = width // 2 if gated else width
+    if gated and weight_up is None:  # packed [gate; up]: its two row halves are views
+        half = weight.shape[0] // 2
+        weight, weight_up = weight[:half], weight[half:]
+        bias, bias_up = (None, None) if bias is None else (bias[:half], bias[half:])
+    N = weight.shape[0]
+    width = 2 * N if gated else N
     out = _outputs.empty((M, N), dtype=x.dtype, device=x.device)
     pre = _outputs.empty((M, width) if save_pre else (0, width), dtype=x.dtype, device=x.device)
     if M == 0 or N == 0:
@@ -288,15 +300,20 @@ def linear_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     kernel, config = _kernel(_linear_forward_kernel, ["M", "N", "K", "ACTIVATION", "GATED", "SAVE_PRE"],
                              prune=_prune_gated)
     dropout = dropout_p > 0.0
-    bias = bias.contiguous() if bias is not None else None  # the kernel reads the bias with unit stride
+    has_bias = bias is not None
+    # The kernel reads the biases with unit stride; placeholders (never read) stand in for absent tensors.
+    bias = bias.contiguous() if has_bias else out
+    bias_up = bias_up.contiguous() if has_bias and gated else bias
+    w_up = weight_up if gated else weight
     res = residual if residual is not None else out
     kernel[_grid(M, N)](
-        x, weight, bias if bias is not None else out, res, out, pre, seed,
+        x, weight, w_up, bias, bias_up, res, out, pre, seed,
         M, N, K,
-        x.stride(0), x.stride(1), weight.stride(0), weight.stride(1), res.stride(0), res.stride(1),
+        x.stride(0), x.stride(1), weight.stride(0), weight.stride(1), w_up.stride(0), w_up.stride(1),
+        res.stride(0), res.stride(1),
         out.stride(0), out.stride(1), pre.stride(0), pre.stride(1),
         float(dropout_p), _dropout_scale(dropout_p),
-        HAS_BIAS=bias is not None, ACTIVATION=ACTIVATION_CODES[activation], GATED=gated, DROPOUT=dropout,
+        HAS_BIAS=has_bias, ACTIVATION=ACTIVATION_CODES[activation], GATED=gated, DROPOUT=dropout,
         HAS_RESIDUAL=residual is not None, SAVE_PRE=save_pre, PRECISION=_precision(x.dtype), **config,
     )
     return out, pre
