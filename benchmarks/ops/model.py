@@ -198,8 +198,9 @@ def cases(config: SuiteConfig):
                providers={p: _inference(encoder, (x, None, padding), p, device, dtype) for p in PROVIDERS})
 
     prompt = torch.randint(0, 256, (1, 16), device=device)
-    yield Case(op="model", mode="fwd", shape={"layers": 4, "d_model": 128, "heads": 4, "prompt": 16, "new": 64,
-                                               "batch": 1, "tokens": 64},
+    new_tokens = 16 if config.quick else 64
+    yield Case(op="model", mode="fwd", shape={"layers": 4, "d_model": 128, "heads": 4, "prompt": 16,
+                                               "new": new_tokens, "batch": 1, "tokens": new_tokens},
                dtype=dtype, device=device, label="GPT cached generation",
-               providers={p: _generation(prompt, 64, p, device, dtype)
+               providers={p: _generation(prompt, new_tokens, p, device, dtype)
                           for p in ("eager", "swapped", "triton", "native")})
