@@ -124,6 +124,7 @@ def test_static_decode_step_traces_whole():
 
 
 def test_fullgraph_with_dropout_without_graph_break():
+    """Dropout's Philox seed is a device tensor the kernels read (no .item() on the host): no graph break."""
     torch.manual_seed(0)
     model = _gpt(dropout=0.1).train()
     idx = torch.randint(0, 64, (2, 9))
