@@ -88,8 +88,9 @@ inline typename Vec<T>::mask bool_lanes(const bool* m) {
 }
 
 // s[0 : width] = scores of query row i against keys k0 + [0, width) (indices within the sequence), in base-2 units:
-// scaled by scale2 = scale * log2 e, plus `key_bias` when given (0, or -inf for a padding key), then causality, the
-// keys past `keys` (the sequence's length) and the mask (additive values also times log2 e); hidden keys are -inf.
+// scaled by scale2 = scale * log2 e; a padding key (`key_bias` < 0 when given: 0, or -inf), causality, the keys past
+// `keys` (the sequence's length) and a bool mask *replace* the score by -inf (so a NaN there does not reach the row);
+// an additive mask is added (times log2 e; -inf + NaN = NaN, as SDPA).
 // Returns the row's maximum. One vectorised pass over the visible keys when the mask is absent or is a unit-stride
 // bool or T mask (the usual layouts); other masks (strided, or of another float type) are applied by a scalar pass.
 template <typename T>
@@ -115,7 +116,7 @@ T mask_row(T* s, int64_t width, int64_t i, int64_t k0, T scale2, const T* key_bi
     const int64_t full = valid / W * W;
     for (int64_t j = 0; j < full; j += W) {
       V x = load(s + j) * scale2;
-      if (key_bias != nullptr) x += load(key_bias + j);
+      if (key_bias != nullptr) x = load(key_bias + j) < T(0) ? V{} + kNegInf : x;
       x = apply(x, j);
       store(s + j, x);
       top = top > x ? top : x;
@@ -123,7 +124,7 @@ T mask_row(T* s, int64_t width, int64_t i, int64_t k0, T scale2, const T* key_bi
     T row_top = top[0];
     for (int l = 1; l < W; ++l) row_top = std::max(row_top, top[l]);
     for (int64_t j = full; j < valid; ++j) {
-      T x = s[j] * scale2 + (key_bias != nullptr ? key_bias[j] : T(0));
+      T x = key_bias != nullptr && key_bias[j] < T(0) ? kNegInf : s[j] * scale2;
       s[j] = x = apply_one(x, j);
       row_top = std::max(row_top, x);
     }

@@ -72,7 +72,9 @@ void forward_kernel(Problem& p, const at::Tensor& q, const at::Tensor& k, const 
               const T block_max = plain ? row_max(row, width) * scale2
                                         : mask_row<T>(row, width, q0 + r, k0, scale2, p.key_bias(bias, si, k0),
                                                       seq.k_len, masks);
-              if (block_max == kNegInf) {  // nothing visible in this block: p = 0
+              // Nothing visible in this block: p = 0. A max may have dropped a NaN score; such a row goes on (its NaN
+              // reaches l and the output).
+              if (block_max == kNegInf && !any_nan(row, width)) {
                 std::fill(row, row + width, T(0));
                 continue;
               }
@@ -95,14 +97,15 @@ void forward_kernel(Problem& p, const at::Tensor& q, const at::Tensor& k, const 
             block_gemm<T>(rows, dp, width, s.data(), kBlockK, vb.data() + at_key + keys.lo * dp, dp, o.data(), dp,
                           true);
           }
-          // Normalise and write; rows with no visible key give zeros and lse = +inf (natural log units).
+          // Normalise and write; rows with no visible key give zeros and lse = +inf (natural log units). A NaN sum
+          // (a NaN or +inf score) gives a NaN row and lse: `l != 0`, not `l > 0`, which is false for NaN.
           T* lse_row = lse.mutable_data_ptr<T>() + seq.batch * lse.stride(0) + h * lse.stride(1) +
                        (seq.q_begin + q0) * lse.stride(2);
           for (int64_t r = 0; r < rows; ++r) {
-            const T inv = l[r] > T(0) ? keep_scale / l[r] : T(0);
+            const T inv = l[r] != T(0) ? keep_scale / l[r] : T(0);
             for (int64_t d = 0; d < dp; ++d) o[r * dp + d] *= inv;
             lse_row[r * lse.stride(2)] =
-                l[r] > T(0) ? (m[r] + std::log2(l[r])) * static_cast<T>(kLn2) : std::numeric_limits<T>::infinity();
+                l[r] != T(0) ? (m[r] + std::log2(l[r])) * static_cast<T>(kLn2) : std::numeric_limits<T>::infinity();
           }
           unpack_rows<T, scalar_t>(o.data(), dp, rows, p.dim, T(1), out, seq.batch, h, seq.q_begin + q0);
         }

@@ -211,8 +211,10 @@ void transpose(int64_t rows, int64_t cols, const T* src, int64_t lds, T* dst, in
 // x[j] * scale - shift <= 0 (up to rounding): only underflow needs care. fp32: 2^t = 2^r * 2^f with r = round(t) in
 // [-127, 0], |f| <= 1/2; 2^f by a degree-6 polynomial (least squares in relative error on [-1/2, 1/2]: 1e-7 in fp32,
 // under one ulp). t is clamped to -127 (so -inf gives -127): r = -127 builds the exponent field 0, i.e. the factor
-// +0.0, so masked scores and results below 2^-126 become exactly 0. r is read from the mantissa of t + 1.5 * 2^23
-// (its low bits hold round(t)).
+// +0.0, so masked scores and results below 2^-126 become exactly 0. The clamp is written so that a NaN t stays NaN
+// (`t < -127` is false for NaN; `t > -127 ? t : -127` would make it 0 and drop the NaN from the row): a NaN score
+// reaches the row's sum and output (README, non-finite values). r is read from the mantissa of t + 1.5 * 2^23 (its
+// low bits hold round(t)).
 inline float exp2_scaled(float* x, int64_t n, float scale, float shift) {
   using V = Vec<float>::type;
   typedef int32_t I __attribute__((vector_size(32)));
@@ -223,7 +225,7 @@ inline float exp2_scaled(float* x, int64_t n, float scale, float shift) {
   V sum = V{};
   for (int64_t j = 0; j < n; j += W) {
     V t = load(x + j) * scale - shift;
-    t = t > -127.f ? t : V{} - 127.f;
+    t = t < -127.f ? V{} - 127.f : t;
     const V magic = t + kMagic;
     const V f = t - (magic - kMagic);
     V p = V{} + kC[6];
@@ -246,6 +248,12 @@ inline double exp2_scaled(double* x, int64_t n, double scale, double shift) {
   double total = 0.0;
   for (int64_t j = 0; j < n; ++j) total += x[j] = std::exp2(x[j] * scale - shift);
   return total;
+}
+
+// Whether x[0 : n] holds a NaN (the rare check before a row whose maximum is -inf is skipped: a max may drop NaN).
+template <typename T>
+inline bool any_nan(const T* x, int64_t n) {
+  return std::any_of(x, x + n, [](T v) { return std::isnan(v); });
 }
 
 constexpr double kLog2e = 1.44269504088896340736, kLn2 = 0.69314718055994530942;
