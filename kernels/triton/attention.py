@@ -78,7 +78,9 @@ def _user_masks(s, rows, cols, q_len, k_len, Mask, smm, smn, Kpm, skpn,
     """Applies attn_mask (pointer already at (b, h)) and key_padding_mask (pointer at b) to base-2 scores ``s``."""
     inside = (rows < q_len) & (cols < k_len)
     if MASK_KIND == 1:
-        keep = tl.load(Mask + rows.to(tl.int64) * smm + cols.to(tl.int64) * smn, mask=inside, other=1)
+        # Outside the sequence counts as masked (other=0): the backward's tiles run query rows past q_len (q = 0,
+        # lse = inf), whose products with a NaN key the mask hides (a NaN times 0 would reach dk and dv).
+        keep = tl.load(Mask + rows.to(tl.int64) * smm + cols.to(tl.int64) * smn, mask=inside, other=0)
         s = tl.where(keep != 0, s, float("-inf"))
     if MASK_KIND == 2:
         bias = tl.load(Mask + rows.to(tl.int64) * smm + cols.to(tl.int64) * smn, mask=inside, other=0.0)
