@@ -4,6 +4,7 @@ Examples:
     python -m benchmarks --quick                       # every op, small shapes, a table and a record in bench-out/
     python -m benchmarks --op attention --mode fwd --dtype bf16 --out benchmarks/results/h200-attention
     python -m benchmarks --op layer_norm --provider native --provider eager --device cpu
+    python -m benchmarks profile --model gpt --mode train   # a whole model's step, eager vs swapped (profile --help)
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 
 from . import ops  # noqa: F401  (registers every suite)
 from .ceilings import measure_ceilings
+from .ops.overhead import overhead_table
 from .records import device_slug, environment, write_record
 from .report import ceilings_line, skipped, terminal_table, write_markdown, write_plots
 from .runner import run_cases
@@ -44,6 +46,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["profile"]:
+        from .profiling.cli import main as profile_main
+
+        return profile_main(argv[1:])
     args = parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -72,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(ceilings_line(ceilings, env))
     print(terminal_table(results))
+    overhead = overhead_table(results)
+    if overhead:
+        print(f"\nhost time per call (--op overhead):\n{overhead}")
     for line in skipped(results):
         print(f"  not run: {line}")
     print(f"\nrecord: {record}\ntable: {table}\nplots: {len(plots)} in {out_dir}")

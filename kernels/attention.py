@@ -6,8 +6,8 @@ them, so every backend raises the same errors): 4-D ``(B, H, S, D)`` tensors, ``
 view (zero strides where it broadcasts, never materialised), ``key_padding_mask`` as bool ``(B, Sk)`` and ``scale``
 as a float.
 
-Dropout: every backend draws the Philox seed of a forward with :func:`_dropout_seed` (one
-``torch.randint(2**31, (1,))`` on torch's CPU generator) and derives the keep-mask from it by the formula in
+Dropout: every backend draws the Philox seed of a forward with ``_ops._dropout.draw_seed`` (one
+``torch.randint(2**31, (1,))`` on the generator of ``q``'s device) and derives the keep-mask from it by the formula in
 ``kernels.triton.attention``'s docstring, so ``torch.manual_seed`` reproduces a run and the tests rebuild the mask.
 A backend registers with ``check=lambda **a: _unsupported_by_kernels("<name>", **a)`` for the shared limits.
 
@@ -25,6 +25,7 @@ import torch
 
 from . import _backend, reference
 from ._backend import Implementation
+from ._ops._dropout import draw_seed
 
 _ALL = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _CUDA_FAST = (torch.float16, torch.bfloat16, torch.float32)
@@ -156,11 +157,6 @@ def _unsupported_by_kernels(backend, q, k, v, attn_mask=None, **_):
     return None
 
 
-def _dropout_seed(dropout_p):
-    """The Philox seed of one forward, drawn from torch's (CPU) generator; None without dropout."""
-    return torch.randint(2**31, (1,), dtype=torch.int64) if dropout_p > 0.0 else None
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Backends
 # ----------------------------------------------------------------------------------------------------------------------
@@ -201,7 +197,7 @@ def _triton_attention(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gq
     from ._ops import attention_triton
 
     out, _ = attention_triton.attention(q, k, v, attn_mask, key_padding_mask, dropout_p, is_causal, scale,
-                                        _dropout_seed(dropout_p))
+                                        draw_seed(dropout_p, q.device))
     return out
 
 
@@ -211,7 +207,7 @@ def _triton_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen
 
     out, _ = attention_triton.varlen_attention(q, k, v, cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous(),
                                                max_seqlen_q, max_seqlen_k, dropout_p, is_causal, scale,
-                                               _dropout_seed(dropout_p))
+                                               draw_seed(dropout_p, q.device))
     return out
 
 

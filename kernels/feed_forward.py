@@ -43,6 +43,7 @@ import torch
 from . import _backend, _extension, reference
 from ._backend import Implementation
 from ._extension import has_native_kernel
+from ._ops._dropout import draw_seed
 
 _ALL = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _CUDA = (torch.float16, torch.bfloat16, torch.float32)
@@ -102,9 +103,8 @@ def _needs_grad(*tensors) -> bool:
 
 
 def _draw_seed(dropout_p: float, device: torch.device) -> torch.Tensor:
-    if dropout_p > 0.0:
-        return torch.randint(2**31, (1,), dtype=torch.int64, device=device)
-    return torch.zeros(1, dtype=torch.int64, device=device)
+    seed = draw_seed(dropout_p, device)  # the linear ops take a seed tensor even without dropout (not read then)
+    return seed if seed is not None else torch.zeros(1, dtype=torch.int64, device=device)
 
 
 def _flatten(x: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,8 @@ from torch import nn
 
 import kernels
 
+from ._scripting import NotScriptable
+
 
 def _as_input_dtype(parameter: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
     if parameter is None or parameter.dtype == x.dtype:
@@ -22,7 +24,7 @@ def _as_input_dtype(parameter: torch.Tensor | None, x: torch.Tensor) -> torch.Te
     return parameter.to(x.dtype)
 
 
-class LayerNorm(nn.LayerNorm):
+class LayerNorm(NotScriptable, nn.LayerNorm):
     """``nn.LayerNorm(normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, device=None, dtype=None)`` with
     the fused kernels; ``backend`` picks the kernels (see ``kernels.layer_norm``)."""
 
@@ -44,7 +46,7 @@ class LayerNorm(nn.LayerNorm):
         return new
 
 
-class RMSNorm(nn.RMSNorm):
+class RMSNorm(NotScriptable, nn.RMSNorm):
     """``nn.RMSNorm(normalized_shape, eps=None, elementwise_affine=True, device=None, dtype=None)`` with the fused
     kernels (``eps=None``: ``torch.finfo(input.dtype).eps``, as torch)."""
 

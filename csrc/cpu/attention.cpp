@@ -844,7 +844,7 @@ void backward_kernel(Problem& p, const at::Tensor& grad_out, const at::Tensor& q
 
 // The sizes and options every call shares; q, k (B', H, S', D) views.
 Problem make_common(const at::Tensor& q, const at::Tensor& k, bool is_causal, double scale, double dropout_p,
-                    int64_t seed) {
+                    const std::optional<at::Tensor>& seed) {
   Problem p;
   p.heads = q.size(1);
   p.sq_total = q.size(2);
@@ -859,7 +859,8 @@ Problem make_common(const at::Tensor& q, const at::Tensor& k, bool is_causal, do
   p.dim_padded = round_up(p.dim, q.scalar_type() == at::kDouble ? panel<double>() : panel<float>());
   p.scale = scale;
   p.dropout_p = dropout_p;
-  p.seed = static_cast<uint64_t>(seed);
+  check_dropout_seed(seed, dropout_p, q, "q");
+  p.seed = dropout_p > 0.0 ? static_cast<uint64_t>(seed->item<int64_t>()) : 0;
   p.causal = is_causal;
   return p;
 }
@@ -874,7 +875,7 @@ void add_sequence(Problem& p, const Sequence& seq) {
 // A dense call: checks every argument (messages name it); one sequence per batch entry.
 Problem make_problem(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                      const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& key_padding_mask,
-                     bool is_causal, double scale, double dropout_p, int64_t seed) {
+                     bool is_causal, double scale, double dropout_p, const std::optional<at::Tensor>& seed) {
   check_attention_qkv(q, k, v, 4, {at::kFloat, at::kDouble, at::kBFloat16});
   const int64_t batch = q.size(0), sq = q.size(2), sk = k.size(2);
   TORCH_CHECK_VALUE(k.size(0) == batch, "argument `k` has batch ", k.size(0), "; expected ", batch,
@@ -908,7 +909,8 @@ at::ScalarType lse_type(const at::Tensor& q) { return q.scalar_type() == at::kDo
 std::tuple<at::Tensor, at::Tensor> attention_forward_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                          const std::optional<at::Tensor>& mask,
                                                          const std::optional<at::Tensor>& key_padding_mask,
-                                                         bool is_causal, double scale, double dropout_p, int64_t seed) {
+                                                         bool is_causal, double scale, double dropout_p,
+                                                         const std::optional<at::Tensor>& seed) {
   Problem p = make_problem(q, k, v, mask, key_padding_mask, is_causal, scale, dropout_p, seed);
   at::Tensor out = empty_output({q.size(0), p.heads, p.sq_total, p.dim}, q.options());
   at::Tensor lse = empty_output({q.size(0), p.heads, p.sq_total}, q.options().dtype(lse_type(q)));
@@ -929,7 +931,7 @@ void check_backward_inputs(const at::Tensor& grad_out, const at::Tensor& q, cons
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
     const at::Tensor& lse, const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& key_padding_mask,
-    bool is_causal, double scale, double dropout_p, int64_t seed) {
+    bool is_causal, double scale, double dropout_p, const std::optional<at::Tensor>& seed) {
   Problem p = make_problem(q, k, v, mask, key_padding_mask, is_causal, scale, dropout_p, seed);
   check_backward_inputs(grad_out, q, out, lse, q.sizes().slice(0, 3));
   at::Tensor dq = empty_output(q.sizes(), q.options());
@@ -949,7 +951,7 @@ at::Tensor heads_first(const at::Tensor& x) { return x.transpose(0, 1).unsqueeze
 // packed tensors, lengths within max_seqlen).
 Problem make_varlen_problem(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& cu_q,
                             const at::Tensor& cu_k, int64_t max_q, int64_t max_k, bool is_causal, double scale,
-                            double dropout_p, int64_t seed) {
+                            double dropout_p, const std::optional<at::Tensor>& seed) {
   check_attention_qkv(q, k, v, 3, {at::kFloat, at::kDouble, at::kBFloat16});
   for (const auto& [cu, name] : {std::pair{cu_q, "cu_seqlens_q"}, std::pair{cu_k, "cu_seqlens_k"}}) {
     check_dtype(cu, name, {at::kInt});
@@ -984,7 +986,8 @@ std::tuple<at::Tensor, at::Tensor> varlen_attention_forward_cpu(const at::Tensor
                                                                 const at::Tensor& v, const at::Tensor& cu_seqlens_q,
                                                                 const at::Tensor& cu_seqlens_k, int64_t max_seqlen_q,
                                                                 int64_t max_seqlen_k, bool is_causal, double scale,
-                                                                double dropout_p, int64_t seed) {
+                                                                double dropout_p,
+                                                                const std::optional<at::Tensor>& seed) {
   Problem p = make_varlen_problem(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, is_causal, scale,
                                   dropout_p, seed);
   at::Tensor out = empty_output(q.sizes(), q.options());                                 // (Tq, H, D)
@@ -999,7 +1002,7 @@ std::tuple<at::Tensor, at::Tensor> varlen_attention_forward_cpu(const at::Tensor
 std::tuple<at::Tensor, at::Tensor, at::Tensor> varlen_attention_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
     const at::Tensor& lse, const at::Tensor& cu_seqlens_q, const at::Tensor& cu_seqlens_k, int64_t max_seqlen_q,
-    int64_t max_seqlen_k, bool is_causal, double scale, double dropout_p, int64_t seed) {
+    int64_t max_seqlen_k, bool is_causal, double scale, double dropout_p, const std::optional<at::Tensor>& seed) {
   Problem p = make_varlen_problem(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, is_causal, scale,
                                   dropout_p, seed);
   const std::vector<int64_t> lse_shape{p.heads, p.sq_total};

@@ -125,6 +125,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_backward_kv_ke
         }
       }
       // P^T, and dS^T = P^T * (dP^T - delta); with dropout, s becomes the dropped P^T (for dV).
+      uint32_t keep = ~0u;
+      if constexpr (kDropout) keep = dropout_keep_bits_transposed<BQ / 8>(p, seq, h, key_a, key_b, m0 + 2 * t);
 #pragma unroll
       for (int nt = 0; nt < BQ / 8; ++nt) {
 #pragma unroll
@@ -135,10 +137,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_backward_kv_ke
           float grad = dp[nt][e];
           s[nt][e] = pr;
           if constexpr (kDropout) {
-            const bool keep = row < seq.sq && key < seq.sk &&
-                              dropout_keep(p.seed, dropout_offset(p, seq, h, row, key), p.dropout_p);
-            s[nt][e] = keep ? pr * p.keep_scale : 0.f;
-            grad = keep ? grad * p.keep_scale : 0.f;
+            const bool kept = (keep >> (4 * nt + e)) & 1u;
+            s[nt][e] = kept ? pr * p.keep_scale : 0.f;
+            grad = kept ? grad * p.keep_scale : 0.f;
           }
           if constexpr (kDK) dp[nt][e] = pr * (grad - delta_s[qi]);
         }
@@ -267,9 +268,9 @@ __global__ void __launch_bounds__(kThreads) attention_backward_q_kernel(const Pa
         const int half = e / 2, row = half ? row_b : row_a, col = n0 + nt * 8 + 2 * t + e % 2;
         const float pr = exp2f(masked_score<scalar_t, kMask, kVarlen>(p, seq, h, row, col, s[nt][e]) - lse2[half]);
         float grad = dp[nt][e];
-        if constexpr (kDropout) {
+        if constexpr (kDropout) {  // unrolled: the dQ kernel has registers to spare (the dK/dV kernel does not)
           const bool keep = row < seq.sq && col < seq.sk &&
-                            dropout_keep(p.seed, dropout_offset(p, seq, h, row, col), p.dropout_p);
+                            dropout_keep(dropout_seed(p), dropout_offset(p, seq, h, row, col), p.dropout_p);
           grad = keep ? grad * p.keep_scale : 0.f;
         }
         dp[nt][e] = pr * (grad - delta[half]);
@@ -354,7 +355,8 @@ void dispatch_backward(const Params& p, MaskKind mask, cudaStream_t stream) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
     const at::Tensor& grad_out_in, const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
     const at::Tensor& out_in, const at::Tensor& lse_in, const std::optional<at::Tensor>& mask,
-    const std::optional<at::Tensor>& key_padding_mask, bool is_causal, double scale, double dropout_p, int64_t seed) {
+    const std::optional<at::Tensor>& key_padding_mask, bool is_causal, double scale, double dropout_p,
+    const std::optional<at::Tensor>& seed) {
   const MaskKind kind = check_attention_arguments(q_in, k_in, v_in, mask, key_padding_mask, dropout_p);
   check_like_q(grad_out_in, "grad_out", q_in);
   check_like_q(out_in, "out", q_in);

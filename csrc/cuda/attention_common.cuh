@@ -100,7 +100,7 @@ struct Params {
   int max_sq, max_sk;          // the longest sequences (grid extents): dense Sq and Sk; varlen max_seqlen_q / _k
   float scale_log2;            // softmax scale * log2(e)
   float dropout_p, keep_scale;
-  uint64_t seed;
+  const int64_t* seed;         // the Philox seed, one int64 in device memory (read only when dropout_p > 0)
   bool causal;
 };
 
@@ -121,6 +121,9 @@ constexpr float kLn2 = 0.6931471805599453f;
 __device__ __forceinline__ uint32_t smem_address(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
+
+// The Philox seed of a problem with dropout, read from device memory (a cached load: every thread reads the same word).
+__device__ __forceinline__ uint64_t dropout_seed(const Params& p) { return static_cast<uint64_t>(__ldg(p.seed)); }
 
 // 16 bytes global -> shared, zero-filled when !valid.
 __device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool valid) {
@@ -290,6 +293,25 @@ __device__ __forceinline__ uint64_t dropout_offset(const Params& p, const Sequen
   return (bh * p.sq + static_cast<uint64_t>(s.q0 + row)) * p.sk + static_cast<uint64_t>(s.k0 + col);
 }
 
+// Dropout keep bits of this thread's elements of the dK/dV kernel's S^T tile, 16 keys x (8 * kTiles) query rows in
+// the mma accumulator layout, element e of 8-row tile nt at bit 4 * nt + e: keys key_a (e < 2) and key_b (e >= 2),
+// query rows row0 + 8 * nt + e % 2 (row0 includes the thread's 2t). A rolled loop with the seed read once: Philox
+// unrolled over every element spilled there.
+template <int kTiles, bool kVarlen>
+__device__ __forceinline__ uint32_t dropout_keep_bits_transposed(const Params& p, const Sequence<kVarlen>& s, int h,
+                                                                 int key_a, int key_b, int row0) {
+  static_assert(4 * kTiles <= 32, "a thread's keep bits fit one uint32");
+  const uint64_t seed = dropout_seed(p);
+  uint32_t bits = 0;
+#pragma unroll 1
+  for (int i = 0; i < 4 * kTiles; ++i) {
+    const int key = i % 4 < 2 ? key_a : key_b, row = row0 + (i / 4) * 8 + i % 2;
+    const bool keep = row < s.sq && key < s.sk && dropout_keep(seed, dropout_offset(p, s, h, row, key), p.dropout_p);
+    bits |= static_cast<uint32_t>(keep) << i;
+  }
+  return bits;
+}
+
 // --- host side, shared by the forward, backward and varlen launchers --------------------------------------------------
 
 // The tensor itself when its head dim (the last) is contiguous and its rows are 16-byte aligned (cp.async), else a
@@ -415,11 +437,13 @@ inline MaskKind check_attention_arguments(const at::Tensor& q, const at::Tensor&
 }
 
 // The scalars every problem has.
-inline void set_scalars(Params& p, bool is_causal, double scale, double dropout_p, int64_t seed) {
+inline void set_scalars(Params& p, const at::Tensor& q, bool is_causal, double scale, double dropout_p,
+                        const std::optional<at::Tensor>& seed) {
+  check_dropout_seed(seed, dropout_p, q, "q");
   p.scale_log2 = static_cast<float>(scale) * kLog2e;
   p.dropout_p = static_cast<float>(dropout_p);
   p.keep_scale = static_cast<float>(1.0 / (1.0 - dropout_p));
-  p.seed = static_cast<uint64_t>(seed);
+  p.seed = dropout_p > 0.0 ? seed->const_data_ptr<int64_t>() : nullptr;
   p.causal = is_causal;
 }
 
@@ -427,7 +451,8 @@ inline void set_scalars(Params& p, bool is_causal, double scale, double dropout_
 // contiguous (B, H, Sq, D), dk / dv contiguous (B, Hkv, Sk, D) and lse (B, H, Sq) (the caller adds the pointers).
 inline Params make_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                           const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& key_padding_mask,
-                          bool is_causal, double scale, double dropout_p, int64_t seed) {
+                          bool is_causal, double scale, double dropout_p,
+                          const std::optional<at::Tensor>& seed) {
   Params p{};
   const int64_t batch = q.size(0), heads = q.size(1), sq = q.size(2), kv_heads = k.size(1), sk = k.size(2);
   p.q = q.const_data_ptr();
@@ -460,7 +485,7 @@ inline Params make_params(const at::Tensor& q, const at::Tensor& k, const at::Te
   p.kv_heads = static_cast<int>(kv_heads);
   p.sq = p.max_sq = static_cast<int>(sq);
   p.sk = p.max_sk = static_cast<int>(sk);
-  set_scalars(p, is_causal, scale, dropout_p, seed);
+  set_scalars(p, q, is_causal, scale, dropout_p, seed);
   return p;
 }
 

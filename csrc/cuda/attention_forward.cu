@@ -128,7 +128,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_forward_kernel
         for (int i = 0; i < 2 * kBlockN / 8; ++i) {
           const int col = n0 + (i / 2) * 8 + 2 * t + i % 2;
           keep |= static_cast<uint32_t>(row < seq.sq && col < seq.sk &&
-                                        dropout_keep(p.seed, dropout_offset(p, seq, h, row, col), p.dropout_p)) << i;
+                                        dropout_keep(dropout_seed(p), dropout_offset(p, seq, h, row, col), p.dropout_p)) << i;
         }
       }
       float sum = 0.f;
@@ -222,7 +222,8 @@ void dispatch_mask(const Params& p, MaskKind mask, cudaStream_t stream) {
 std::tuple<at::Tensor, at::Tensor> attention_forward_cuda(const at::Tensor& q_in, const at::Tensor& k_in,
                                                           const at::Tensor& v_in, const std::optional<at::Tensor>& mask,
                                                           const std::optional<at::Tensor>& key_padding_mask,
-                                                          bool is_causal, double scale, double dropout_p, int64_t seed) {
+                                                          bool is_causal, double scale, double dropout_p,
+                                                          const std::optional<at::Tensor>& seed) {
   const MaskKind kind = check_attention_arguments(q_in, k_in, v_in, mask, key_padding_mask, dropout_p);
   const int64_t batch = q_in.size(0), heads = q_in.size(1), sq = q_in.size(2), dim = q_in.size(3);
   const c10::cuda::CUDAGuard guard(q_in.device());

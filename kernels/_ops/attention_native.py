@@ -4,8 +4,8 @@ of ``kernels.scaled_dot_product_attention``.
 
 The masks reach the kernels combined but never expanded: ``attn_mask`` as a ``(B, H, Sq, Sk)`` broadcast view (stride
 0 where it broadcasts), ``is_causal`` as a flag (top-left aligned), ``key_padding_mask`` as a bool ``(B, Sk)``.
-Dropout uses Philox4x32-10 keyed by a 64-bit seed drawn from torch's generator once per forward (and saved for the
-backward), with the counter ``((b*H + h)*Sq + i)*Sk + j`` -- the numbers of Triton's ``tl.rand(seed, offset)`` -- and
+Dropout uses Philox4x32-10 keyed by a 64-bit seed drawn from the generator of q's device once per forward (a
+one-element int64 tensor that the kernels read, saved for the backward), with the counter ``((b*H + h)*Sq + i)*Sk + j`` -- the numbers of Triton's ``tl.rand(seed, offset)`` -- and
 keeps an element when its uniform number is ``>= dropout_p``; :func:`dropout_keep_mask` rebuilds that keep-mask.
 """
 
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .._extension import _C
+from ._dropout import draw_seed
 
 FORWARD = "kernels::attention_forward"
 BACKWARD = "kernels::attention_backward"
@@ -89,9 +90,8 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_caus
         mask = attn_mask.expand(batch, heads, sq, sk)  # a view: broadcast dimensions get stride 0
     if key_padding_mask is not None:
         key_padding_mask = key_padding_mask.bool()
-    seed = int(torch.randint(2**31, (1,)).item()) if dropout_p > 0.0 else 0
     out, _ = torch.ops.kernels.attention_forward(q, k, v, mask, key_padding_mask, bool(is_causal), scale,
-                                                 float(dropout_p), seed)
+                                                 float(dropout_p), draw_seed(dropout_p, q.device))
     return out
 
 
@@ -99,10 +99,9 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
                      dropout_p):
     """The ``native`` backend of ``kernels.varlen_attention`` (arguments validated by the caller). The offsets reach
     the kernels as int32; dropout draws its seed as the dense op does."""
-    seed = int(torch.randint(2**31, (1,)).item()) if dropout_p > 0.0 else 0
     out, _ = torch.ops.kernels.varlen_attention_forward(
         q, k, v, cu_seqlens_q.to(torch.int32), cu_seqlens_k.to(torch.int32), int(max_seqlen_q), int(max_seqlen_k),
-        bool(is_causal), float(scale), float(dropout_p), seed)
+        bool(is_causal), float(scale), float(dropout_p), draw_seed(dropout_p, q.device))
     return out
 
 
