@@ -71,7 +71,8 @@ def _worker(rank, world_size, port, out_dir, backend, device_type, dtype):
 
         share = BATCH // world_size
         losses = _train(model, [x[rank * share:(rank + 1) * share] for x in _data(dtype)], device, mean_over_ranks)
-        state = {n: p.full_tensor().detach().cpu().double() for n, p in model.named_parameters()}  # DTensor shards gathered
+        # full_tensor(): the DTensor shards of every rank gathered
+        state = {n: p.full_tensor().detach().cpu().double() for n, p in model.named_parameters()}
         result = {"swapped": len(report.swapped), "losses": losses, "parameters": state,
                   "sharded": all(isinstance(p, torch.distributed.tensor.DTensor) for p in model.parameters())}
     except Exception as error:  # noqa: BLE001  (reported by the test, with the rank)
