@@ -129,7 +129,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_backward_kv_ke
         for (int e = 0; e < 4; ++e) {
           const int key = e < 2 ? key_a : key_b, qi = nt * 8 + 2 * t + e % 2, row = m0 + qi;
           const float x = masked_score<scalar_t, kMask, kVarlen>(p, seq, h, row, key, s[nt][e]);
-          const float pr = exp2f(x - lse_s[qi]);  // 0 for hidden keys and rows past the sequence (lse +inf)
+          // Hidden keys give P = dS = 0 exactly, even in a NaN row (lse NaN) or with a NaN dP (a NaN in V at a hidden
+          // key); rows past the sequence have lse +inf, so P = 0 there too.
+          const bool visible = x != -INFINITY;
+          const float pr = visible ? exp2f(x - lse_s[qi]) : 0.f;
           float grad = dp[nt][e];
           s[nt][e] = pr;
           if constexpr (kDropout) {
@@ -137,7 +140,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_backward_kv_ke
             s[nt][e] = kept ? pr * p.keep_scale : 0.f;
             grad = kept ? grad * p.keep_scale : 0.f;
           }
-          if constexpr (kDK) dp[nt][e] = pr * (grad - delta_s[qi]);
+          if constexpr (kDK) dp[nt][e] = visible ? pr * (grad - delta_s[qi]) : 0.f;
         }
       }
       // dV += P^T dO and dK += dS^T Q: the accumulators of query tiles (2kk, 2kk + 1) are the A fragment.
@@ -262,14 +265,16 @@ __global__ void __launch_bounds__(kThreads) attention_backward_q_kernel(const Pa
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int half = e / 2, row = half ? row_b : row_a, col = n0 + nt * 8 + 2 * t + e % 2;
-        const float pr = exp2f(masked_score<scalar_t, kMask, kVarlen>(p, seq, h, row, col, s[nt][e]) - lse2[half]);
+        const float x = masked_score<scalar_t, kMask, kVarlen>(p, seq, h, row, col, s[nt][e]);
+        const bool visible = x != -INFINITY;  // hidden: P = dS = 0 exactly (see the dK/dV kernel)
+        const float pr = visible ? exp2f(x - lse2[half]) : 0.f;
         float grad = dp[nt][e];
         if constexpr (kDropout) {  // unrolled: the dQ kernel has registers to spare (the dK/dV kernel does not)
           const bool keep = row < seq.sq && col < seq.sk &&
                             dropout_keep(dropout_seed(p), dropout_offset(p, seq, h, row, col), p.dropout_p);
           grad = keep ? grad * p.keep_scale : 0.f;
         }
-        dp[nt][e] = pr * (grad - delta[half]);
+        dp[nt][e] = visible ? pr * (grad - delta[half]) : 0.f;
       }
     }
     // dQ += dS K (columns d0 .. d0 + DO - 1)

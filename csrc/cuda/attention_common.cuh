@@ -166,6 +166,14 @@ __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint3
   }
 }
 
+// max(a, b), NaN when either is NaN (PTX max.NaN, sm_80+; fmaxf returns the other operand): the forward's running max
+// carries a NaN score to the row's shift, and through it to every P, the output and the lse of the row.
+__device__ __forceinline__ float max_nan(float a, float b) {
+  float r;
+  asm("max.NaN.f32 %0, %1, %2;\n" : "=f"(r) : "f"(a), "f"(b));
+  return r;
+}
+
 template <typename scalar_t>
 __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
   if constexpr (std::is_same_v<scalar_t, __half>) {
@@ -269,8 +277,10 @@ __device__ __forceinline__ int64_t lse_index(const Params& p, const Sequence<kVa
 }
 
 // The score of (row, col) in base 2: x = q.k * scale * log2(e) plus the additive mask * log2(e), or -inf when the
-// key is past the sequence's keys, hidden by causality, padding or the bool mask. (Varlen problems have no mask and
-// no padding.)
+// key is past the sequence's keys, hidden by causality, padding, the bool mask or a -inf in the additive mask. A
+// hidden key's score is -inf whatever q.k is, so a NaN or Inf in q / k at a hidden position (or a NaN in the additive
+// mask there) reaches nothing; a visible NaN score is kept and propagates (max_nan). (Varlen problems have no mask
+// and no padding.)
 template <typename scalar_t, MaskKind kMask, bool kVarlen>
 __device__ __forceinline__ float masked_score(const Params& p, const Sequence<kVarlen>& s, int h, int row, int col,
                                               float qk) {
@@ -285,7 +295,9 @@ __device__ __forceinline__ float masked_score(const Params& p, const Sequence<kV
       if constexpr (kMask == MaskKind::kBool) {
         hidden = !static_cast<const bool*>(p.mask)[at];
       } else {
-        x += to_float(static_cast<const scalar_t*>(p.mask)[at]) * kLog2e;
+        const float bias = to_float(static_cast<const scalar_t*>(p.mask)[at]);
+        hidden = bias == -INFINITY;
+        x += bias * kLog2e;
       }
     }
   }

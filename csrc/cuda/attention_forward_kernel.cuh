@@ -105,13 +105,15 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_forward_kernel
           const int col = n0 + nt * 8 + 2 * t + e;
           const float x = masked_score<scalar_t, kMask, kVarlen>(p, seq, h, row, col, s[nt][half * 2 + e]);
           s[nt][half * 2 + e] = x;
-          block_max = fmaxf(block_max, x);
+          block_max = max_nan(block_max, x);
         }
       }
-      block_max = fmaxf(block_max, __shfl_xor_sync(0xffffffff, block_max, 1));
-      block_max = fmaxf(block_max, __shfl_xor_sync(0xffffffff, block_max, 2));
-      const float new_max = fmaxf(row_max[half], block_max);
-      // Shift by 0 while the row has seen nothing visible, so exp2(-inf - shift) = 0 and never NaN.
+      block_max = max_nan(block_max, __shfl_xor_sync(0xffffffff, block_max, 1));
+      block_max = max_nan(block_max, __shfl_xor_sync(0xffffffff, block_max, 2));
+      const float new_max = max_nan(row_max[half], block_max);
+      // Shift by 0 while the row has seen nothing visible, so exp2(-inf - shift) = 0 and never NaN. A NaN max (a
+      // visible NaN score) makes the shift, alpha and every P of the row NaN from here on; a +inf max gives
+      // exp2(inf - inf) = NaN for its element: both rows end NaN, as in SDPA.
       const float shift = new_max == -INFINITY ? 0.f : new_max;
       const float alpha = exp2f(row_max[half] - shift);
       row_max[half] = new_max;
@@ -176,7 +178,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_forward_kernel
     sum += __shfl_xor_sync(0xffffffff, sum, 2);
     const int row = half ? row_b : row_a;
     if (row >= seq.sq) continue;
-    const float inv = sum > 0.f ? p.keep_scale / sum : 0.f;
+    // A row with no visible key (max still -inf, sum 0) gives zeros and lse +inf; a NaN row gives NaN in both.
+    const bool empty = row_max[half] == -INFINITY;
+    const float inv = empty ? 0.f : p.keep_scale / sum;
     scalar_t* out = static_cast<scalar_t*>(p.out) + out_row(p, seq, h, row) * D + d0;
 #pragma unroll
     for (int i = 0; i < DO / 8; ++i) {
@@ -184,7 +188,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_forward_kernel
     }
     if (t == 0 && blockIdx.z == 0) {
       p.lse[lse_index(p, seq, h, row)] =
-          sum > 0.f ? (row_max[half] + log2f(sum)) * kLn2 : std::numeric_limits<float>::infinity();
+          empty ? std::numeric_limits<float>::infinity() : (row_max[half] + log2f(sum)) * kLn2;
     }
   }
 }
