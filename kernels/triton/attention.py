@@ -27,7 +27,9 @@ query row ``i`` and key ``j`` of a ``(B, H, Sq, Sk)`` problem (varlen: ``B = 1``
     x = int32(x); u = (~x if x < 0 else x) * 4.6566127342e-10     # Triton's tl.rand
     keep = u >= dropout_p
 
-and kept probabilities are scaled by ``1 / (1 - dropout_p)``. :func:`dropout_keep_mask` returns this mask.
+and kept probabilities are scaled by ``1 / (1 - dropout_p)``. :func:`dropout_keep_mask` returns this mask. The
+kernels load ``seed`` from the one-element int64 tensor they are given (on q's device): no host sync, and a captured
+CUDA graph reads the seed drawn at each replay.
 
 Determinism. The backward runs one program per key block (dK, dV, looping over the query heads of its group and the
 query blocks) and one per query block (dQ); no atomics, so it is deterministic, always.
@@ -173,19 +175,20 @@ def _forward_tiles(acc, l_i, m_i, q, start, stop, k_base, v_base, skn, svn, offs
     return acc, l_i, m_i
 
 
-@triton.jit(do_not_specialize=["seed"])
+@triton.jit
 def _forward_kernel(
     Q, K, V, Out, Lse, Mask, Kpm, BlockMap, CuSeqQ, CuSeqK, SeqLensK,
     sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som,
     slb, slh, slm, split_so, split_sl,
     smb, smh, smm, smn, skpb, skpn, sbb, sbh, sbm, sbn,
-    H, GROUP, seqlen_q, seqlen_k, k_chunk, qk_scale, dropout_p, seed, rng_sq, rng_sk,
+    H, GROUP, seqlen_q, seqlen_k, k_chunk, qk_scale, dropout_p, Seed, rng_sq, rng_sk,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     MASK_KIND: tl.constexpr, HAS_KPM: tl.constexpr, IS_CAUSAL: tl.constexpr, CAUSAL_BOTTOM_RIGHT: tl.constexpr,
     VARLEN: tl.constexpr, HAS_SEQLENS_K: tl.constexpr, DROPOUT: tl.constexpr, SPLIT: tl.constexpr,
 ):
     """One program: BLOCK_M query rows of one (batch, head), keys [split * k_chunk, (split + 1) * k_chunk).
     Without SPLIT it writes the normalised output and lse; with SPLIT, fp32 partials for :func:`_combine_kernel`."""
+    seed = tl.load(Seed) if DROPOUT else 0  # the Philox seed, read on the device (no host sync)
     pid_bh = tl.program_id(0)  # (batch, head) on axis 0, whose limit is 2^31 - 1 (axes 1 and 2 stop at 65535)
     pid_m = tl.program_id(1)
     pid_s = tl.program_id(2)
@@ -292,19 +295,20 @@ def _delta_kernel(Out, DOut, Delta, rows, HEAD_DIM: tl.constexpr, BLOCK_D: tl.co
     tl.store(Delta + offs_r, tl.sum(o * do, 1), mask=offs_r < rows)
 
 
-@triton.jit(do_not_specialize=["seed"])
+@triton.jit
 def _dkdv_kernel(
     Q, K, V, DO, Lse, Delta, DK, DV, Mask, Kpm, BlockMap, CuSeqQ, CuSeqK,
     sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sdob, sdoh, sdom, sdkb, sdkh, sdkn,
     slb, slh, slm,
     smb, smh, smm, smn, skpb, skpn, sbb, sbh, sbm, sbn,
-    H, HKV, GROUP, seqlen_q, seqlen_k, qk_scale, sm_scale, dropout_p, seed, rng_sq, rng_sk,
+    H, HKV, GROUP, seqlen_q, seqlen_k, qk_scale, sm_scale, dropout_p, Seed, rng_sq, rng_sk,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     MASK_KIND: tl.constexpr, HAS_KPM: tl.constexpr, IS_CAUSAL: tl.constexpr, VARLEN: tl.constexpr,
     DROPOUT: tl.constexpr,
 ):
     """One program: dK, dV of BLOCK_N keys of one (batch, kv head), summed over the GROUP query heads that share it.
     Works on transposed tiles: sT = k q^T (BLOCK_N, BLOCK_M), so dV += pT dO and dK += dsT q are plain dots."""
+    seed = tl.load(Seed) if DROPOUT else 0  # the Philox seed, read on the device (no host sync)
     pid_bh = tl.program_id(0)
     pid_n = tl.program_id(1)
     b = pid_bh // HKV
@@ -378,18 +382,19 @@ def _dkdv_kernel(
              dv.to(DV.dtype.element_ty), mask=kv_io)
 
 
-@triton.jit(do_not_specialize=["seed"])
+@triton.jit
 def _dq_kernel(
     Q, K, V, DO, Lse, Delta, DQ, Mask, Kpm, BlockMap, CuSeqQ, CuSeqK,
     sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sdob, sdoh, sdom, sdqb, sdqh, sdqm,
     slb, slh, slm,
     smb, smh, smm, smn, skpb, skpn, sbb, sbh, sbm, sbn,
-    H, GROUP, seqlen_q, seqlen_k, qk_scale, sm_scale, dropout_p, seed, rng_sq, rng_sk,
+    H, GROUP, seqlen_q, seqlen_k, qk_scale, sm_scale, dropout_p, Seed, rng_sq, rng_sk,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     MASK_KIND: tl.constexpr, HAS_KPM: tl.constexpr, IS_CAUSAL: tl.constexpr, VARLEN: tl.constexpr,
     DROPOUT: tl.constexpr,
 ):
     """One program: dQ of BLOCK_M query rows of one (batch, head), looping over the key blocks."""
+    seed = tl.load(Seed) if DROPOUT else 0  # the Philox seed, read on the device (no host sync)
     pid_bh = tl.program_id(0)
     pid_m = tl.program_id(1)
     b = pid_bh // H
@@ -620,10 +625,6 @@ def _block_d(head_dim: int) -> int:
     return max(16, triton.next_power_of_2(head_dim))
 
 
-def _seed_value(seed) -> int:
-    return 0 if seed is None else int(seed.reshape(-1)[0])
-
-
 def dropout_keep_mask(seed: int, shape, dropout_p: float, device=None) -> torch.Tensor:
     """The bool keep-mask ``(B, H, Sq, Sk)`` the kernels use for ``seed`` (module docstring), e.g. to pass as the
     reference's ``dropout_mask``. Varlen calls use ``shape = (1, H, total_q, total_k)``."""
@@ -643,7 +644,7 @@ def dropout_keep_mask(seed: int, shape, dropout_p: float, device=None) -> torch.
 
 def _forward(q, k, v, out, lse, lse_strides, *, batch, seqlen_q, seqlen_k, attn_mask=None, key_padding_mask=None,
              cu_seqlens_q=None, cu_seqlens_k=None, cache_seqlens=None, dropout_p=0.0, is_causal=False,
-             bottom_right=False, scale, seed=0, rng_shape, splits=1, split_strides=(0, 0)):
+             bottom_right=False, scale, seed=None, rng_shape, splits=1, split_strides=(0, 0)):
     """Launches the forward on 4-D ``(batch, head, row, D)`` views (see the module docstring)."""
     heads, head_dim = q.shape[1], q.shape[3]
     block_m, block_n = forward_tiles(head_dim, q.device)
@@ -664,7 +665,8 @@ def _forward(q, k, v, out, lse, lse_strides, *, batch, seqlen_q, seqlen_k, attn_
               cu_seqlens_k if cu_seqlens_k is not None else dummy,
               cache_seqlens if cache_seqlens is not None else dummy,
               *st(q), *st(k), *st(v), *st(out), *lse_strides, *split_strides, *ms, *kps, *bs,
-              heads, heads // k.shape[1], seqlen_q, seqlen_k, k_chunk, scale * LOG2E, dropout_p, seed,
+              heads, heads // k.shape[1], seqlen_q, seqlen_k, k_chunk, scale * LOG2E, dropout_p,
+              dummy if seed is None else seed,
               rng_shape[0], rng_shape[1]),
         HEAD_DIM=head_dim, BLOCK_D=_block_d(head_dim), BLOCK_M=block_m, BLOCK_N=block_n, MASK_KIND=kind,
         HAS_KPM=key_padding_mask is not None, IS_CAUSAL=is_causal, CAUSAL_BOTTOM_RIGHT=bottom_right,
@@ -675,7 +677,7 @@ def _forward(q, k, v, out, lse, lse_strides, *, batch, seqlen_q, seqlen_k, attn_
 
 def _backward(grad_out, q, k, v, out, lse, lse_strides, dq, dk, dv, *, batch, seqlen_q, seqlen_k, attn_mask=None,
               key_padding_mask=None, cu_seqlens_q=None, cu_seqlens_k=None, dropout_p=0.0, is_causal=False, scale,
-              seed=0, rng_shape):
+              seed=None, rng_shape):
     """Launches delta = rowsum(dO * O), then the dK/dV and dQ kernels, on 4-D views like :func:`_forward`.
     ``out``/``grad_out`` are contiguous in the row order of ``lse``; dk/dv share strides."""
     heads, hkv, head_dim = q.shape[1], k.shape[1], q.shape[3]
@@ -706,14 +708,16 @@ def _backward(grad_out, q, k, v, out, lse, lse_strides, dq, dk, dv, *, batch, se
         (batch * hkv, _row_blocks(seqlen_k, block_n, "k")),
         args=(q, k, v, do_view, lse, delta, dk, dv, mask, kpm, bmap, cu_q, cu_k, *strides,
               *st(dk), *lse_strides, *ms, *kps, *bs,
-              heads, hkv, heads // hkv, seqlen_q, seqlen_k, scale * LOG2E, scale, dropout_p, seed,
+              heads, hkv, heads // hkv, seqlen_q, seqlen_k, scale * LOG2E, scale, dropout_p,
+              dummy if seed is None else seed,
               rng_shape[0], rng_shape[1]),
         **common)
     _dq_launcher()(
         (batch * heads, _row_blocks(seqlen_q, block_m, "q")),
         args=(q, k, v, do_view, lse, delta, dq, mask, kpm, bmap, cu_q, cu_k, *strides,
               *st(dq), *lse_strides, *ms, *kps, *bs,
-              heads, heads // hkv, seqlen_q, seqlen_k, scale * LOG2E, scale, dropout_p, seed,
+              heads, heads // hkv, seqlen_q, seqlen_k, scale * LOG2E, scale, dropout_p,
+              dummy if seed is None else seed,
               rng_shape[0], rng_shape[1]),
         **common)
 
@@ -741,7 +745,7 @@ def attention_forward(q, k, v, attn_mask, key_padding_mask, dropout_p, is_causal
         return out.zero_(), lse.fill_(float("-inf"))
     _forward(q, k, v, out, lse, lse.stride(), batch=batch, seqlen_q=sq, seqlen_k=sk, attn_mask=attn_mask,
              key_padding_mask=key_padding_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
-             seed=_seed_value(seed), rng_shape=(sq, sk))
+             seed=seed, rng_shape=(sq, sk))
     return out, lse
 
 
@@ -757,7 +761,7 @@ def attention_backward(grad_out, q, k, v, out, lse, attn_mask, key_padding_mask,
         return dq.zero_(), dk.zero_(), dv.zero_()
     _backward(grad_out.contiguous(), q, k, v, out.contiguous(), lse, lse.stride(), dq, dk, dv, batch=batch,
               seqlen_q=sq, seqlen_k=sk, attn_mask=attn_mask, key_padding_mask=key_padding_mask, dropout_p=dropout_p,
-              is_causal=is_causal, scale=scale, seed=_seed_value(seed), rng_shape=(sq, sk))
+              is_causal=is_causal, scale=scale, seed=seed, rng_shape=(sq, sk))
     return dq, dk, dv
 
 
@@ -782,7 +786,7 @@ def varlen_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen
     q4, k4, v4, out4 = _packed4(q), _packed4(k), _packed4(v), _packed4(out)
     _forward(q4, k4, v4, out4, lse, (0, 1, heads), batch=batch, seqlen_q=max_seqlen_q, seqlen_k=max_seqlen_k,
              cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, dropout_p=dropout_p, is_causal=is_causal,
-             scale=scale, seed=_seed_value(seed), rng_shape=(total_q, k.shape[0]))
+             scale=scale, seed=seed, rng_shape=(total_q, k.shape[0]))
     return out, lse
 
 
@@ -801,7 +805,7 @@ def varlen_backward(grad_out, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max
     _backward(grad_out.contiguous(), _packed4(q), _packed4(k), _packed4(v), out4, lse, (0, 1, heads),
               _packed4(dq), _packed4(dk), _packed4(dv), batch=batch, seqlen_q=max_seqlen_q, seqlen_k=max_seqlen_k,
               cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, dropout_p=dropout_p, is_causal=is_causal,
-              scale=scale, seed=_seed_value(seed), rng_shape=(q.shape[0], k.shape[0]))
+              scale=scale, seed=seed, rng_shape=(q.shape[0], k.shape[0]))
     return dq, dk, dv
 
 
