@@ -138,3 +138,18 @@ def test_first_derivative_alone_records_no_graph():
     x = _leaf(3, 4)
     (dx,) = torch.autograd.grad(kernels.layer_norm(x, 4, backend="native").pow(2).sum(), (x,))
     assert dx.grad_fn is None and not dx.requires_grad
+
+
+@pytest.mark.parametrize("op", ["linear", "feed_forward"])
+def test_linear_and_feed_forward_refuse_second_derivatives_naming_the_op(op):
+    backends = backends_for(op, "cpu")
+    if not backends:
+        pytest.skip("no fast backend here")
+    x, w1, w2 = _leaf(3, 4, dtype=torch.float32), _leaf(6, 4, dtype=torch.float32), _leaf(4, 6, dtype=torch.float32)
+    if op == "linear":
+        out = kernels.linear(x, w1, activation="gelu", backend=backends[0])
+    else:
+        out = kernels.feed_forward(x, w1, None, w2, None, backend=backends[0])
+    (dx,) = torch.autograd.grad(out.pow(2).sum(), (x,), retain_graph=True)  # the first derivative: served
+    with pytest.raises(RuntimeError, match=f"kernels.{op}: second derivatives are not supported"):
+        torch.autograd.grad(out.pow(2).sum(), (x,), create_graph=True)

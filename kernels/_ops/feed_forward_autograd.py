@@ -19,9 +19,14 @@ its base through autograd. The backward only calls registered ops,
 so AOTAutograd traces it under ``torch.compile``.
 
 ``define`` also returns the ops' plain implementations (``linear_eager``, ``feed_forward_eager``: the same Python
-bodies, not wrapped). In eager inference, where no input needs a gradient, the public functions call those and skip
-torch.library's custom-op dispatch, which costs ~150 us of Python per call (measured on a (8, 64) x (64, 64) linear:
-kernels.linear 200 us against F.linear's 8 us).
+bodies, not wrapped) and the same autograd as plain ``torch.autograd.Function`` classes (``linear_function``,
+``feed_forward_function``: the same setup and backward). Eager calls use those and skip torch.library's custom-op
+dispatch, which costs ~150 us of Python per call (measured on a (8, 64) x (64, 64) linear: kernels.linear 200 us
+against F.linear's 8 us) and, with autograd, ~20 us more per call (measured in the issue-13 A/B, benchmarks/NOTES.md);
+torch.compile traces the registered ops.
+
+Second derivatives are not served: a backward under ``create_graph=True`` raises an error naming the op (the
+primitives have no derivative of their own).
 """
 
 from typing import Callable, NamedTuple, Optional
@@ -46,10 +51,33 @@ def _column_sums(grad: torch.Tensor) -> torch.Tensor:
 
 
 class CompositeOps(NamedTuple):
-    linear: Callable  # the registered ops (autograd, fakes)
+    linear: Callable  # the registered ops (autograd, fakes): what torch.compile traces
     feed_forward: Callable
     linear_eager: Callable  # their implementations, for eager calls that need no gradient
     feed_forward_eager: Callable
+    linear_function: Callable  # their autograd as autograd.Function.apply, for eager calls that need one
+    feed_forward_function: Callable
+
+
+def _refuse_second_derivative(op: str) -> None:
+    if torch.is_grad_enabled():  # the engine enables grad mode in a backward only under create_graph=True
+        raise RuntimeError(f"kernels.{op}: second derivatives are not supported (backward with create_graph=True); "
+                           "use backend='torch' to differentiate twice")
+
+
+def _as_function(name: str, forward: Callable, setup_context: Callable, backward: Callable) -> Callable:
+    """The ``apply`` of a ``torch.autograd.Function`` running ``forward`` then ``setup_context``, with ``backward``.
+    Old-style (``forward(ctx, *inputs)``): a Function with its own ``setup_context`` binds every call's arguments
+    with ``inspect.signature`` (~15 us). Callers pass every argument positionally."""
+
+    def forward_with_context(ctx, *inputs):
+        output = forward(*inputs)
+        setup_context(ctx, inputs, output)
+        return output
+
+    function = type(name, (torch.autograd.Function,), {
+        "forward": staticmethod(forward_with_context), "backward": staticmethod(backward)})
+    return function.apply
 
 
 def define(backend: str, forward: Callable, act_backward: Callable, matmul: Callable,
@@ -107,6 +135,7 @@ def define(backend: str, forward: Callable, act_backward: Callable, matmul: Call
         ctx.set_materialize_grads(False)
 
     def linear_backward(ctx, grad_out, _grad_pre):
+        _refuse_second_derivative("linear")
         if grad_out is None:
             return (None,) * 7
         x, weight, weight_up, pre = ctx.saved_tensors
@@ -156,6 +185,7 @@ def define(backend: str, forward: Callable, act_backward: Callable, matmul: Call
         ctx.set_materialize_grads(False)
 
     def feed_forward_backward(ctx, grad_out, _grad_h, _grad_pre):
+        _refuse_second_derivative("feed_forward")
         if grad_out is None:
             return (None,) * 12
         x, w1, w1_up, w2, seed, h, pre = ctx.saved_tensors
@@ -171,4 +201,7 @@ def define(backend: str, forward: Callable, act_backward: Callable, matmul: Call
                 grad_b1_up)
 
     feed_forward.register_autograd(feed_forward_backward, setup_context=feed_forward_setup)
-    return CompositeOps(linear, feed_forward, linear_eager, feed_forward_eager)
+    return CompositeOps(linear, feed_forward, linear_eager, feed_forward_eager,
+                        _as_function(f"{backend}_linear", linear_eager, linear_setup, linear_backward),
+                        _as_function(f"{backend}_feed_forward", feed_forward_eager, feed_forward_setup,
+                                     feed_forward_backward))
