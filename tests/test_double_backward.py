@@ -140,16 +140,43 @@ def test_first_derivative_alone_records_no_graph():
     assert dx.grad_fn is None and not dx.requires_grad
 
 
+@pytest.mark.parametrize("activation", [None, "gelu", "swiglu"])
 @pytest.mark.parametrize("op", ["linear", "feed_forward"])
-def test_linear_and_feed_forward_refuse_second_derivatives_naming_the_op(op):
-    backends = backends_for(op, "cpu")
+def test_linear_and_feed_forward(op, activation):
+    backends = [b for b in backends_for(op, "cpu") if b == "native"]
+    if not backends or (op == "feed_forward" and activation is None):
+        pytest.skip("no native backend here" if not backends else "feed_forward takes an activation")
+    torch.manual_seed(0)
+    width = 6 if activation == "swiglu" else 3
+    x, w1, b1 = _leaf(2, 4), _leaf(width, 4), _leaf(width)
+    w2, b2, residual = _leaf(4, 3), _leaf(4), _leaf(2, 4)
+    if op == "linear":
+        assert gradgradcheck(lambda x, w, b: kernels.linear(x, w, b, activation=activation, backend="native"),
+                             (x, w1, b1))
+    else:
+        assert gradgradcheck(lambda *a: kernels.feed_forward(*a[:5], activation=activation, residual=a[5],
+                                                             backend="native"), (x, w1, b1, w2, b2, residual))
+
+
+def test_feed_forward_with_dropout_refuses_second_derivatives_naming_the_op():
+    backends = backends_for("feed_forward", "cpu")
     if not backends:
         pytest.skip("no fast backend here")
     x, w1, w2 = _leaf(3, 4, dtype=torch.float32), _leaf(6, 4, dtype=torch.float32), _leaf(4, 6, dtype=torch.float32)
-    if op == "linear":
-        out = kernels.linear(x, w1, activation="gelu", backend=backends[0])
-    else:
-        out = kernels.feed_forward(x, w1, None, w2, None, backend=backends[0])
-    (dx,) = torch.autograd.grad(out.pow(2).sum(), (x,), retain_graph=True)  # the first derivative: served
-    with pytest.raises(RuntimeError, match=f"kernels.{op}: second derivatives are not supported"):
+    out = kernels.feed_forward(x, w1, None, w2, None, dropout_p=0.5, backend=backends[0])
+    torch.autograd.grad(out.pow(2).sum(), (x,), retain_graph=True)  # the first derivative: served
+    with pytest.raises(RuntimeError, match="kernels.feed_forward: second derivatives with dropout_p > 0"):
         torch.autograd.grad(out.pow(2).sum(), (x,), create_graph=True)
+
+
+@NATIVE
+def test_drop_in_modules_pass_gradgradcheck():
+    """torch's own check of its LayerNorm and MultiheadAttention, run on our drop-ins (fp64, native backend)."""
+    import transformer
+
+    torch.manual_seed(0)
+    norm = transformer.LayerNorm(5).double()
+    assert gradgradcheck(lambda x: norm(x), (_leaf(3, 5),))
+    attention = transformer.MultiheadAttention(4, 2, batch_first=True).double()
+    padding = torch.tensor([[False, False, True], [False, False, False]])
+    assert gradgradcheck(lambda q: attention(q, q, q, key_padding_mask=padding, need_weights=True), (_leaf(2, 3, 4),))
