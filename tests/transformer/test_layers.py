@@ -201,3 +201,10 @@ def test_subclasses_overriding_torchs_block_methods_compute_like_torchs(norm_fir
         plain = getattr(transformer, cls)(D, H, FF, dropout=0.0, norm_first=norm_first).double()
         plain.load_state_dict(reference.state_dict())
         assert not torch.allclose(plain(*args), reference(*args))  # the override does change the result
+
+
+def test_torchscript_of_fused_modules_raises_a_clear_error():
+    for module in (transformer.Transformer(D, H, 1, 1, FF), transformer.LayerNorm(D), transformer.RMSNorm(D),
+                   transformer.FeedForward(D, FF), transformer.TransformerEncoderLayer(D, H, FF)):
+        with pytest.raises(RuntimeError, match=f"torch.jit.script of .*{type(module).__name__} is not supported"):
+            torch.jit.script(module)

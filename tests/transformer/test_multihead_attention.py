@@ -297,3 +297,15 @@ def test_fp16_in_proj_bias_with_fp64_inputs_is_cast(batch_first):
     torch.testing.assert_close(got if batch_first else got.transpose(0, 1), expected)
     got.sum().backward()
     assert fused.in_proj_bias.grad.dtype == torch.float16
+
+
+def test_argument_checks_read_no_tensor_data():
+    """The checks compare sizes and dtypes only: they pass on meta tensors (no data) and still reject bad shapes."""
+    mha = transformer.MultiheadAttention(E, H, batch_first=True, device="meta")
+    q, kv = torch.empty(N, L, E, device="meta"), torch.empty(N, S, E, device="meta")
+    mask = torch.empty(L, S, dtype=torch.bool, device="meta")
+    padding = torch.empty(N, S, dtype=torch.bool, device="meta")
+    check = transformer.multihead_attention.check_attention_inputs
+    assert check(mha, q, kv, kv, padding, mask) is True
+    with pytest.raises(ValueError, match="`attn_mask`"):
+        check(mha, q, kv, kv, padding, mask[:1])
