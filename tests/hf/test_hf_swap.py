@@ -191,3 +191,32 @@ def test_from_pretrained_with_fused_kernels_attention(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids, attention_mask=mask).logits[mask.bool()],
                                    m(ids, attention_mask=mask).logits[mask.bool()], atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["auto", "triton", "native"])
+@pytest.mark.parametrize("family", ["llama", "bert", "gpt2"])
+def test_gpu_bf16_logits_gradients_and_generation(family, backend):
+    # GPU tier: bf16 swapped vs bf16 sdpa, both against fp32 (the tolerance rule); the parameter gradients too.
+    base = model(family).cuda()
+    ids, mask = (t.cuda() for t in padded_batch(family))
+    labels = _labels(ids, mask)
+    ref = fp64_copy(base).float()
+    plain = fp64_copy(base).to(torch.bfloat16)
+    fused = fp64_copy(base).to(torch.bfloat16)
+    transformer.swap(fused, backend=backend)
+    outs = []
+    for m in (ref, plain, fused):
+        m.train()
+        out = m(ids, attention_mask=mask, labels=labels)
+        out.loss.backward()
+        outs.append((out.logits.float().detach(), {n: p.grad.float() for n, p in m.named_parameters()}))
+    (ref_logits, ref_grads), (torch_logits, torch_grads), (logits, grads) = outs
+    assert_within_rule(logits, torch_logits, ref_logits.double(), valid=mask.bool(), atol=1e-2)
+    for name, grad in grads.items():
+        assert_within_rule(grad, torch_grads[name], ref_grads[name].double(), factor=3.0, atol=1e-2, name=name)
+    if family != "bert":
+        fused.eval()
+        plain.eval()
+        kwargs = {"attention_mask": mask, "max_new_tokens": 8, "do_sample": False, "pad_token_id": 0}
+        assert fused.generate(ids, **kwargs).shape == plain.generate(ids, **kwargs).shape
