@@ -109,6 +109,29 @@ def test_save_pretrained_from_pretrained_round_trip(family, tmp_path):
         torch.testing.assert_close(loaded(ids, attention_mask=mask).logits, m(ids, attention_mask=mask).logits)
 
 
+@pytest.mark.parametrize("family", ["llama", "bert", "gpt2"])
+def test_dropout_in_training_is_applied_and_reproducible(family):
+    # Attention dropout goes to the kernels (counter-based RNG seeded from torch's generator): the same seed gives
+    # the same step, another seed another one, and eval mode none.
+    m = model(family, dropout=0.2)
+    transformer.swap(m)
+    ids, mask = padded_batch(family)
+    with torch.no_grad():
+        evaluated = m(ids, attention_mask=mask).logits
+    m.train()
+    runs = []
+    for seed in (7, 7, 8):
+        torch.manual_seed(seed)
+        out = m(ids, attention_mask=mask).logits
+        out[mask.bool()].sum().backward()
+        runs.append(out.detach())
+    valid = mask.bool()
+    assert torch.equal(runs[0][valid], runs[1][valid])
+    assert not torch.allclose(runs[0][valid], runs[2][valid])
+    assert not torch.allclose(runs[0][valid], evaluated[valid])
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
+
+
 def test_optimizer_steps_on_a_swapped_model_reduce_the_loss():
     m = model("llama").train()
     optimizer = torch.optim.AdamW(m.parameters(), lr=3e-3)  # made before the swap
