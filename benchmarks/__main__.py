@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import re
 import sys
 
 import torch
@@ -33,6 +34,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--op", action="append", choices=sorted(SUITES), help="op suite(s) to run (default: all)")
     parser.add_argument("--provider", action="append", help="provider(s) to time (default: all), e.g. triton, eager")
     parser.add_argument("--mode", action="append", choices=MODES, help="fwd, bwd, fwd+bwd (default: all)")
+    parser.add_argument("--match", action="append", metavar="REGEX",
+                        help="run only the cases whose 'op mode shape label' text fully matches one of these, e.g. "
+                             "'attention fwd B=4 S=4096 H=16 D=128( key padding mask)?'")
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="default: bf16 on CUDA, fp32 on the CPU")
     parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     parser.add_argument("--quick", action="store_true", help="small shapes and short timing: a smoke run")
@@ -68,11 +72,17 @@ def main(argv: list[str] | None = None) -> int:
     print(ceilings_line(ceilings, env), file=sys.stderr, flush=True)
     budget = args.budget if args.budget is not None else (0.1 if args.quick else 0.5)
     torch.manual_seed(0)
-    results = run_cases(iter_cases(args.op or sorted(SUITES), config), ceilings,
+    cases = iter_cases(args.op or sorted(SUITES), config)
+    if args.match:
+        patterns = [re.compile(pattern) for pattern in args.match]
+        cases = (c for c in cases if any(p.fullmatch(f"{c.op} {c.mode} {c.shape_text()}") for p in patterns))
+    command = ["python", "-m", "benchmarks", *argv]
+    results = run_cases(cases, ceilings,
                         providers=set(args.provider) if args.provider else None, budget_s=budget,
-                        cuda_graph=args.cuda_graph)
+                        cuda_graph=args.cuda_graph,
+                        on_case=lambda so_far: write_record(out_dir, env, ceilings, so_far, command))
 
-    record = write_record(out_dir, env, ceilings, results, ["python", "-m", "benchmarks", *argv])
+    record = write_record(out_dir, env, ceilings, results, command)
     table = write_markdown(out_dir, results, ceilings, env)
     plots = [] if args.no_plots else write_plots(out_dir, results)
     print()

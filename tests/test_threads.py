@@ -38,8 +38,8 @@ def _attention_inputs(generator, size):
 
 def _attention(q, k, v, backend="native"):
     padding = torch.arange(k.shape[2]) >= k.shape[2] - 3  # the last three keys are padding
-    return kernels.scaled_dot_product_attention(q, k, v, is_causal=True, key_padding_mask=padding.expand(q.shape[0], -1),
-                                                backend=backend)
+    return kernels.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                                key_padding_mask=padding.expand(q.shape[0], -1), backend=backend)
 
 
 def _attention_reference(q, k, v):

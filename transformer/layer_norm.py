@@ -18,7 +18,8 @@ import kernels
 from ._scripting import NotScriptable
 
 
-def _as_input_dtype(parameter: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
+def as_input_dtype(parameter: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
+    """``parameter`` in ``x``'s dtype (a differentiable cast, only when they differ); None stays None."""
     if parameter is None or parameter.dtype == x.dtype:
         return parameter
     return parameter.to(x.dtype)
@@ -33,8 +34,8 @@ class LayerNorm(NotScriptable, nn.LayerNorm):
         self.backend = backend
 
     def forward(self, input: torch.Tensor, residual: torch.Tensor | None = None):
-        return kernels.layer_norm(input, self.normalized_shape, _as_input_dtype(self.weight, input),
-                                  _as_input_dtype(self.bias, input), self.eps, residual=residual,
+        return kernels.layer_norm(input, self.normalized_shape, as_input_dtype(self.weight, input),
+                                  as_input_dtype(self.bias, input), self.eps, residual=residual,
                                   backend=self.backend)
 
     @classmethod
@@ -55,7 +56,7 @@ class RMSNorm(NotScriptable, nn.RMSNorm):
         self.backend = backend
 
     def forward(self, input: torch.Tensor, residual: torch.Tensor | None = None):
-        return kernels.rms_norm(input, self.normalized_shape, _as_input_dtype(self.weight, input), self.eps,
+        return kernels.rms_norm(input, self.normalized_shape, as_input_dtype(self.weight, input), self.eps,
                                 residual=residual, backend=self.backend)
 
     @classmethod

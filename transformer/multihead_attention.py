@@ -4,7 +4,9 @@ The module subclasses ``nn.MultiheadAttention``, so the constructor, the paramet
 ``q/k/v_proj_weight``, ``in_proj_bias``, ``out_proj``, ``bias_k``/``bias_v``), their initialisation and the
 ``state_dict`` are torch's own. Only ``forward`` changes:
 
-* projections go through ``kernels.linear`` (one GEMM for the packed q/k/v of self-attention);
+* projections go through ``kernels.linear`` (one GEMM for the packed q/k/v of self-attention); biases in another
+  dtype than the inputs are cast to it (torch's batch-first path accepts e.g. an fp16 ``in_proj_bias`` with fp64
+  inputs);
 * attention goes through ``kernels.scaled_dot_product_attention`` with the masks translated to its convention
   (``attn_mask``: bool True = take part, or additive float; ``key_padding_mask`` kept as a bool ``(B, S)`` mask so
   the fast backends never materialise a ``(B, H, L, S)`` mask);
@@ -30,6 +32,7 @@ from torch import nn
 import kernels
 
 from ._scripting import NotScriptable
+from .layer_norm import as_input_dtype
 
 
 @dataclass
@@ -259,17 +262,19 @@ class MultiheadAttention(NotScriptable, nn.MultiheadAttention):
         """``(N, H, L, D)`` -> output projection, in the module's layout ``(N, L, E)`` or ``(L, N, E)``."""
         out = out.transpose(1, 2) if self.batch_first else out.permute(2, 0, 1, 3)
         out = out.flatten(-2)
-        return kernels.linear(out, self.out_proj.weight, self.out_proj.bias, backend=self.backend)
+        return kernels.linear(out, self.out_proj.weight, as_input_dtype(self.out_proj.bias, out),
+                              backend=self.backend)
 
     def _project(self, query, key, value):
         if self._qkv_same_embed_dim and query is key and key is value:
             # Self-attention: one GEMM for the packed projection, (.., 3E) viewed as q, k and v.
-            qkv = kernels.linear(query, self.in_proj_weight, self.in_proj_bias, backend=self.backend)
+            qkv = kernels.linear(query, self.in_proj_weight, as_input_dtype(self.in_proj_bias, query),
+                                 backend=self.backend)
             return self._split_heads(qkv, 3)
         return self._project_q(query), *self._project_kv(key, value)
 
     def _project_q(self, query):
-        e, bias = self.embed_dim, self.in_proj_bias
+        e, bias = self.embed_dim, as_input_dtype(self.in_proj_bias, query)
         weight = self.in_proj_weight[:e] if self._qkv_same_embed_dim else self.q_proj_weight
         return self._split_heads(kernels.linear(query, weight, None if bias is None else bias[:e],
                                                 backend=self.backend))
@@ -277,10 +282,10 @@ class MultiheadAttention(NotScriptable, nn.MultiheadAttention):
     def _project_kv(self, key, value):
         if self._qkv_same_embed_dim and key is value:
             # Cross-attention: one GEMM for the packed k/v projection.
-            e, bias = self.embed_dim, self.in_proj_bias
+            e, bias = self.embed_dim, as_input_dtype(self.in_proj_bias, key)
             kv = kernels.linear(key, self.in_proj_weight[e:], None if bias is None else bias[e:], backend=self.backend)
             return self._split_heads(kv, 2)
-        e, bias = self.embed_dim, self.in_proj_bias
+        e, bias = self.embed_dim, as_input_dtype(self.in_proj_bias, key)
         if self._qkv_same_embed_dim:
             w_k, w_v = self.in_proj_weight[e:2 * e], self.in_proj_weight[2 * e:]
         else:

@@ -70,8 +70,8 @@ def profile_model(model: nn.Module, example_inputs, *, mode: str = "train", step
     try:
         variants = {name: _Variant(name, model, inputs, mode, backend, loss_fn, optimizer, new_tokens)
                     for name in variant_names}
-        for variant in variants.values():
-            variant.warm_up(warmup, device, progress_bar)
+        for i, variant in enumerate(variants.values()):
+            variant.warm_up(warmup, device, progress_bar, first=i == 0)
         timings = time_steps({name: v.step for name, v in variants.items()}, steps, device,
                              progress=progress_bar.update if progress_bar else None)
         results = []
@@ -117,10 +117,14 @@ class _Variant:
         self.step = make_step(self.model, inputs, mode, **self._settings)
         self.peak_memory_bytes = None
 
-    def warm_up(self, count, device, progress_bar):
+    def warm_up(self, count, device, progress_bar, *, first=False):
+        """``count`` steps; the run's ``first`` step names the inputs when the model rejects them."""
         with peak_memory(device) as memory:
-            for _ in range(count):
-                self.step()
+            for i in range(count):
+                if first and i == 0:
+                    _first_step(self.step, self.mode)
+                else:
+                    self.step()
                 if progress_bar:
                     progress_bar.update()
         self.peak_memory_bytes = memory["bytes"] if count else None
@@ -184,6 +188,9 @@ def _check_arguments(model, example_inputs, mode, steps, warmup, swap, backend, 
     else:
         raise TypeError("argument `example_inputs` must be a tensor, a tuple/list of positional arguments or a dict "
                         f"of keyword arguments; got {type(example_inputs).__name__}")
+    if not _tensors(inputs):
+        kinds = [type(v).__name__ for v in (*inputs[0], *inputs[1].values())]
+        raise TypeError(f"argument `example_inputs` holds no tensor; got a {type(example_inputs).__name__} of {kinds}")
     if mode not in MODES:
         raise ValueError(f"argument `mode` must be one of {', '.join(map(repr, MODES))}; got {mode!r}")
     for name, value, low in (("steps", steps, 1), ("warmup", warmup, 0), ("new_tokens", new_tokens, 1),
@@ -212,12 +219,34 @@ def _check_arguments(model, example_inputs, mode, steps, warmup, swap, backend, 
     return inputs
 
 
+def _first_step(step, mode):
+    try:
+        step()
+    except (TypeError, ValueError, IndexError, RuntimeError) as error:
+        message = f"argument `example_inputs`: the model's first {mode} step on them failed: {error}"
+        try:
+            wrapped = type(error)(message)
+        except Exception:  # noqa: BLE001  (an error class with another constructor)
+            wrapped = RuntimeError(message)
+        raise wrapped from error
+
+
+def _tensors(value) -> list[torch.Tensor]:
+    """The tensors in ``value`` and in the tuples, lists and dicts it holds."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for item in value for t in _tensors(item)]
+    if isinstance(value, dict):
+        return [t for item in value.values() for t in _tensors(item)]
+    return []
+
+
 def _device_of(model, inputs) -> torch.device:
     tensor = next(iter(model.parameters()), None)
     if tensor is None:
         tensor = next(iter(model.buffers()), None)
-    args, kwargs = inputs
-    tensors = [t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)]
+    tensors = _tensors(inputs)
     device = tensor.device if tensor is not None else tensors[0].device if tensors else torch.device("cpu")
     for t in tensors:
         if t.device != device:

@@ -3,7 +3,8 @@
 The counter sees the ops at the dispatcher's top level and counts matmuls (``mm``, ``addmm``, ``bmm``, SDPA's CUDA
 kernels, forward and backward). A registered op is opaque to it, so formulas are supplied here for every
 ``kernels::`` op that does matmul work, and for the CPU flash SDPA (torch has formulas for its CUDA kernels only):
-* linear ``x (M, K) @ weight.T (N, K)``: ``2 M N K``; the feed-forward op: both GEMMs; the backward GEMMs likewise;
+* linear ``x (M, K) @ weight.T (N, K)``: ``2 M N K`` (a gated projection whose gate and up weights are held apart:
+  both); the feed-forward op: every GEMM; the backward GEMMs likewise;
 * attention: ``4 B H Sq Sk D`` forward (``2 B H Sq Sk (D_qk + D_v)``) as torch counts SDPA, a causal mask not
   halved (torch's convention); backward twice the forward: the four GEMMs of the gradients, without the recomputed
   ``Q K^T`` of a flash backward. Torch's own SDPA backward formulas count that recomputation (2.5x); they are
@@ -29,12 +30,24 @@ def _rows(shape) -> int:
     return math.prod(shape[:-1])
 
 
-def _linear(x, weight, *args, out_shape=None, **kwargs) -> int:
-    return 2 * _rows(x) * math.prod(weight)
+def _up_weight(args, kwargs, index, name):
+    """The separate ``up`` weight of a gated projection (``(gate, up)`` held apart), or None."""
+    if name in kwargs:
+        return kwargs[name]
+    return args[index] if len(args) > index else None
+
+
+def _linear_with_up(index: int | None, name: str = "weight_up"):
+    """``2 M N K`` for ``x (M, K) @ weight.T``, plus the up projection's when the op takes one at ``index``."""
+    def formula(x, weight, *args, out_shape=None, **kwargs) -> int:
+        up = None if index is None else _up_weight((x, weight, *args), kwargs, index, name)
+        return 2 * _rows(x) * (math.prod(weight) + (0 if up is None else math.prod(up)))
+    return formula
 
 
 def _feed_forward(x, w1, b1, w2, *args, out_shape=None, **kwargs) -> int:
-    return 2 * _rows(x) * (math.prod(w1) + math.prod(w2))
+    up = _up_weight((x, w1, b1, w2, *args), kwargs, 10, "w1_up")  # (x, w1, b1, w2, b2, ..., save_pre, w1_up, b1_up)
+    return 2 * _rows(x) * (math.prod(w1) + (0 if up is None else math.prod(up)) + math.prod(w2))
 
 
 def _act_backward(grad, weight, *args, out_shape=None, **kwargs) -> int:
@@ -87,7 +100,11 @@ for _raw in (_varlen, _varlen_backward, _kv_cache):
 
 # op name -> formula; the names of both backends (native: C++ schemas in csrc/ops.cpp; triton: kernels/_ops/).
 _KERNEL_FORMULAS = {
-    "linear_forward": _linear, "triton_linear_forward": _linear, "native_linear": _linear, "triton_linear": _linear,
+    # linear_forward (C++): no up weight; triton_linear_forward(x, weight, bias, activation, dropout_p, seed,
+    # residual, save_pre, weight_up, bias_up); the composite {backend}_linear(x, weight, bias, activation, save_pre,
+    # weight_up, bias_up)
+    "linear_forward": _linear_with_up(None), "triton_linear_forward": _linear_with_up(8),
+    "native_linear": _linear_with_up(5), "triton_linear": _linear_with_up(5),
     "native_feed_forward": _feed_forward, "triton_feed_forward": _feed_forward,
     "linear_act_backward": _act_backward, "triton_linear_act_backward": _act_backward,
     "linear_weight_grad": _weight_grad, "triton_matmul": _matmul,

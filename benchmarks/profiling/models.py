@@ -93,7 +93,8 @@ def _bert(size, mode, batch, seq_len, positions, device):
     ids = _ids(vocab, batch, seq_len, device)
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     if mode == "train":
-        inputs["labels"] = ids.masked_fill(torch.rand(ids.shape, device=device) > 0.15, -100)  # 15% of the positions scored
+        scored = torch.rand(ids.shape, device=device) < 0.15  # 15% of the positions, as BERT's masked LM
+        inputs["labels"] = ids.masked_fill(~scored, -100)
     return Built(transformer.BERT(config, backend="torch"), inputs, label=f"BERT ({size})")
 
 
@@ -128,8 +129,9 @@ def _hugging_face(family, size, mode, batch, seq_len, positions, device):
     small = size == "small"
     if family == "gpt2":
         d, heads, layers, vocab = _SHAPES[size]
+        special = min(50256, vocab - 1)  # GPT-2's end-of-text id, inside the small vocabulary too
         config = transformers.GPT2Config(n_embd=d, n_head=heads, n_layer=layers, vocab_size=vocab,
-                                         n_positions=positions)
+                                         n_positions=positions, bos_token_id=special, eos_token_id=special)
         model_cls = transformers.GPT2LMHeadModel
     elif family == "bert":
         _no_generate("hf:bert", mode)

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 
 from tabulate import tabulate
 
+from ..ceilings import WRONG_CEILING_NOTE, exceeds_ceiling, fraction_text
 from .blocks import BLOCK_LABELS, BLOCKS
 
 SCHEMA_VERSION = 1
@@ -97,12 +98,13 @@ class Profile:
             t = v.step_time_s
             rows.append([v.name, f"{t['median'] * 1e3:.3f}", f"{t['p20'] * 1e3:.3f}-{t['p80'] * 1e3:.3f}",
                          _number(v.tokens_per_s), f"{v.flops_per_step / 1e9:.3g}", f"{v.achieved_tflops:.3g}",
-                         "-" if v.mfu is None else f"{100 * v.mfu:.1f}%", _bytes(v.peak_memory_bytes),
+                         fraction_text(v.mfu), _bytes(v.peak_memory_bytes),
                          f"{100 * v.ours_share:.0f}%"])
         table = tabulate(rows, headers=["variant", "step ms", "p20-p80 ms", "tokens/s", "GFLOP/step", "TFLOP/s",
                                         "MFU", "peak mem", "in our ops"], tablefmt="simple")
         speedup = f"\nspeedup (eager / swapped step time): {self.speedup:.2f}x" if self.speedup else ""
-        return f"{header}\n{table}{speedup}"
+        wrong = any(v.mfu is not None and exceeds_ceiling(v.mfu) for v in self.variants)
+        return f"{header}\n{table}{speedup}" + (f"\n{WRONG_CEILING_NOTE}" if wrong else "")
 
     def _block_table(self) -> str:
         rows = []

@@ -159,6 +159,9 @@ def test_custom_loss_and_given_tokens(decoder, ids, ceilings):
     ({"example_inputs": "text"}, TypeError, "`example_inputs`"),
     ({"example_inputs": {1, 2}}, TypeError, "`example_inputs`"),
     ({"example_inputs": 3.0}, TypeError, "`example_inputs`"),
+    ({"example_inputs": [1, 2, 3]}, TypeError, "`example_inputs` holds no tensor"),
+    ({"example_inputs": ("token ids",)}, TypeError, "`example_inputs` holds no tensor"),
+    ({"example_inputs": (torch.randn(2, 8),)}, RuntimeError, "`example_inputs`: the model's first train step"),
     ({"steps": 0}, ValueError, "`steps`"),
     ({"steps": -2}, ValueError, "`steps`"),
     ({"steps": 1.5}, ValueError, "`steps`"),
@@ -184,18 +187,25 @@ def test_bad_arguments_name_the_argument(kwargs, error, match, decoder, ids, cei
         profile_model(model, inputs, ceilings=ceilings, **{**FAST, **arguments})
 
 
-def test_hugging_face_model_with_keyword_inputs(ceilings):
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_hugging_face_model_with_keyword_inputs(family, ceilings):
     transformers = pytest.importorskip("transformers")
-    config = transformers.GPT2Config(n_embd=16, n_head=2, n_layer=1, vocab_size=32, n_positions=16)
-    model = transformers.GPT2LMHeadModel(config)
+    if family == "gpt2":
+        config = transformers.GPT2Config(n_embd=16, n_head=2, n_layer=1, vocab_size=32, n_positions=16)
+        model = transformers.GPT2LMHeadModel(config)
+    else:
+        config = transformers.LlamaConfig(hidden_size=16, num_attention_heads=2, num_key_value_heads=1,
+                                          num_hidden_layers=1, intermediate_size=24, vocab_size=32)
+        model = transformers.LlamaForCausalLM(config)
+    classes = [type(m) for m in model.modules()]
     ids = torch.randint(0, 32, (2, 8))
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
     profile = profile_model(model, inputs, mode="train", ceilings=ceilings, **FAST)
     eager, swapped = profile["eager"], profile["swapped"]
     assert eager.tokens_per_step == 16 and eager.flops_per_step == swapped.flops_per_step > 0
     assert eager.block_share("attention") > 0 and eager.block_share("norm") > 0
-    assert "nn.LayerNorm -> transformer.LayerNorm" in swapped.swap_report
-    assert type(model.transformer.ln_f) is nn.LayerNorm  # the caller's model as it was
+    assert " -> " in swapped.swap_report and swapped.ours_share > 0
+    assert [type(m) for m in model.modules()] == classes  # the caller's model as it was
 
 
 @pytest.mark.gpu
@@ -211,6 +221,6 @@ def test_cuda_profile_attributes_kernel_time(mode, tmp_path):
         assert variant.profiled_time_s > 0 and variant.peak_memory_bytes > 0
         assert variant.block_share("attention") > 0 and variant.block_share("feed_forward") > 0
     swapped = profile["swapped"]
-    assert swapped.ours_share > 0.3
+    assert swapped.ours_share > 0.1
     assert any(row["ours"] and row["block"] == "attention" for row in swapped.top)
     assert profile.environment["device"] == "cuda" and profile.ceilings["matmul_dtype"] == "bfloat16"

@@ -5,6 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd import DeviceType
+from torch.autograd.profiler_util import Interval, Kernel
 
 import transformer
 from benchmarks.profiling.blocks import BLOCKS, ModuleRanges, attribute, is_ours, module_block, op_block
@@ -176,3 +178,38 @@ def test_attribution_of_a_swapped_model_finds_our_attention():
     ours = sum(row["seconds"] for row in attention if row["ours"])
     assert ours > sum(row["seconds"] for row in attention if not row["ours"])  # the rest: views splitting heads
     assert {"kernels::attention_forward", "kernels::attention_backward"} <= {row["name"] for row in attention}
+
+
+class FakeEvent:
+    """The fields of torch.profiler's FunctionEvent that attribute() reads."""
+
+    def __init__(self, name, *, parent=None, device=DeviceType.CPU, kernels=(), start=0.0, duration=0.0,
+                 seq=-1, fwd_thread=0, self_us=0.0):
+        self.name, self.cpu_parent, self.device_type, self.is_async = name, parent, device, False
+        self.kernels = [Kernel(k, 0, us) for k, us in kernels]
+        self.time_range = Interval(start, start + duration)
+        self.sequence_nr, self.fwd_thread, self.thread = seq, fwd_thread, 1
+        self.self_cpu_time_total = self_us
+
+
+def test_cuda_attribution_uses_kernel_time_of_the_launching_op():
+    """Kernels count for the block of the op that launched them; unlinked device time is 'other'."""
+    step = FakeEvent("step")
+    attention_range = FakeEvent("attention: blocks.0.attn (MultiheadAttention)", parent=step)
+    ours = FakeEvent("kernels::triton_attention", parent=attention_range, kernels=[("_attn_fwd", 30.0)],
+                     start=1, seq=5)
+    projection = FakeEvent("aten::addmm", parent=attention_range, kernels=[("sm90_gemm", 50.0)], start=2, seq=6)
+    backward = FakeEvent("autograd::engine::evaluate_function: TritonAttentionBackward", kernels=[("_attn_bwd", 60.0)],
+                         start=3, seq=5, fwd_thread=1)
+    device = [FakeEvent(name, device=DeviceType.CUDA, duration=us)
+              for name, us in (("_attn_fwd", 30.0), ("sm90_gemm", 50.0), ("_attn_bwd", 60.0), ("memset", 10.0))]
+    ranges = {**PHASES, attention_range.name: "attention"}
+    result = attribute([step, attention_range, ours, projection, backward, *device], ranges, device="cuda")
+    assert result.total_seconds == pytest.approx(150e-6)
+    assert result.block_seconds["attention"] == pytest.approx(90e-6)  # the backward through sequence number 5
+    assert result.block_seconds["feed_forward"] == pytest.approx(50e-6)
+    assert result.block_seconds["other"] == pytest.approx(10e-6)  # the memset no op claimed
+    rows = {row["name"]: row for row in result.top}
+    assert rows["_attn_fwd"]["ours"] and rows["_attn_fwd"]["block"] == "attention"
+    assert not rows["sm90_gemm"]["ours"] and not rows["_attn_bwd"]["ours"]
+    assert result.ours_seconds == pytest.approx(30e-6)

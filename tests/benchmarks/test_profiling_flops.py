@@ -38,6 +38,29 @@ def test_linear_counts_as_torch_linear(backend, grad):
     assert count_step_flops(ours) == expected
 
 
+@pytest.mark.parametrize("backend", ["native", "triton"])
+@pytest.mark.parametrize("grad", [False, True])
+def test_gated_weights_held_apart_count_both_projections(backend, grad):
+    x = torch.randn(4, 8, requires_grad=grad)
+    gate, up = torch.randn(6, 8, requires_grad=grad), torch.randn(6, 8, requires_grad=grad)
+    w2 = torch.randn(8, 6, requires_grad=grad)
+
+    def ours():
+        out = kernels.feed_forward(x, (gate, up), None, w2, None, activation="swiglu", backend=backend)
+        hidden = kernels.linear(x, (gate, up), None, activation="swiglu", backend=backend)
+        if grad:
+            (out.sum() + hidden.sum()).backward()
+
+    def reference():
+        hidden = F.silu(F.linear(x, gate)) * F.linear(x, up)
+        out = F.linear(hidden, w2)
+        if grad:
+            (out.sum() + hidden.sum()).backward()
+
+    expected = count_step_flops(reference)
+    assert count_step_flops(ours) == expected + 2 * 4 * (2 * 6 * 8) * (3 if grad else 1)  # + kernels.linear's
+
+
 @pytest.mark.parametrize("grad", [False, True])
 def test_feed_forward_counts_both_gemms(grad):
     x = torch.randn(5, 8, requires_grad=grad)

@@ -123,11 +123,8 @@ def test_static_decode_step_traces_whole():
     assert all(int(c.length[0]) == 6 for c in caches)
 
 
-@pytest.mark.xfail(strict=True, reason="ops layer: the dropout seed of a native call is read on the host "
-                                       "(int(torch.randint(...).item()) in kernels/_ops/attention_native.py and the "
-                                       "feed-forward's seed), a graph break per op; graph-safe seeds are issue 13's "
-                                       "ops part")
 def test_fullgraph_with_dropout_without_graph_break():
+    """Dropout's Philox seed is a device tensor the kernels read (no .item() on the host): no graph break."""
     torch.manual_seed(0)
     model = _gpt(dropout=0.1).train()
     idx = torch.randint(0, 64, (2, 9))

@@ -279,3 +279,21 @@ def test_nested_inputs_and_torchscript_raise_clear_errors():
         torch.jit.script(mha)
     with pytest.raises(RuntimeError, match="torch.jit.script of .*MultiheadAttention"):
         torch.jit.script(nn.Sequential(nn.Linear(E, E), mha))  # inside a model too
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_fp16_in_proj_bias_with_fp64_inputs_is_cast(batch_first):
+    """torch's batch-first path accepts biases in another dtype than the inputs; ours does in both layouts."""
+    torch.manual_seed(0)
+    reference = nn.MultiheadAttention(E, H, batch_first=True).double()
+    fused = transformer.MultiheadAttention(E, H, batch_first=batch_first).double()
+    fused.load_state_dict(reference.state_dict())
+    for module in (reference, fused):
+        module.in_proj_bias.data = module.in_proj_bias.data.half()
+    x = torch.randn(2, L, E, dtype=torch.float64, requires_grad=True)
+    expected = reference(x, x, x, need_weights=False)[0]
+    y = x if batch_first else x.transpose(0, 1)
+    got = fused(y, y, y, need_weights=False)[0]
+    torch.testing.assert_close(got if batch_first else got.transpose(0, 1), expected)
+    got.sum().backward()
+    assert fused.in_proj_bias.grad.dtype == torch.float16
