@@ -199,13 +199,22 @@ def _register() -> None:
     if _native_built():
         from ._ops import feed_forward_native
 
-        run_linear, run_feed_forward = _runners(feed_forward_native.ops)
+        composite_linear, run_feed_forward = _runners(feed_forward_native.ops)
+
+        def run_native_linear(x, weight, bias=None, *, activation=None):
+            # On the CPU a Linear without activation is what F.linear is (at::addmm / at::mm; the same gradients):
+            # torch's binding and autograd cost a quarter of the composite op's path (benchmarks/NOTES.md, issue 13).
+            # On CUDA the composite op keeps cuBLASLt's epilogues (its bias gradient in the weight-gradient GEMM).
+            if activation is None and x.device.type == "cpu":
+                return torch.nn.functional.linear(x, weight, bias)
+            return composite_linear(x, weight, bias, activation=activation)
+
         dtypes = {"cpu": (torch.float32, torch.float64, torch.bfloat16), "cuda": _CUDA}
         notes = ""
         if _extension.native_available("cuda"):
             notes = ("cuda: cuBLASLt epilogues for bias, relu, gelu_tanh, residual" if _cublaslt_built()
                      else "cuda: built without cuBLASLt (no cuBLAS headers/library found)")
-        _backend.register(Implementation("linear", "native", run_linear, dtypes, native_op="linear_forward",
+        _backend.register(Implementation("linear", "native", run_native_linear, dtypes, native_op="linear_forward",
                                          notes=notes))
         _backend.register(Implementation("feed_forward", "native", run_feed_forward, dtypes,
                                          native_op="linear_forward", notes=notes))

@@ -131,6 +131,29 @@ def test_conv1d_weight_as_transposed_view(backend):
     check_against_reference(run, ref, x, conv_weight, bias, activation="gelu_tanh")
 
 
+@pytest.mark.skipif("native" not in backends_for("linear", "cpu"), reason="kernels._C not built")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_native_cpu_linear_without_activation_is_f_linear(dtype):
+    """On the CPU the native backend runs a Linear without activation as F.linear (the same at::addmm, a quarter of
+    the host time): bitwise the same output and gradients, any leading shape and weight view."""
+    x = torch.randn(2, 3, 24).to(dtype).requires_grad_()
+    conv_weight = (torch.randn(24, 40) / 5).to(dtype).requires_grad_()  # GPT-2 Conv1D layout, passed as .t()
+    bias = torch.randn(40).to(dtype).requires_grad_()
+    out = kernels.linear(x, conv_weight.t(), bias, backend="native")
+    expected = torch.nn.functional.linear(x, conv_weight.t(), bias)
+    assert torch.equal(out, expected)
+    grad = torch.randn_like(out)
+    for got, want in zip(torch.autograd.grad(out, (x, conv_weight, bias), grad),
+                         torch.autograd.grad(expected, (x, conv_weight, bias), grad)):
+        assert torch.equal(got, want)
+    with torch.no_grad():  # an activation still takes the native GEMM + epilogue (not F.linear, not another backend)
+        gelu = kernels.linear(x, conv_weight.t(), bias, activation="gelu", backend="native")
+    assert "kernels::linear_forward" in _ops_called(
+        lambda: kernels.linear(x, conv_weight.t(), bias, activation="gelu", backend="native"))
+    assert_close(gelu, reference.linear(x.double(), conv_weight.t().double(), bias.double(), activation="gelu"),
+                 torch_out=reference.linear(x, conv_weight.t(), bias, activation="gelu"))
+
+
 def test_bad_inputs():
     x, weight, bias = _inputs(4, 8, 6, None)
     with pytest.raises(TypeError, match="`x`"):
