@@ -3,6 +3,8 @@
 // implementations and autograd live in Python, in kernels/_ops/<op>_native.py.
 #include <torch/extension.h>
 
+#include <kernels/direct_calls.h>
+
 #ifdef KERNELS_WITH_CUBLASLT
 #include <kernels/linear_cublaslt.h>
 #endif
@@ -64,8 +66,11 @@ TORCH_LIBRARY(kernels, m) {
 
 // The Python module kernels._C: importing it loads the library above. `with_cuda` says whether CUDA kernels were
 // compiled in, so `import kernels` can warn when a CUDA machine got a CPU-only build; `with_cublaslt` whether the
-// cuBLASLt epilogue path of linear/feed_forward was (then `cublaslt_calls()` counts its GEMMs, for tests).
+// cuBLASLt epilogue path of linear/feed_forward was (then `cublaslt_calls()` counts its GEMMs, for tests); `direct`
+// holds typed entry points of the forward ops (csrc/include/kernels/direct_calls.h).
 PYBIND11_MODULE(_C, module) {
+  auto direct = module.def_submodule("direct", "typed entry points of the forward ops, for eager calls");
+  kernels::define_direct_calls(direct);
 #ifdef KERNELS_WITH_CUDA
   module.attr("with_cuda") = true;
 #else

@@ -583,3 +583,52 @@ def test_keep_mask_follows_the_documented_formula():
     keep = dropout_keep_mask(seed, shape, p, device=device).cpu()
     expected = torch.tensor([philox_uniform(seed, index) >= p for index in range(keep.numel())]).reshape(shape)
     assert torch.equal(keep, expected)
+
+
+def _common_case_calls():
+    q, k, v = torch.randn(2, 4, 3, 8), torch.randn(2, 4, 5, 8), torch.randn(2, 4, 5, 6)
+    padding = torch.zeros(2, 5, dtype=torch.bool)
+    return [
+        dict(q=q, k=k, v=v),
+        dict(q=q, k=k, v=v, is_causal=1, scale=2, dropout_p=0),
+        dict(q=q, k=k, v=v, dropout_p=0.25, scale=0.5, key_padding_mask=padding),
+        dict(q=q, k=k[:, :2], v=v[:, :2], enable_gqa=True),
+        dict(q=q, k=k[:, :2], v=v[:, :2]),  # GQA heads without enable_gqa: an error
+        dict(q=q, k=k[:, :3], v=v[:, :3], enable_gqa=True),  # 3 does not divide 4
+        dict(q=q, k=k, v=v, attn_mask=torch.ones(3, 5, dtype=torch.bool)),  # masks take the full path
+        dict(q=q, k=k, v=v, key_padding_mask=padding.float()),
+        dict(q=q, k=k, v=v, key_padding_mask=padding[:, :4]),
+        dict(q=q, k=k.double(), v=v),
+        dict(q=q.int(), k=k.int(), v=v.int()),
+        dict(q=q, k=k[..., :4], v=v),
+        dict(q=q, k=k, v=v[:, :, :4]),
+        dict(q=q[0], k=k[0], v=v[0]),  # 3-D: batch shape ()
+        dict(q=q, k=k, v=v, scale=float("inf")),
+        dict(q=q, k=k, v=v, scale=True),
+        dict(q=q, k=k, v=v, dropout_p=1.0),
+        dict(q=q, k=k, v=v, dropout_p=float("nan")),
+        dict(q=torch.nn.Parameter(q), k=k, v=v),
+        dict(q=q[..., :0], k=k[..., :0], v=v),
+    ]
+
+
+@pytest.mark.parametrize("index", range(len(_common_case_calls())))
+def test_common_case_fast_path_agrees_with_the_full_checks(index):
+    """The fast path of the common call gives the arguments the full normalisation gives, or declines (None) and
+    leaves the call, and its error, to the full checks."""
+    from kernels.attention import _common_case, normalize_attention_args
+
+    call = _common_case_calls()[index]
+    full = dict(attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False, key_padding_mask=None)
+    full.update(call)
+    fast = _common_case(**full)
+    try:
+        expected = normalize_attention_args(**full)
+    except (TypeError, ValueError):
+        assert fast is None
+        return
+    if fast is not None:
+        assert len(fast) == len(expected)
+        for got, want in zip(fast, expected):
+            assert got is want or got == want, (got, want)
+            assert type(got) is type(want)

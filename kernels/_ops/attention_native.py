@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .._extension import _C
-from . import _attention_derivatives, _double_backward
+from . import _attention_derivatives, _direct, _double_backward
 from ._dropout import draw_seed
 
 FORWARD = "kernels::attention_forward"
@@ -64,8 +64,8 @@ if _C is not None:
                                              dropout_p=dropout_p)
 
     _double_backward.register(VARLEN_BACKWARD, _varlen_first_derivative, "kernels.varlen_attention")
-    _forward = torch.ops.kernels.attention_forward.default
-    _varlen_forward = torch.ops.kernels.varlen_attention_forward.default
+    _forward = _direct.forward_op("attention_forward")
+    _varlen_forward = _direct.forward_op("varlen_attention_forward")
 else:
 
     def _forward(*args):
@@ -80,11 +80,12 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_caus
     ``kernels.scaled_dot_product_attention`` the masks arrive normalised (``attn_mask`` a ``(B, H, Sq, Sk)`` view of
     bool or ``q``'s dtype, ``key_padding_mask`` bool) and the call is one dispatcher call (the autograd is C++)."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    full = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
-    if attn_mask is not None and (attn_mask.shape != full or attn_mask.dtype not in (torch.bool, q.dtype)):
+    if attn_mask is not None:
+        full = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
         if attn_mask.dtype != torch.bool and attn_mask.dtype != q.dtype:
             attn_mask = attn_mask.to(q.dtype)  # before the expand: converts the small tensor only
-        attn_mask = attn_mask.expand(full)  # a view: broadcast dimensions get stride 0
+        if attn_mask.shape != full:
+            attn_mask = attn_mask.expand(full)  # a view: broadcast dimensions get stride 0
     if key_padding_mask is not None and key_padding_mask.dtype != torch.bool:
         key_padding_mask = key_padding_mask.bool()
     out, _ = _forward(q, k, v, attn_mask, key_padding_mask, bool(is_causal), scale, float(dropout_p),
@@ -112,16 +113,17 @@ def unsupported(q=None, k=None, v=None, attn_mask=None, **_) -> str | None:
     """Why the native backend cannot serve a call, or None (the registry's ``check=``)."""
     if q is None or k is None or v is None:
         return None
-    if v.shape[-1] != q.shape[-1]:
-        return (f"argument `v` has head dim {v.shape[-1]} and `q` {q.shape[-1]}; backend 'native' needs equal "
+    head_dim = q.shape[-1]
+    if v.shape[-1] != head_dim:
+        return (f"argument `v` has head dim {v.shape[-1]} and `q` {head_dim}; backend 'native' needs equal "
                 "head dims")
-    if q.shape[-1] > 256:
-        return f"argument `q` has head dim {q.shape[-1]}; backend 'native' supports head dims up to 256"
+    if head_dim > 256:
+        return f"argument `q` has head dim {head_dim}; backend 'native' supports head dims up to 256"
     if q.dim() != 4:
         return f"argument `q` has {q.dim()} dimensions; backend 'native' takes (B, H, S, D) tensors"
     if attn_mask is not None and attn_mask.requires_grad:
         return "argument `attn_mask` requires grad; backend 'native' does not differentiate the mask"
-    if q.device.type == "cuda":
+    if q.is_cuda:
         return _cuda_unsupported(q, k, v)
     return None
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from .._extension import _C
+from . import _direct
 from . import _layer_norm_common as common
 
 FORWARD = "kernels::layer_norm_forward"
@@ -16,7 +17,7 @@ if _C is not None and hasattr(torch.ops.kernels, "layer_norm_forward"):
     torch.library.register_fake(FORWARD)(common.fake_forward)
     torch.library.register_fake(BACKWARD)(common.fake_backward)
     common.register_double_backward(BACKWARD)
-    forward = torch.ops.kernels.layer_norm_forward.default  # (x, residual, weight, bias, eps, rms)
+    forward = _direct.forward_op("layer_norm_forward")  # (x, residual, weight, bias, eps, rms)
 else:
 
     def forward(*args):

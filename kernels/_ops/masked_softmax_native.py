@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from .._extension import _C
-from . import _double_backward
+from . import _direct, _double_backward
 
 FORWARD = "kernels::masked_softmax_forward"
 BACKWARD = "kernels::masked_softmax_backward"
@@ -55,7 +55,7 @@ if _C is not None and hasattr(torch.ops.kernels, "masked_softmax_forward"):
         return torch.empty_like(y, memory_format=torch.contiguous_format)
 
     _double_backward.register(BACKWARD, first_derivative, "kernels.masked_softmax")
-    masked_softmax = torch.ops.kernels.masked_softmax_forward.default  # (x, mask, scale, is_causal)
+    masked_softmax = _direct.forward_op("masked_softmax_forward")  # (x, mask, scale, is_causal)
 else:
 
     def masked_softmax(x, mask, scale, is_causal):

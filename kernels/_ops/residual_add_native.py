@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from .._extension import _C
+from . import _direct
 
 OP = "kernels::residual_add"
 
@@ -15,7 +16,7 @@ if _C is not None:
     def _(x, residual):
         return torch.empty_like(x, memory_format=torch.contiguous_format)
 
-    residual_add = torch.ops.kernels.residual_add.default  # (x, residual)
+    residual_add = _direct.forward_op("residual_add")  # (x, residual)
 else:
 
     def residual_add(x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
