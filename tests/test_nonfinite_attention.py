@@ -14,8 +14,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 import kernels
 from kernels.testing import available_devices, backends_for
 
-BACKENDS = [(d, b) for d in available_devices() for b in ["torch"] + backends_for("attention", d)]
-IDS = [f"{d}-{b}" for d, b in BACKENDS]
+# CUDA cases belong to the GPU tier (marker `gpu`).
+BACKENDS = [pytest.param(d, b, id=f"{d}-{b}", marks=[pytest.mark.gpu] if d == "cuda" else [])
+            for d in available_devices() for b in ["torch"] + backends_for("attention", d)]
 NAN, INF = float("nan"), float("inf")
 B, H, S, D = 1, 2, 37, 16
 
@@ -73,7 +74,7 @@ def _check_causal_nan(out, grads, row, where):
 
 
 @pytest.mark.interpret
-@pytest.mark.parametrize("device,backend", BACKENDS, ids=IDS)
+@pytest.mark.parametrize("device,backend", BACKENDS)
 @pytest.mark.parametrize("where", ["q", "k", "v"])
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 def test_nan_in_inputs(device, backend, where, causal):
@@ -93,7 +94,7 @@ def test_nan_in_inputs(device, backend, where, causal):
 
 
 @pytest.mark.interpret
-@pytest.mark.parametrize("device,backend", BACKENDS, ids=IDS)
+@pytest.mark.parametrize("device,backend", BACKENDS)
 @pytest.mark.parametrize("where", ["q", "k", "v"])
 @pytest.mark.parametrize("value", [INF, -INF], ids=["inf", "-inf"])
 def test_inf_in_inputs(device, backend, where, value):
@@ -105,7 +106,7 @@ def test_inf_in_inputs(device, backend, where, value):
 
 
 @pytest.mark.interpret
-@pytest.mark.parametrize("device,backend", BACKENDS, ids=IDS)
+@pytest.mark.parametrize("device,backend", BACKENDS)
 def test_nan_in_grad_out(device, backend):
     """A NaN in grad_out[i] gives NaN in dq[i] and in dk/dv of every key row i sees; other dq rows stay finite."""
     q, k, v = _qkv()
@@ -116,7 +117,7 @@ def test_nan_in_grad_out(device, backend):
 
 
 @pytest.mark.interpret
-@pytest.mark.parametrize("device,backend", BACKENDS, ids=IDS)
+@pytest.mark.parametrize("device,backend", BACKENDS)
 @pytest.mark.parametrize("value", [NAN, INF, -INF], ids=["nan", "inf", "-inf"])
 def test_float_mask(device, backend, value):
     """A float mask is added as SDPA's: NaN or +inf at (i, j) makes row i NaN; -inf hides a finite score."""
@@ -129,7 +130,7 @@ def test_float_mask(device, backend, value):
 
 
 @pytest.mark.interpret
-@pytest.mark.parametrize("device,backend", BACKENDS, ids=IDS)
+@pytest.mark.parametrize("device,backend", BACKENDS)
 def test_nan_score_under_minus_inf_float_mask(device, backend):
     """-inf added to a NaN score is NaN (as SDPA): a float mask does not hide a NaN k."""
     q, k, v = _qkv()
@@ -141,7 +142,7 @@ def test_nan_score_under_minus_inf_float_mask(device, backend):
 
 
 @pytest.mark.interpret
-@pytest.mark.parametrize("device,backend", BACKENDS, ids=IDS)
+@pytest.mark.parametrize("device,backend", BACKENDS)
 @pytest.mark.parametrize("how", ["bool", "padding"])
 def test_nan_k_at_hidden_key(device, backend, how):
     """A NaN in the k of a key hidden by a bool mask or key padding reaches no output row (SDPA's math backend gives
@@ -166,7 +167,7 @@ def test_nan_k_at_hidden_key(device, backend, how):
 
 
 @pytest.mark.interpret
-@pytest.mark.parametrize("device,backend", BACKENDS, ids=IDS)
+@pytest.mark.parametrize("device,backend", BACKENDS)
 def test_fully_masked_row_stays_zero(device, backend):
     """A fully masked row gives zeros and zero gradients even with a NaN in its q (SDPA's math backend: NaN)."""
     q, k, v = _qkv()

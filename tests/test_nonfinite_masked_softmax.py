@@ -12,8 +12,9 @@ import kernels
 from kernels.testing import available_devices, backends_for
 
 OP = "masked_softmax"
-BACKENDS = [(d, b) for d in available_devices() for b in ["torch"] + backends_for(OP, d)]
-IDS = [f"{d}-{b}" for d, b in BACKENDS]
+# CUDA cases belong to the GPU tier (marker `gpu`).
+BACKENDS = [pytest.param(d, b, id=f"{d}-{b}", marks=[pytest.mark.gpu] if d == "cuda" else [])
+            for d in available_devices() for b in ["torch"] + backends_for(OP, d)]
 NAN, INF = float("nan"), float("inf")
 # Row lengths: one block, and (Triton under the interpreter: > 512) the looped variant.
 LENGTHS = [17, 700]
@@ -60,7 +61,7 @@ def _compare(device, backend, x, mask=None, *, is_causal=False, grad=None, scale
 
 
 @pytest.mark.interpret
-@pytest.mark.parametrize("device,backend", BACKENDS, ids=IDS)
+@pytest.mark.parametrize("device,backend", BACKENDS)
 @pytest.mark.parametrize("sk", LENGTHS)
 @pytest.mark.parametrize("value", [NAN, INF, -INF], ids=["nan", "inf", "-inf"])
 def test_kept_score(device, backend, sk, value):
@@ -73,7 +74,7 @@ def test_kept_score(device, backend, sk, value):
 
 
 @pytest.mark.interpret
-@pytest.mark.parametrize("device,backend", BACKENDS, ids=IDS)
+@pytest.mark.parametrize("device,backend", BACKENDS)
 @pytest.mark.parametrize("sk", LENGTHS)
 def test_nan_at_hidden_positions(device, backend, sk):
     """A NaN where a bool mask is False, or past the causal limit, takes no part: the rows stay finite."""
@@ -90,7 +91,7 @@ def test_nan_at_hidden_positions(device, backend, sk):
 
 
 @pytest.mark.interpret
-@pytest.mark.parametrize("device,backend", BACKENDS, ids=IDS)
+@pytest.mark.parametrize("device,backend", BACKENDS)
 @pytest.mark.parametrize("sk", LENGTHS)
 def test_additive_mask(device, backend, sk):
     """An additive mask is added: NaN or +inf in it, or a NaN score under a -inf mask value, gives a NaN row."""
@@ -106,7 +107,7 @@ def test_additive_mask(device, backend, sk):
 
 
 @pytest.mark.interpret
-@pytest.mark.parametrize("device,backend", BACKENDS, ids=IDS)
+@pytest.mark.parametrize("device,backend", BACKENDS)
 @pytest.mark.parametrize("sk", LENGTHS)
 def test_nan_in_grad(device, backend, sk):
     """A NaN in a row of the incoming gradient gives a NaN gradient row, the masked positions included (0 * nan)."""
@@ -120,7 +121,7 @@ def test_nan_in_grad(device, backend, sk):
 
 
 @pytest.mark.interpret
-@pytest.mark.parametrize("device,backend", BACKENDS, ids=IDS)
+@pytest.mark.parametrize("device,backend", BACKENDS)
 @pytest.mark.parametrize("sk", LENGTHS)
 def test_fully_masked_row_with_nan_stays_zero(device, backend, sk):
     """A fully masked row holding NaN scores gives zeros and zero gradients (torch.softmax would give NaN)."""
