@@ -19,7 +19,7 @@
 #include <kernels/checks.h>
 #include <kernels/outputs.h>
 
-#include "attention_common.cuh"
+#include "attention_arguments.cuh"
 
 namespace kernels {
 namespace {

@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from .. import _outputs
-from ._config import interpreting
+from ._config import interpreting, on_device
 
 
 @triton.jit
@@ -181,10 +181,11 @@ def forward(x: torch.Tensor, mask: torch.Tensor | None, scale: float, is_causal:
         # bool is read as bytes (same size, same strides)
         mask_arg = mask.view(torch.uint8) if mask.dtype == torch.bool else mask
     rows, block, looped, warps = _config(sk)
-    _forward_kernel[(triton.cdiv(n_rows, rows),)](
-        x, mask_arg, y, n_rows, sq, sk, d1, float(scale), *strides,
-        HAS_MASK=mask is not None, MASK_BOOL=mask is not None and mask.dtype == torch.bool, IS_CAUSAL=bool(is_causal),
-        ROWS=rows, BLOCK=block, LOOPED=looped, num_warps=warps)
+    with on_device(x):
+        _forward_kernel[(triton.cdiv(n_rows, rows),)](
+            x, mask_arg, y, n_rows, sq, sk, d1, float(scale), *strides,
+            HAS_MASK=mask is not None, MASK_BOOL=mask is not None and mask.dtype == torch.bool,
+            IS_CAUSAL=bool(is_causal), ROWS=rows, BLOCK=block, LOOPED=looped, num_warps=warps)
     return y
 
 
@@ -197,6 +198,7 @@ def backward(grad: torch.Tensor, y: torch.Tensor, scale: float) -> torch.Tensor:
     sk = y.shape[-1]
     n_rows = y.numel() // sk
     rows, block, looped, warps = _config(sk)
-    _backward_kernel[(triton.cdiv(n_rows, rows),)](
-        grad, y, dx, n_rows, sk, float(scale), ROWS=rows, BLOCK=block, LOOPED=looped, num_warps=warps)
+    with on_device(y):
+        _backward_kernel[(triton.cdiv(n_rows, rows),)](
+            grad, y, dx, n_rows, sk, float(scale), ROWS=rows, BLOCK=block, LOOPED=looped, num_warps=warps)
     return dx
