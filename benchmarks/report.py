@@ -7,10 +7,11 @@ from collections import defaultdict
 
 from tabulate import tabulate
 
-from .ceilings import Ceilings
+from .ceilings import WRONG_CEILING_NOTE, Ceilings, exceeds_ceiling, fraction_text
 from .runner import Result
 
-HEADERS = ["op", "mode", "shape", "dtype", "provider", "time ms", "throughput", "of ceiling", "vs best peer"]
+HEADERS = ["op", "mode", "shape", "dtype", "provider", "time ms", "throughput", "of ceiling", "vs best peer",
+           "cold start ms"]
 
 
 def _throughput(result: Result) -> str:
@@ -27,9 +28,10 @@ def rows(results: list[Result]) -> list[list[str]]:
         if r.status != "ok":
             continue
         versus = f"{r.ratio_to_best_peer:.2f}x {r.best_peer}" if r.ratio_to_best_peer is not None else "-"
-        fraction = f"{100 * r.fraction_of_ceiling:.1f}%" if r.fraction_of_ceiling is not None else "-"
+        fraction = fraction_text(r.fraction_of_ceiling)
+        cold = f"{r.cold_start_ms:.4g}" if r.cold_start_ms is not None else "-"
         table.append([r.op, r.mode, r.shape, r.dtype, r.provider, f"{r.median_ms:.4g}", _throughput(r), fraction,
-                      versus])
+                      versus, cold])
     return table
 
 
@@ -45,13 +47,28 @@ def skipped(results: list[Result]) -> list[str]:
 
 
 def ceilings_line(ceilings: Ceilings, env: dict) -> str:
-    return (f"{env['device_name']} ({env['threads']} threads): copy bandwidth {ceilings.bandwidth_gbs:.4g} GB/s, "
-            f"{ceilings.matmul_dtype} matmul {ceilings.matmul_tflops:.4g} TFLOP/s; torch {env['torch']}, "
-            f"triton {env['triton']}, commit {(env['git_commit'] or '?')[:12]}")
+    threads = env["threads"] if ceilings.threads is None else ceilings.threads
+    return (f"{env['device_name']} ({threads} threads): copy bandwidth {ceilings.bandwidth_gbs:.4g} GB/s, "
+            f"{ceilings.matmul_dtype} matmul {ceilings.matmul_tflops:.4g} TFLOP/s (best of repeats, n = "
+            f"{ceilings.matmul_size}); torch {env['torch']}, triton {env['triton']}, "
+            f"commit {(env['git_commit'] or '?')[:12]}")
+
+
+def wrong_ceiling_note(results: list[Result]) -> str | None:
+    """The warning to print under a table where some result claims more than 100% of a ceiling, else None."""
+    over = [r for r in results if r.status == "ok" and exceeds_ceiling(r.fraction_of_ceiling)]
+    if not over:
+        return None
+    worst = max(over, key=lambda r: r.fraction_of_ceiling)
+    return (f"{WRONG_CEILING_NOTE}. {len(over)} result(s), up to {100 * worst.fraction_of_ceiling:.0f}% "
+            f"({worst.op} {worst.mode} {worst.shape} {worst.provider}).")
 
 
 def terminal_table(results: list[Result]) -> str:
-    return tabulate(rows(results), headers=HEADERS, tablefmt="simple")
+    """The table, and under it the wrong-ceiling warning when some fraction is above 100%."""
+    table = tabulate(rows(results), headers=HEADERS, tablefmt="simple")
+    note = wrong_ceiling_note(results)
+    return f"{table}\n{note}" if note else table
 
 
 def write_markdown(out_dir: str, results: list[Result], ceilings: Ceilings, env: dict) -> str:
@@ -60,9 +77,14 @@ def write_markdown(out_dir: str, results: list[Result], ceilings: Ceilings, env:
         handle.write(f"# Benchmark record\n\n{ceilings_line(ceilings, env)}\n\n")
         handle.write("Time is the median; throughput TFLOP/s for compute-bound ops (fraction of the measured matmul "
                      "rate), GB/s for memory-bound ops (fraction of the measured copy bandwidth); 'vs best peer' is "
-                     "the best peer's time over this provider's (> 1: faster than every peer).\n\n")
+                     "the best peer's time over this provider's (> 1: faster than every peer); 'cold start' is the "
+                     "setup and first call of the case (JIT compilation and autotuning included where the process "
+                     "meets the kernel first).\n\n")
         handle.write(tabulate(rows(results), headers=HEADERS, tablefmt="github"))
         handle.write("\n")
+        note = wrong_ceiling_note(results)
+        if note:
+            handle.write(f"\n**{note}**\n")
         lines = skipped(results)
         if lines:
             handle.write("\nNot run:\n\n" + "\n".join(f"- {line}" for line in lines) + "\n")

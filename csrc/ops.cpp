@@ -33,6 +33,9 @@ TORCH_LIBRARY(kernels, m) {
         "Tensor? residual, bool save_pre) -> (Tensor, Tensor)");
   m.def("linear_act_backward(Tensor grad, Tensor? weight, Tensor pre, str? activation, float dropout_p, "
         "Tensor seed) -> (Tensor, Tensor)");
+  // linear_epilogue returns residual + dropout(act(pre)) for a pre-activation computed elsewhere (the gated block
+  // with separate gate and up weights: two GEMMs into the halves of `pre`, then this one pass).
+  m.def("linear_epilogue(Tensor pre, str? activation, float dropout_p, Tensor seed, Tensor? residual) -> Tensor");
   // linear_weight_grad returns (grad.T @ x, the column sums of grad in the op-math dtype when `bias` else an empty
   // (0,) tensor): a Linear's weight and bias gradients in one GEMM where cuBLASLt's BGRADB epilogue serves.
   m.def("linear_weight_grad(Tensor grad, Tensor x, bool bias) -> (Tensor, Tensor)");
