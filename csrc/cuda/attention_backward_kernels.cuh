@@ -208,7 +208,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_backward_kv_ke
 
 // 3. dQ.
 template <typename scalar_t, int D, MaskKind kMask, bool kDropout, bool kVarlen>
-__global__ void __launch_bounds__(kThreads) attention_backward_q_kernel(const Params p) {
+__global__ void __launch_bounds__(kThreads, kDropout ? kMinBlocks : 0) attention_backward_q_kernel(const Params p) {
   constexpr int BN = AttentionTiles<D>::kBackwardBlockK;
   constexpr int DO = AttentionTiles<D>::kOutputCols;  // this CTA's columns of dQ: d0 .. d0 + DO - 1
   extern __shared__ __align__(16) unsigned char smem_raw[];

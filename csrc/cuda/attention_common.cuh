@@ -39,7 +39,9 @@ constexpr int kThreads = kWarps * 32;
 // The forward and dK/dV kernels declare __launch_bounds__(kThreads, kMinBlocks): with an explicit minimum of one CTA
 // per SM, ptxas gives a kernel every register it needs instead of capping a light one at an occupancy step (80, 96,
 // 128 or 168 registers) with a few bytes of spills, as it did for the D = 32 dK/dV kernel without it. The dQ kernel
-// goes without: there the minimum makes ptxas schedule more aggressively and spill at D = 128 and 256.
+// takes it with dropout only (0: no minimum; with dropout, ptxas held the varlen D = 64 and 128 variants to 128 and
+// 168 registers with spills); without dropout the minimum made ptxas schedule more aggressively and spill at D = 128
+// and 256.
 constexpr int kMinBlocks = 1;
 constexpr int kBlockM = 16 * kWarps;  // query rows per CTA (forward, dQ), keys per CTA (dK/dV)
 
