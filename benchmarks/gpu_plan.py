@@ -2,9 +2,9 @@
 compilations that is, and how long it should take; ``--dry-run`` prints it on any machine.
 
 Stage 1 (one cold H200, budget 6 min): versions and the extension, the native CUDA tests (attention dense and
-varlen, layer norm, masked softmax, residual add, linear / cuBLASLt), then the Triton tests with one configuration
-per kernel (``KERNELS_TRITON_ONE_CONFIG=1``) on the small and odd shapes.
-Stage 2 (the warm machine, budget 6 min): the Triton tests on realistic shapes with autotuning, compute-sanitizer
+varlen, layer norm, masked softmax, residual add, linear / cuBLASLt: every GPU case not on the Triton backend), then
+the Triton tests with one configuration per kernel (``KERNELS_TRITON_ONE_CONFIG=1``; realistic shapes in fp16/fp32).
+Stage 2 (the warm machine, budget 6 min): the Triton tests on realistic shapes (bf16) with autotuning, compute-sanitizer
 memcheck and racecheck on small native attention and layer-norm cases, and a short benchmark (attention fwd and
 fwd+bwd at (4, 16, 4096, 128) with and without padding, layer norm and feed-forward at one large shape each; peers
 SDPA's backends and eager) that records each case's cold start beside its steady-state time.
@@ -36,20 +36,18 @@ COST = {"pytest_start": 20.0, "native_case": 0.25, "triton_case": 0.3, "compile"
 # Kernels one case of a test file compiles at most (the forward and backward launchers of its op), and the candidates
 # an autotuned specialisation compiles (attention: 2 x 2 warps/stages; linear: its pruned candidates; the other
 # launchers do not autotune).
-KERNELS_PER_CASE = {"test_attention.py": 4, "test_attention_varlen.py": 4, "test_layer_norm.py": 3,
-                    "test_masked_softmax.py": 2, "test_residual_add.py": 1, "test_linear.py": 2,
-                    "test_feed_forward.py": 4, "test_triton_launchers.py": 4}
+KERNELS_PER_CASE = {"test_attention.py": 4, "test_attention_varlen.py": 4, "test_attention_masks.py": 4,
+                    "test_nonfinite_attention.py": 4, "test_layer_norm.py": 3, "test_nonfinite_layer_norm.py": 3,
+                    "test_masked_softmax.py": 2, "test_nonfinite_masked_softmax.py": 2, "test_residual_add.py": 1,
+                    "test_linear.py": 2, "test_feed_forward.py": 4, "test_triton_launchers.py": 4}
 AUTOTUNE_CANDIDATES = {"test_attention.py": 4, "test_attention_varlen.py": 4, "test_linear.py": 8,
                        "test_feed_forward.py": 8}
 WORKERS = 12  # pytest-xdist workers (16 cores): Triton steps are bound by compilation, native ones by Python
 
-NATIVE_FILES = ("tests/test_attention_native_cuda.py", "tests/test_attention_native.py", "tests/test_attention.py",
-                "tests/test_attention_varlen.py", "tests/test_layer_norm.py", "tests/test_masked_softmax.py",
-                "tests/test_residual_add.py", "tests/test_linear.py", "tests/test_feed_forward.py",
-                "tests/test_feed_forward_cublaslt.py")
-TRITON_FILES = ("tests/test_attention.py", "tests/test_attention_varlen.py", "tests/test_layer_norm.py",
-                "tests/test_masked_softmax.py", "tests/test_residual_add.py", "tests/test_linear.py",
-                "tests/test_feed_forward.py", "tests/test_triton_launchers.py")
+# Both tiers' steps select from the whole suite by marker and keyword, so that a new GPU test lands in one of them: a
+# case whose id names the triton backend (or from tests/test_triton_launchers.py) is a Triton case, any other GPU case
+# a native one (CUDA kernels of kernels._C, the torch reference on CUDA, the modules on CUDA).
+SUITE = ("tests",)
 # Stage 2, autotuned: the bf16 cases on realistic shapes (test_gpu_realistic's first dtype, "dtype0" / the masked
 # softmax's "torch.bfloat16") and the test of autotuning itself. Every other Triton case runs in stage 1 with one
 # configuration; torch.compile cases with --full.
@@ -94,15 +92,16 @@ STAGES: dict[int, tuple[Step, ...]] = {
     1: (
         Step("versions", "versions", "Python, torch, Triton, CUDA, GPU; kernels._C loads with CUDA kernels; backends"),
         Step("native", "pytest", "native CUDA tests: attention dense + varlen, layer norm, masked softmax, residual "
-             "add, linear / cuBLASLt", (*NATIVE_FILES, "-m", "gpu", "-k", _k("not triton", "not compile")),
+             "add, linear / cuBLASLt, the modules on CUDA",
+             (*SUITE, "-m", "gpu", "-k", _k("not triton", "not launchers", "not compile")),
              workers=WORKERS),
         Step("triton-one-config", "pytest", "Triton tests, one configuration per kernel (realistic shapes: fp16, fp32)",
-             (*TRITON_FILES, "-m", "gpu", "-k", _k("triton or launchers", f"not ({AUTOTUNED_K})", "not compile")),
+             (*SUITE, "-m", "gpu", "-k", _k("triton or launchers", f"not ({AUTOTUNED_K})", "not compile")),
              env={"KERNELS_TRITON_ONE_CONFIG": "1"}, workers=WORKERS),
     ),
     2: (
         Step("triton-autotuned", "pytest", "Triton tests with autotuning on realistic shapes (bf16)",
-             (*TRITON_FILES, "-m", "gpu", "-k", _k("triton or launchers", AUTOTUNED_K, "not compile")),
+             (*SUITE, "-m", "gpu", "-k", _k("triton or launchers", AUTOTUNED_K, "not compile")),
              workers=WORKERS, autotuned=True),
         Step("memcheck", "sanitizer", "compute-sanitizer memcheck: small native attention and layer-norm cases",
              SANITIZED["memcheck"], tool="memcheck"),
@@ -111,7 +110,7 @@ STAGES: dict[int, tuple[Step, ...]] = {
         Step("benchmark", "bench", "attention fwd, fwd+bwd (4, 16, 4096, 128) +- padding; layer norm, feed-forward "
              "one large shape; peers SDPA backends + eager; cold start and steady state", min_s=120.0),
         Step("torch-compile", "pytest", "our ops under torch.compile (inductor): --full only",
-             (*dict.fromkeys(NATIVE_FILES + TRITON_FILES), "-m", "gpu", "-k", "compile"), workers=WORKERS,
+             (*SUITE, "-m", "gpu", "-k", "compile"), workers=WORKERS,
              full_only=True),
     ),
 }

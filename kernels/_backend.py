@@ -189,8 +189,8 @@ def _plan(op: str, entry: _OpEntry, name: str, device_type: str, dtype: torch.dt
             have = ", ".join(repr(b) for b in entry.implementations)
             raise BackendError(f"kernels.{op}: backend {name!r} is not implemented for this op; available: {have}")
         return ((implementation, implementation.unserved(device_type, dtype)),)
-    candidates = [entry.implementations[name] for name in entry.auto_order.get(device_type, ())
-                  if name in entry.implementations]
+    candidates = [entry.implementations[candidate] for candidate in entry.auto_order.get(device_type, ())
+                  if candidate in entry.implementations]
     return tuple((implementation, implementation.unserved(device_type, dtype)) for implementation in candidates)
 
 

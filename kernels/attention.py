@@ -109,8 +109,9 @@ def normalize_attention_args(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=F
     broadcastable to ``(*batch, H, Sq, Sk)``, or a ``torch.nn.attention.bias.CausalBias``; ``key_padding_mask`` bool
     ``(*batch, Sk)``.
     """
-    for name, value in (("q", q), ("k", k), ("v", v)):
-        _tensor(name, value)
+    if not (isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor)):
+        for name, value in (("q", q), ("k", k), ("v", v)):
+            _tensor(name, value)
     _tensor("attn_mask", attn_mask, optional=True)
     _tensor("key_padding_mask", key_padding_mask, optional=True)
     if q.dim() < 3:
@@ -219,6 +220,20 @@ def _torch_kv_cache(q, k_cache, v_cache, cache_seqlens, is_causal, scale):
     return reference.scaled_dot_product_attention(q, k_cache, v_cache, keep, scale=scale, enable_gqa=True)
 
 
+def _native_kv_cache(q, k_cache, v_cache, cache_seqlens, is_causal, scale):
+    """The dense native kernels on the cache: a decoding step (one query, the newest token) sees every valid slot,
+    i.e. slot ``j`` is padding when ``j >= cache_seqlens[b]``; several causal queries take the bottom-right
+    keep-mask instead."""
+    batch, heads, sq, smax = q.shape[0], q.shape[1], q.shape[2], k_cache.shape[2]
+    mask = padding = None
+    if is_causal and sq > 1:
+        mask = kv_cache_mask(sq, smax, cache_seqlens, batch, True, q.device).expand(batch, heads, sq, smax)
+    elif cache_seqlens is not None:
+        padding = torch.arange(smax, device=q.device) >= cache_seqlens[:, None]  # (B, Smax), True = padding
+    return _native.scaled_dot_product_attention(q, k_cache, v_cache, mask, 0.0, False, scale, True,
+                                                key_padding_mask=padding)
+
+
 def _triton_attention(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa, *, key_padding_mask=None):
     from ._ops import attention_triton
 
@@ -298,7 +313,7 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_caus
                                      is_causal=args.is_causal)
     out = implementation.fn(args.q, args.k, args.v, args.attn_mask, args.dropout_p, args.is_causal, args.scale,
                             args.enable_gqa, key_padding_mask=args.key_padding_mask)
-    return out.reshape(*args.batch_shape, *out.shape[1:])
+    return out if len(args.batch_shape) == 1 else out.reshape(*args.batch_shape, *out.shape[1:])
 
 
 def _check_cu_seqlens(name, cu, q):
@@ -401,6 +416,11 @@ _backend.register(Implementation("varlen_attention", "native", _native.varlen_at
                                  tensor_arg="q", check=_native.varlen_unsupported,
                                  native_op="varlen_attention_forward",
                                  notes="cuda: head dims 32, 64, 96, 128, 256; cuda kernels not yet validated on a GPU"))
+_backend.register(Implementation("attention_with_kv_cache", "native", _native_kv_cache,
+                                 {"cpu": (torch.float32, torch.float64, torch.bfloat16),
+                                  "cuda": (torch.float16, torch.bfloat16)},
+                                 tensor_arg="q", check=_native.unsupported, native_op="attention_forward",
+                                 notes="the dense kernels with the valid slots as a padding mask"))
 # On CUDA "auto" tries Triton first: the native CUDA kernels have not yet run on a GPU (benchmarks/NOTES.md).
-_backend.set_auto_order("attention", "cuda", ("triton", "native"))
-_backend.set_auto_order("varlen_attention", "cuda", ("triton", "native"))
+for _op in ("attention", "varlen_attention", "attention_with_kv_cache"):
+    _backend.set_auto_order(_op, "cuda", ("triton", "native"))

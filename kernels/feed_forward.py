@@ -43,6 +43,7 @@ import torch
 from . import _backend, _extension, reference
 from ._backend import Implementation
 from ._extension import has_native_kernel
+from ._ops import _scalars
 from ._ops._dropout import draw_seed
 
 _ALL = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -108,7 +109,11 @@ def _draw_seed(dropout_p: float, device: torch.device) -> torch.Tensor:
 
 
 def _flatten(x: torch.Tensor) -> torch.Tensor:
-    return x.reshape(-1, x.shape[-1])
+    return x if x.dim() == 2 else x.reshape(-1, x.shape[-1])  # a reshape costs ~1 us even when it is a no-op
+
+
+def _unflatten(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return out if x.dim() == 2 else out.reshape(*x.shape[:-1], out.shape[-1])
 
 
 def _split(weight, bias):
@@ -121,24 +126,31 @@ def _split(weight, bias):
 
 def _runners(ops):
     """The registry functions of one backend, over its composite ops (kernels/_ops/feed_forward_autograd.py): the
-    registered ops when a gradient is needed or torch.compile traces, their plain implementations otherwise."""
+    registered ops when torch.compile traces; in eager mode their autograd as an autograd.Function when a gradient is
+    needed, their plain implementations otherwise (no custom-op dispatch)."""
 
     def run_linear(x, weight, bias=None, *, activation=None):
         weight, bias, weight_up, bias_up = _split(weight, bias)
         needs_grad = _needs_grad(x, weight, bias, weight_up, bias_up)
-        op = ops.linear if needs_grad or torch.compiler.is_compiling() else ops.linear_eager
+        if torch.compiler.is_compiling():
+            op = ops.linear
+        else:
+            op = ops.linear_function if needs_grad else ops.linear_eager
         out, _pre = op(_flatten(x), weight, bias, activation, needs_grad, weight_up, bias_up)
-        return out.reshape(*x.shape[:-1], out.shape[-1])
+        return _unflatten(out, x)
 
     def run_feed_forward(x, w1, b1, w2, b2, *, activation="gelu", dropout_p=0.0, residual=None):
         w1, b1, w1_up, b1_up = _split(w1, b1)
         seed = _draw_seed(dropout_p, x.device)
         flat_residual = None if residual is None else _flatten(residual)
         save_pre = _needs_grad(x, w1, b1, w2, b2, residual, w1_up, b1_up)
-        op = ops.feed_forward if save_pre or torch.compiler.is_compiling() else ops.feed_forward_eager
+        if torch.compiler.is_compiling():
+            op = ops.feed_forward
+        else:
+            op = ops.feed_forward_function if save_pre else ops.feed_forward_eager
         out, _h, _pre = op(_flatten(x), w1, b1, w2, b2, activation, float(dropout_p), seed, flat_residual, save_pre,
                            w1_up, b1_up)
-        return out.reshape(*x.shape[:-1], out.shape[-1])
+        return _unflatten(out, x)
 
     return run_linear, run_feed_forward
 
@@ -319,9 +331,13 @@ def feed_forward(x, w1, b1, w2, b2, *, activation="gelu", dropout_p=0.0, residua
     for value, name in ((b2, "b2"), (residual, "residual")):
         _check_tensor(value, name, optional=True)
     _check_activation(activation)
-    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p <= 1.0:
-        raise ValueError(f"argument `dropout_p` must be a number in [0, 1]; got {dropout_p!r}")
+    dropout_p = _scalars.dropout_p(dropout_p)
     ffn = _check_projection(x, w1, b1, activation, "w1", "b1")
+    if (activation in reference.GATED_ACTIVATIONS and isinstance(w1, torch.Tensor) and w2.dim() == 2
+            and w2.shape[1] == w1.shape[0]):  # w2 reads every row of w1: w1 is ungated, (ffn, d) not (2 * ffn, d)
+        raise ValueError(f"argument `w1` has shape {tuple(w1.shape)}; activation {activation!r} packs [gate; up] in "
+                         f"w1, which needs (2 * {w2.shape[1]}, {w1.shape[1]}) rows for the {w2.shape[1]} input "
+                         "features of `w2` (or pass the (gate, up) weights as a pair)")
     if w2.dim() != 2 or w2.shape[1] != ffn:
         raise ValueError(f"argument `w2` has shape {tuple(w2.shape)}; expected (d_out, {ffn}) (nn.Linear layout, "
                          "in_features = the activation's output width)")
@@ -339,4 +355,4 @@ def feed_forward(x, w1, b1, w2, b2, *, activation="gelu", dropout_p=0.0, residua
         _check_like(residual, "residual", x)
     implementation = _backend.select("feed_forward", backend, device=x.device, dtype=x.dtype, activation=activation,
                                      dropout_p=dropout_p)
-    return implementation.fn(x, w1, b1, w2, b2, activation=activation, dropout_p=float(dropout_p), residual=residual)
+    return implementation.fn(x, w1, b1, w2, b2, activation=activation, dropout_p=dropout_p, residual=residual)

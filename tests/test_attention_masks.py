@@ -116,3 +116,13 @@ def test_scale_is_validated_like_the_other_ops(scale):
         kernels.scaled_dot_product_attention(q, k, v, scale=scale)
     with pytest.raises(ValueError, match="argument `scale` must be a real number"):
         kernels.masked_softmax(q, scale=scale)
+
+
+@pytest.mark.parametrize("dropout_p", [1.0, -0.1, float("nan"), True])
+def test_dropout_p_is_validated_like_the_other_ops(dropout_p):
+    q, k, v = _qkv(4, 4, "cpu")
+    with pytest.raises(ValueError, match=r"argument `dropout_p` must be a real number in \[0, 1\)"):
+        kernels.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+    x, w1, w2 = torch.randn(3, 8), torch.randn(16, 8), torch.randn(8, 16)
+    with pytest.raises(ValueError, match=r"argument `dropout_p` must be a real number in \[0, 1\)"):
+        kernels.feed_forward(x, w1, None, w2, None, dropout_p=dropout_p)

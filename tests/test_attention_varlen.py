@@ -157,12 +157,14 @@ def test_decode_matches_reference(case, sq, is_causal):
 def test_decode_full_cache_equals_bottom_right_sdpa(case):
     """Without cache_seqlens every slot is valid; causal alignment is to the end of the cache."""
     device, backend = case
-    q, k, v = cache(1, 2, 1, 4, 70, 64, device, torch.float16)
+    served = kernels._backend.implementations("attention_with_kv_cache")[backend].dtypes.get(device, ())
+    dtype = torch.float16 if torch.float16 in served else torch.bfloat16
+    q, k, v = cache(1, 2, 1, 4, 70, 64, device, dtype)
     out = kernels.attention_with_kv_cache(q, k, v, backend=backend)
     keep = torch.ones(4, 70, dtype=torch.bool, device=device).tril(diagonal=70 - 4)
     expected = reference.scaled_dot_product_attention(q.double(), k.double(), v.double(), keep, enable_gqa=True)
-    torch_fp16 = reference.scaled_dot_product_attention(q, k, v, keep, enable_gqa=True)
-    assert_close(out, expected, torch_out=torch_fp16)
+    torch_low = reference.scaled_dot_product_attention(q, k, v, keep, enable_gqa=True)
+    assert_close(out, expected, torch_out=torch_low)
 
 
 def test_decode_bad_inputs_name_the_argument():

@@ -98,3 +98,16 @@ def test_python_m_kernels_prints_the_table():
     out = subprocess.run([sys.executable, "-m", "kernels"], capture_output=True, text=True, check=True).stdout
     assert "kernels._C: built with" in out
     assert "residual_add" in out and "native" in out and "triton" in out
+
+
+def test_plans_are_cached_per_call_kind_and_cleared_when_the_op_changes(toy_op):
+    assert toy_op(torch.zeros(4)) == "native"
+    assert ("auto", "cpu", torch.float32) in _backend._REGISTRY["toy"].plans
+    _backend.set_auto_order("toy", "cpu", ())  # no fast backend: auto runs the reference
+    assert toy_op(torch.zeros(4)) == "torch"
+    _backend.set_auto_order("toy", "cpu", ("native",))
+    assert toy_op(torch.zeros(4)) == "native"
+    _backend.register(Implementation("toy", "native", lambda x: x, {"cpu": (torch.float64,)},
+                                     native_op="residual_add"))  # replaced: no fp32 any more
+    with pytest.warns(RuntimeWarning, match="dtype float32"):
+        assert toy_op(torch.zeros(4)) == "torch"

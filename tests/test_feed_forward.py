@@ -146,8 +146,10 @@ def test_bad_inputs():
         kernels.feed_forward(x, w1, b1, w2, b2, dropout_p=1.5)
     with pytest.raises(ValueError, match="`activation` must be one of"):
         kernels.feed_forward(x, w1, b1, w2, b2, activation="gelu_erf")
+    with pytest.raises(ValueError, match=r"argument `w1` has shape \(12, 8\); activation 'swiglu' packs \[gate; up\]"):
+        kernels.feed_forward(x, w1, b1, w2, b2, activation="swiglu")  # an ungated w1 (ffn, d): w1 is to blame
     with pytest.raises(ValueError, match="`w2` has shape"):  # gated: w2 takes ffn = w1 rows / 2
-        kernels.feed_forward(x, w1, b1, w2, b2, activation="swiglu")
+        kernels.feed_forward(x, w1, b1, w2[:, :8], b2, activation="swiglu")
 
 
 def test_negative_control_mask_from_another_seed_fails_the_checker():

@@ -299,8 +299,9 @@ def test_bad_inputs(op, backend):
         fn(torch.ones(4, 8, dtype=torch.int32), 8)
     with pytest.raises(TypeError, match="`x`"):
         fn([1.0, 2.0], 2)
-    with pytest.raises(ValueError, match="`eps`"):
-        fn(x, 8, None, -1.0) if op == "rms_norm" else fn(x, 8, None, None, -1.0)
+    for eps in (-1.0, float("inf"), float("nan"), True, "1e-5"):  # the rule of every op's scalars: finite, >= 0
+        with pytest.raises(ValueError, match=r"argument `eps` must be a real number \(finite, >= 0\)"):
+            fn(x, 8, None, eps) if op == "rms_norm" else fn(x, 8, None, None, eps)
     if op == "layer_norm":
         with pytest.raises(ValueError, match="`bias` has shape"):
             fn(x, 8, None, torch.randn(9))

@@ -187,9 +187,10 @@ def _ops_called(fn):
 
 
 @pytest.mark.parametrize("backend", backends_for("linear", "cpu"))
-def test_inference_skips_the_composite_op_and_training_uses_it(backend):
-    """Without gradients the public functions call the composite ops' implementations (no custom-op dispatch); with
-    them, the registered ops that carry the autograd. Both give the same result."""
+def test_eager_calls_skip_the_composite_ops_dispatch(backend):
+    """Eager calls run the composite ops' implementations (no gradient) or their autograd as an autograd.Function
+    (with one): no custom-op dispatch either way (torch.compile traces the registered ops: the compile tests). Both
+    give the registered op's results and gradients."""
     x, weight, bias = _inputs(6, 16, 8, "gelu")
     with torch.no_grad():
         names = _ops_called(lambda: kernels.linear(x, weight, bias, activation="gelu", backend=backend))
@@ -197,8 +198,13 @@ def test_inference_skips_the_composite_op_and_training_uses_it(backend):
         expected = kernels.linear(x, weight, bias, activation="gelu", backend=backend)
     assert f"kernels::{backend}_linear" not in names and f"kernels::{backend}_feed_forward" not in ffn
     names = _ops_called(lambda: kernels.linear(x, weight, bias, activation="gelu", backend=backend))
-    assert f"kernels::{backend}_linear" in names
-    assert_close(kernels.linear(x, weight, bias, activation="gelu", backend=backend).detach(), expected.double())
+    assert f"kernels::{backend}_linear" not in names
+    out = kernels.linear(x, weight, bias, activation="gelu", backend=backend)
+    assert_close(out.detach(), expected.double())
+    registered = getattr(torch.ops.kernels, f"{backend}_linear")(x, weight, bias, "gelu", True)[0]
+    for got, want in zip(torch.autograd.grad(out.sum(), (x, weight, bias)),
+                         torch.autograd.grad(registered.sum(), (x, weight, bias))):
+        assert torch.equal(got, want)
 
 
 @pytest.mark.parametrize("backend", backends_for("linear", "cpu"))
@@ -384,9 +390,10 @@ def _compile_for_gpu(arch: int) -> None:
     tiles = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 8}
     # Forward: gated SwiGLU in bf16 with every epilogue, and erf GELU in fp32 with TF32.
     for element, precision, activation, gated in (("bf16", "ieee", 4, True), ("fp32", "tf32", 2, False)):
-        pointers = {name: f"*{element}" for name in ("x_ptr", "w_ptr", "bias_ptr", "residual_ptr", "out_ptr", "pre_ptr")}
-        scalars = ["M", "N", "K", "M_BUCKET", "stride_xm", "stride_xk", "stride_wn", "stride_wk", "stride_rm",
-                   "stride_rn", "stride_om", "stride_on", "stride_pm", "stride_pn"]
+        pointers = {name: f"*{element}" for name in ("x_ptr", "w_ptr", "w_up_ptr", "bias_ptr", "bias_up_ptr",
+                                                      "residual_ptr", "out_ptr", "pre_ptr")}
+        scalars = ["M", "N", "K", "M_BUCKET", "stride_xm", "stride_xk", "stride_wn", "stride_wk", "stride_un",
+                   "stride_uk", "stride_rm", "stride_rn", "stride_om", "stride_on", "stride_pm", "stride_pn"]
         compile_kernel(launcher._linear_forward_kernel, {**pointers, "seed_ptr": "*i64"}, scalars,
                        dict(HAS_BIAS=True, ACTIVATION=activation, GATED=gated, DROPOUT=True, HAS_RESIDUAL=True,
                             SAVE_PRE=True, PRECISION=precision, **tiles))

@@ -5,7 +5,9 @@
   ``TransformerDecoder``, ``Transformer``, ``LayerNorm``, ``RMSNorm``, and ``FeedForward``.
 * Models: ``GPT`` / ``GPTConfig`` (decoder-only), ``BERT`` / ``BERTConfig`` (encoder with a masked-LM head),
   ``Seq2Seq`` / ``Seq2SeqConfig`` (the encoder-decoder of "Attention Is All You Need"), with cached generation.
-* ``swap(model, backend="auto", include=None, exclude=None)`` / ``unswap(model)``.
+* ``swap(model, backend="auto", include=None, exclude=None)`` / ``unswap(model)``: torch.nn models, and Hugging Face
+  ``transformers`` models (BERT, RoBERTa, GPT-2, Llama, Mistral, Qwen2) through ``transformer.hf``, imported only
+  when a model needs it.
 """
 
 from .bert import BERT, BERTConfig

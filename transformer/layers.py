@@ -25,7 +25,14 @@ import kernels
 
 from .layer_norm import LayerNorm, RMSNorm
 from ._scripting import NotScriptable
-from .multihead_attention import AttentionCache, MultiheadAttention, check_attention_inputs
+from .multihead_attention import (
+    AttentionCache,
+    InputRuntimeError,
+    MultiheadAttention,
+    check_attention_inputs,
+    nested_like,
+    padded_from_nested,
+)
 
 __all__ = ["Transformer", "TransformerDecoder", "TransformerDecoderLayer", "TransformerEncoder",
            "TransformerEncoderLayer", "DecoderLayerCache"]
@@ -150,6 +157,12 @@ class TransformerEncoderLayer(_LayerBase):
             self.activation = F.relu
 
     def forward(self, src, src_mask=None, src_key_padding_mask=None, is_causal=False):
+        if isinstance(src, torch.Tensor) and src.is_nested:  # as torch's fast path: the lengths are the padding
+            if src_key_padding_mask is not None or not self.self_attn.batch_first:
+                raise InputRuntimeError("argument `src` is a nested tensor: supported with batch_first=True and no "
+                                        "src_key_padding_mask (the nested lengths are the padding)")
+            padded, padding, lengths = padded_from_nested(src)
+            return nested_like(self.forward(padded, src_mask, padding, is_causal), lengths, src)
         check_attention_inputs(self.self_attn, src, src, src, src_key_padding_mask, src_mask, _ENCODER_NAMES)
         x = src
         if self._custom_blocks:  # torch's composition of the (overridden) blocks

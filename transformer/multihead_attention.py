@@ -11,7 +11,9 @@ The module subclasses ``nn.MultiheadAttention``, so the constructor, the paramet
   (``attn_mask``: bool True = take part, or additive float; ``key_padding_mask`` kept as a bool ``(B, S)`` mask so
   the fast backends never materialise a ``(B, H, L, S)`` mask);
 * ``need_weights=True`` computes the scores and normalises them with ``kernels.masked_softmax``;
-* ``add_bias_kv`` / ``add_zero_attn`` run torch's own forward (the reference path): no kernel serves them.
+* ``add_bias_kv`` / ``add_zero_attn`` run torch's own forward (the reference path): no kernel serves them;
+* a nested ``query`` (batch-first self-attention, as torch's fast path takes it) runs on the padded batch with the
+  lengths as the key padding mask and comes back nested.
 
 Inputs are validated before any kernel runs (:func:`check_attention_inputs`): every shape torch's module rejects is
 rejected, with an error that names the argument and is also of torch's exception type (``InputAssertionError`` is a
@@ -130,8 +132,8 @@ def check_attention_inputs(mha, query, key, value, key_padding_mask=None, attn_m
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"argument `{name}` must be a tensor, got {type(tensor).__name__}")
         if tensor.is_nested:
-            raise InputRuntimeError(f"argument `{name}` is a nested tensor; transformer's attention takes dense "
-                                    "tensors and a key_padding_mask (nested.to_padded_tensor(0.0) and the lengths)")
+            raise InputRuntimeError(f"argument `{name}` is a nested tensor; only a nested `{q_name}` is taken (for "
+                                    "self-attention): pass dense tensors and a key_padding_mask here")
     q_shape = query.shape
     dim = len(q_shape)
     if dim == 3:
@@ -203,6 +205,9 @@ class MultiheadAttention(NotScriptable, nn.MultiheadAttention):
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
                 average_attn_weights=True, is_causal=False):
+        if isinstance(query, torch.Tensor) and query.is_nested:
+            return self._nested(query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights,
+                                is_causal)
         batched = check_attention_inputs(self, query, key, value, key_padding_mask, attn_mask)
         if self.bias_k is not None or self.add_zero_attn:
             # No kernel serves the extra key/value positions: torch's own forward is the reference path.
@@ -244,6 +249,20 @@ class MultiheadAttention(NotScriptable, nn.MultiheadAttention):
         if not batched:
             out = out.squeeze(0 if self.batch_first else 1)
         return out, weights
+
+    def _nested(self, query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights, is_causal):
+        """Nested-tensor self-attention ``(N, *, E)``, as torch's fast path takes it (batch first, ``query is key is
+        value``, the lengths as the only padding): run on the zero-padded batch with the lengths' padding mask and
+        return a nested output of the same layout (the weights, if asked for, padded ``(N, L, S)``)."""
+        if not (self.batch_first and query is key and key is value) or key_padding_mask is not None:
+            raise InputRuntimeError("argument `query` is a nested tensor: supported for self-attention only (query, "
+                                    "key and value the same tensor), batch_first=True and no key_padding_mask (the "
+                                    "nested lengths are the padding), as torch's fast path")
+        padded, padding, lengths = padded_from_nested(query)
+        out, weights = self.forward(padded, padded, padded, key_padding_mask=padding, need_weights=need_weights,
+                                    attn_mask=attn_mask, average_attn_weights=average_attn_weights,
+                                    is_causal=is_causal)
+        return nested_like(out, lengths, query), weights
 
     # -- pieces ---------------------------------------------------------------------------------------------------
 
@@ -368,6 +387,21 @@ class MultiheadAttention(NotScriptable, nn.MultiheadAttention):
             out = decode_attention(q, k, v, causal=False, key_padding_mask=memory_key_padding_mask,
                                    dropout_p=dropout_p, backend=self.backend)
         return self._out(out)
+
+
+def padded_from_nested(nested):
+    """A nested ``(N, *, E)`` tensor -> its zero-padded ``(N, S, E)`` tensor, the bool padding mask ``(N, S)`` (True =
+    padding) and the lengths (host ints: a nested tensor keeps its sizes on the host, so nothing synchronises)."""
+    lengths = [t.shape[0] for t in nested.unbind()]
+    padded = nested.to_padded_tensor(0.0)
+    positions = torch.arange(padded.shape[1], device=padded.device)
+    padding = positions[None, :] >= torch.tensor(lengths, device=padded.device)[:, None]
+    return padded, padding, lengths
+
+
+def nested_like(dense, lengths, like):
+    """The rows ``dense[i, :lengths[i]]`` as a nested tensor of ``like``'s layout."""
+    return torch.nested.as_nested_tensor([dense[i, :n] for i, n in enumerate(lengths)], layout=like.layout)
 
 
 def _additive(ignore, dtype):

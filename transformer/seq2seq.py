@@ -43,6 +43,11 @@ def sinusoidal_positions(length, d_model):
     return table
 
 
+# Generation reads "has every row ended?" on the host every this many steps only (each read waits for the device);
+# the steps run past the end are dropped afterwards, so the output is the same as with a check per step.
+_STOP_CHECK_EVERY = 8
+
+
 class Seq2Seq(nn.Module):
     """``forward(src, tgt, src_key_padding_mask=None, tgt_key_padding_mask=None) -> logits`` ``(B, T, tgt_vocab)``.
 
@@ -105,8 +110,9 @@ class Seq2Seq(nn.Module):
     def generate(self, src, max_new_tokens, *, src_key_padding_mask=None, do_sample=False, temperature=1.0,
                  top_k=None, use_cache=True, generator=None):
         """Target tokens ``(B, 1 + n)`` starting with BOS: greedy or sampled, stopping once every row has produced
-        EOS (rows that ended are padded). With ``use_cache`` each step decodes the new token only over the
-        self-attention cache and the cross-attention keys/values projected once from the memory."""
+        EOS (rows that ended are padded; the check waits for the device every few steps only). With ``use_cache``
+        each step decodes the new token only over the self-attention cache and the cross-attention keys/values
+        projected once from the memory."""
         was_training = self.training
         self.eval()
         src_padding = self._padding(src, src_key_padding_mask)
@@ -115,7 +121,8 @@ class Seq2Seq(nn.Module):
         tokens = torch.full((src.shape[0], 1), config.bos_token_id, dtype=torch.long, device=src.device)
         done = torch.zeros(src.shape[0], dtype=torch.bool, device=src.device)
         cache = self.transformer.decoder.new_cache() if use_cache else None
-        for _ in range(max_new_tokens):
+        all_done = []  # per step, on the device: every row had produced EOS by then
+        for step in range(max_new_tokens):
             if use_cache:
                 x = self._embed(tokens[:, -1:], self.tgt_embed, offset=tokens.shape[1] - 1)
                 out = self.transformer.decoder.forward_cached(x, memory, cache, src_padding)
@@ -127,7 +134,11 @@ class Seq2Seq(nn.Module):
             token = token.masked_fill(done[:, None], config.pad_token_id)
             tokens = torch.cat([tokens, token], dim=1)
             done |= token[:, 0] == config.eos_token_id
-            if bool(done.all()):
+            all_done.append(done.all())
+            if (step + 1) % _STOP_CHECK_EVERY == 0 and bool(all_done[-1]):  # the loop's only host synchronisation
                 break
         self.train(was_training)
+        finished = torch.stack(all_done).nonzero() if all_done else None
+        if finished is not None and finished.numel():  # drop the steps run after every row had ended
+            tokens = tokens[:, :int(finished[0, 0]) + 2]
         return tokens

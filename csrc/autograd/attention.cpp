@@ -18,13 +18,17 @@ using Backward = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
 
 Optional defined_or_none(const at::Tensor& t) { return t.defined() ? Optional(t) : Optional(); }
 
+const c10::TypedOperatorHandle<Forward>& forward_op() {
+  static const auto op = autograd::typed_op<Forward>("kernels::attention_forward");
+  return op;
+}
+
 struct Attention : torch::autograd::Function<Attention> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                const Optional& mask, const Optional& key_padding_mask, bool is_causal, double scale,
                                double dropout_p, const Optional& seed) {
-    static const auto op = autograd::typed_op<Forward>("kernels::attention_forward");
-    auto [out, lse] = autograd::call_below_autograd(op, q, k, v, mask, key_padding_mask, is_causal, scale, dropout_p,
-                                                    seed);
+    auto [out, lse] = autograd::call_below_autograd(forward_op(), q, k, v, mask, key_padding_mask, is_causal, scale,
+                                                    dropout_p, seed);
     ctx->save_for_backward({q, k, v, out, lse, mask.value_or(at::Tensor()), key_padding_mask.value_or(at::Tensor()),
                             seed.value_or(at::Tensor())});
     ctx->saved_data["is_causal"] = is_causal;
@@ -49,6 +53,10 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_autograd(const at::Tensor& 
                                                               const at::Tensor& v, const Optional& mask,
                                                               const Optional& key_padding_mask, bool is_causal,
                                                               double scale, double dropout_p, const Optional& seed) {
+  if (!autograd::needs_graph(q, k, v, mask)) {
+    return autograd::call_below_autograd(forward_op(), q, k, v, mask, key_padding_mask, is_causal, scale, dropout_p,
+                                         seed);
+  }
   auto out = Attention::apply(q, k, v, mask, key_padding_mask, is_causal, scale, dropout_p, seed);
   return {out[0], out[1]};
 }

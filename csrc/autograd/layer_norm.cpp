@@ -17,11 +17,15 @@ using Backward = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const Optional&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const Optional&, bool,
     bool);
 
+const c10::TypedOperatorHandle<Forward>& forward_op() {
+  static const auto op = autograd::typed_op<Forward>("kernels::layer_norm_forward");
+  return op;
+}
+
 struct LayerNorm : torch::autograd::Function<LayerNorm> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const Optional& residual,
                                const Optional& weight, const Optional& bias, double eps, bool rms) {
-    static const auto op = autograd::typed_op<Forward>("kernels::layer_norm_forward");
-    auto [y, h, mean, rstd] = autograd::call_below_autograd(op, x, residual, weight, bias, eps, rms);
+    auto [y, h, mean, rstd] = autograd::call_below_autograd(forward_op(), x, residual, weight, bias, eps, rms);
     const bool has_residual = residual.has_value() && residual->defined();
     ctx->saved_data["has_residual"] = has_residual;
     ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
@@ -53,6 +57,9 @@ struct LayerNorm : torch::autograd::Function<LayerNorm> {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_forward_autograd(
     const at::Tensor& x, const Optional& residual, const Optional& weight, const Optional& bias, double eps, bool rms) {
+  if (!autograd::needs_graph(x, residual, weight, bias)) {
+    return autograd::call_below_autograd(forward_op(), x, residual, weight, bias, eps, rms);
+  }
   auto out = LayerNorm::apply(x, residual, weight, bias, eps, rms);
   return {out[0], out[1], out[2], out[3]};
 }

@@ -11,11 +11,16 @@ using Optional = std::optional<at::Tensor>;
 using Forward = at::Tensor(const at::Tensor&, const Optional&, double, bool);
 using Backward = at::Tensor(const at::Tensor&, const at::Tensor&, double);
 
+const c10::TypedOperatorHandle<Forward>& forward_op() {
+  static const auto op = autograd::typed_op<Forward>("kernels::masked_softmax_forward");
+  return op;
+}
+
 struct MaskedSoftmax : torch::autograd::Function<MaskedSoftmax> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const Optional& mask, double scale,
                             bool is_causal) {
-    static const auto op = autograd::typed_op<Forward>("kernels::masked_softmax_forward");
-    at::Tensor y = autograd::call_below_autograd(op, x, mask, scale, is_causal);
+    const auto& op = forward_op();
+    at::Tensor y = autograd::call_below_autograd(forward_op(), x, mask, scale, is_causal);
     const bool has_mask = mask.has_value() && mask->defined();
     ctx->saved_data["scale"] = scale;
     ctx->saved_data["mask_shape"] = has_mask ? c10::IValue(mask->sizes().vec()) : c10::IValue();
@@ -39,6 +44,9 @@ struct MaskedSoftmax : torch::autograd::Function<MaskedSoftmax> {
 };
 
 at::Tensor masked_softmax_forward_autograd(const at::Tensor& x, const Optional& mask, double scale, bool is_causal) {
+  if (!autograd::needs_graph(x, mask)) {
+    return autograd::call_below_autograd(forward_op(), x, mask, scale, is_causal);
+  }
   return MaskedSoftmax::apply(x, mask, scale, is_causal);
 }
 

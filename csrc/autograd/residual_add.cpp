@@ -8,16 +8,23 @@ using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 using Signature = at::Tensor(const at::Tensor&, const at::Tensor&);
 
+const c10::TypedOperatorHandle<Signature>& forward_op() {
+  static const auto op = autograd::typed_op<Signature>("kernels::residual_add");
+  return op;
+}
+
 struct ResidualAdd : torch::autograd::Function<ResidualAdd> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& residual) {
-    static const auto op = autograd::typed_op<Signature>("kernels::residual_add");
-    return autograd::call_below_autograd(op, x, residual);
+    return autograd::call_below_autograd(forward_op(), x, residual);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad) { return {grad[0], grad[0]}; }
 };
 
 at::Tensor residual_add_autograd(const at::Tensor& x, const at::Tensor& residual) {
+  if (!autograd::needs_graph(x, residual)) {
+    return autograd::call_below_autograd(forward_op(), x, residual);
+  }
   return ResidualAdd::apply(x, residual);
 }
 

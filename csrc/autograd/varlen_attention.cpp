@@ -15,13 +15,17 @@ using Backward = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
     const at::Tensor&, const at::Tensor&, int64_t, int64_t, bool, double, double, const Optional&);
 
+const c10::TypedOperatorHandle<Forward>& forward_op() {
+  static const auto op = autograd::typed_op<Forward>("kernels::varlen_attention_forward");
+  return op;
+}
+
 struct VarlenAttention : torch::autograd::Function<VarlenAttention> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                const at::Tensor& cu_seqlens_q, const at::Tensor& cu_seqlens_k, int64_t max_seqlen_q,
                                int64_t max_seqlen_k, bool is_causal, double scale, double dropout_p,
                                const Optional& seed) {
-    static const auto op = autograd::typed_op<Forward>("kernels::varlen_attention_forward");
-    auto [out, lse] = autograd::call_below_autograd(op, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+    auto [out, lse] = autograd::call_below_autograd(forward_op(), q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                                     max_seqlen_k, is_causal, scale, dropout_p, seed);
     ctx->save_for_backward({q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, seed.value_or(at::Tensor())});
     ctx->saved_data["max_seqlen_q"] = max_seqlen_q;
@@ -49,6 +53,10 @@ std::tuple<at::Tensor, at::Tensor> varlen_attention_forward_autograd(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& cu_seqlens_q,
     const at::Tensor& cu_seqlens_k, int64_t max_seqlen_q, int64_t max_seqlen_k, bool is_causal, double scale,
     double dropout_p, const Optional& seed) {
+  if (!autograd::needs_graph(q, k, v)) {
+    return autograd::call_below_autograd(forward_op(), q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                         max_seqlen_k, is_causal, scale, dropout_p, seed);
+  }
   auto out = VarlenAttention::apply(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, is_causal, scale,
                                     dropout_p, seed);
   return {out[0], out[1]};

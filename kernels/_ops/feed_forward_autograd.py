@@ -19,15 +19,22 @@ its base through autograd. The backward only calls registered ops,
 so AOTAutograd traces it under ``torch.compile``.
 
 ``define`` also returns the ops' plain implementations (``linear_eager``, ``feed_forward_eager``: the same Python
-bodies, not wrapped). In eager inference, where no input needs a gradient, the public functions call those and skip
-torch.library's custom-op dispatch, which costs ~150 us of Python per call (measured on a (8, 64) x (64, 64) linear:
-kernels.linear 200 us against F.linear's 8 us).
+bodies, not wrapped) and the same autograd as plain ``torch.autograd.Function`` classes (``linear_function``,
+``feed_forward_function``: the same setup and backward). Eager calls use those and skip torch.library's custom-op
+dispatch, which costs ~150 us of Python per call (measured on a (8, 64) x (64, 64) linear: kernels.linear 200 us
+against F.linear's 8 us) and, with autograd, ~20 us more per call (measured in the issue-13 A/B, benchmarks/NOTES.md);
+torch.compile traces the registered ops.
+
+Second derivatives: a backward under ``create_graph=True`` (grad mode on in the backward) recomputes the first
+derivative through the reference with its graph recorded (``_differentiable_grads``), so a second derivative flows
+through it; with dropout it raises an error naming the op (the keep-mask lives in the kernels' Philox stream).
 """
 
 from typing import Callable, NamedTuple, Optional
 
 import torch
 
+from .. import reference
 from ..reference import GATED_ACTIVATIONS
 
 
@@ -46,10 +53,49 @@ def _column_sums(grad: torch.Tensor) -> torch.Tensor:
 
 
 class CompositeOps(NamedTuple):
-    linear: Callable  # the registered ops (autograd, fakes)
+    linear: Callable  # the registered ops (autograd, fakes): what torch.compile traces
     feed_forward: Callable
     linear_eager: Callable  # their implementations, for eager calls that need no gradient
     feed_forward_eager: Callable
+    linear_function: Callable  # their autograd as autograd.Function.apply, for eager calls that need one
+    feed_forward_function: Callable
+
+
+def _first_projection(x, weight, bias, weight_up, bias_up, activation):
+    """``activation(x @ weight.T + bias)`` with torch ops (a separate up projection as its own Linear)."""
+    if weight_up is None:
+        return reference.linear(x, weight, bias, activation=activation)
+    gate = torch.nn.functional.linear(x, weight, bias)
+    return reference.activate(gate, "silu" if activation == "swiglu" else "gelu") * torch.nn.functional.linear(
+        x, weight_up, bias_up)
+
+
+def _differentiable_grads(outputs_fn: Callable, inputs: tuple, grad_out: torch.Tensor) -> tuple:
+    """Under ``backward(create_graph=True)``: the first derivative of ``outputs_fn(*inputs)`` (torch ops, the
+    reference's semantics) recomputed with its graph recorded, so that a second derivative flows through it. Inputs
+    that need no gradient (None included) become constants; returns one gradient (or None) per input."""
+    needed = [t is not None and t.requires_grad for t in inputs]
+    if not any(needed):
+        return (None,) * len(inputs)
+    out = outputs_fn(*inputs)
+    wanted = [t for t, n in zip(inputs, needed) if n]
+    grads = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True, allow_unused=True))
+    return tuple(next(grads) if n else None for n in needed)
+
+
+def _as_function(name: str, forward: Callable, setup_context: Callable, backward: Callable) -> Callable:
+    """The ``apply`` of a ``torch.autograd.Function`` running ``forward`` then ``setup_context``, with ``backward``.
+    Old-style (``forward(ctx, *inputs)``): a Function with its own ``setup_context`` binds every call's arguments
+    with ``inspect.signature`` (~15 us). Callers pass every argument positionally."""
+
+    def forward_with_context(ctx, *inputs):
+        output = forward(*inputs)
+        setup_context(ctx, inputs, output)
+        return output
+
+    function = type(name, (torch.autograd.Function,), {
+        "forward": staticmethod(forward_with_context), "backward": staticmethod(backward)})
+    return function.apply
 
 
 def define(backend: str, forward: Callable, act_backward: Callable, matmul: Callable,
@@ -102,14 +148,18 @@ def define(backend: str, forward: Callable, act_backward: Callable, matmul: Call
         x, weight, bias, activation, _save_pre, weight_up, bias_up = inputs
         ctx.activation = activation
         ctx.bias_dtypes = (None if bias is None else bias.dtype, None if bias_up is None else bias_up.dtype)
-        ctx.save_for_backward(x, weight, weight_up, output[1])
+        ctx.save_for_backward(x, weight, weight_up, output[1], bias, bias_up)
         # `pre` is internal (saved for the backward, never differentiated): no (M, width) zeros for its gradient.
         ctx.set_materialize_grads(False)
 
     def linear_backward(ctx, grad_out, _grad_pre):
         if grad_out is None:
             return (None,) * 7
-        x, weight, weight_up, pre = ctx.saved_tensors
+        x, weight, weight_up, pre, bias, bias_up = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: a first derivative that is differentiable in turn
+            grad_x, grad_w, grad_b, grad_w_up, grad_b_up = _differentiable_grads(
+                lambda *a: _first_projection(*a, ctx.activation), (x, weight, bias, weight_up, bias_up), grad_out)
+            return grad_x, grad_w, grad_b, None, None, grad_w_up, grad_b_up
         has_bias = ctx.bias_dtypes[0] is not None
         grad_w_up = None
         if ctx.activation is None:  # the bias gradient comes with the weight gradient's GEMM
@@ -150,7 +200,7 @@ def define(backend: str, forward: Callable, act_backward: Callable, matmul: Call
         ctx.b2_dtype = None if b2 is None else b2.dtype
         ctx.has_residual = residual is not None
         _out, h, pre = output
-        ctx.save_for_backward(x, w1, w1_up, w2, seed, h, pre)
+        ctx.save_for_backward(x, w1, w1_up, w2, seed, h, pre, b1, b1_up, b2)
         # h and pre are internal (saved for the backward): no (M, ffn) zeros for their gradients (measured: two 512 x
         # 512 fills per layer, ~4% of a small CPU training step).
         ctx.set_materialize_grads(False)
@@ -158,7 +208,20 @@ def define(backend: str, forward: Callable, act_backward: Callable, matmul: Call
     def feed_forward_backward(ctx, grad_out, _grad_h, _grad_pre):
         if grad_out is None:
             return (None,) * 12
-        x, w1, w1_up, w2, seed, h, pre = ctx.saved_tensors
+        x, w1, w1_up, w2, seed, h, pre, b1, b1_up, b2 = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: a first derivative that is differentiable in turn
+            if ctx.dropout_p > 0.0:
+                raise RuntimeError("kernels.feed_forward: second derivatives with dropout_p > 0 are not supported (the "
+                                   "keep-mask lives in the kernels' Philox stream); differentiate twice with "
+                                   "dropout_p=0")
+
+            def block(x, w1, b1, w2, b2, w1_up, b1_up):
+                return torch.nn.functional.linear(_first_projection(x, w1, b1, w1_up, b1_up, ctx.activation), w2, b2)
+
+            grad_x, grad_w1, grad_b1, grad_w2, grad_b2, grad_w1_up, grad_b1_up = _differentiable_grads(
+                block, (x, w1, b1, w2, b2, w1_up, b1_up), grad_out)
+            return (grad_x, grad_w1, grad_b1, grad_w2, grad_b2, None, None, None,
+                    grad_out if ctx.has_residual else None, None, grad_w1_up, grad_b1_up)
         # Second Linear: grad_w2 = grad_out.T @ h (d_out, ffn), grad_b2 = column sums of grad_out.
         grad_w2, grad_b2 = weight_grad(grad_out, h, ctx.b2_dtype is not None)
         grad_b2 = None if ctx.b2_dtype is None else grad_b2.to(ctx.b2_dtype)
@@ -171,4 +234,7 @@ def define(backend: str, forward: Callable, act_backward: Callable, matmul: Call
                 grad_b1_up)
 
     feed_forward.register_autograd(feed_forward_backward, setup_context=feed_forward_setup)
-    return CompositeOps(linear, feed_forward, linear_eager, feed_forward_eager)
+    return CompositeOps(linear, feed_forward, linear_eager, feed_forward_eager,
+                        _as_function(f"{backend}_linear", linear_eager, linear_setup, linear_backward),
+                        _as_function(f"{backend}_feed_forward", feed_forward_eager, feed_forward_setup,
+                                     feed_forward_backward))

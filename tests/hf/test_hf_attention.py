@@ -95,7 +95,7 @@ def test_each_mask_form_forward_and_backward(form):
 def test_decoding_step_against_the_cache(sq, padded):
     q, k, v = _qkv(sq, 12)
     mask = _padding(B, 12, left=True) if padded else None
-    with torch.no_grad():  # generation: the no-padding case runs kernels.attention_with_kv_cache
+    with torch.no_grad():  # generation (on a GPU the unpadded case runs kernels.attention_with_kv_cache)
         check_against_reference(_run(True), _reference, q.detach(), k.detach(), v.detach(), mask, is_causal=True,
                                 backward=False)
     check_against_reference(_run(True), _reference, q, k, v, mask, is_causal=True)
@@ -178,6 +178,14 @@ def test_mask_function_compact_answers():
     assert torch.equal(_mask(q_length=1, kv_length=10, q_offset=9, attention_mask=decoding), decoding)
     # A sliding window longer than every position masks nothing: still compact.
     assert _mask(mask_function=sliding_window_causal_mask_function(16), local_size=16) is None
+
+
+def test_mask_function_takes_cache_position_as_earlier_transformers_pass_it():
+    # Earlier transformers 5.x give the query positions as a tensor instead of q_length / q_offset.
+    padding = _padding(B, 10, left=True)
+    assert torch.equal(_mask(q_length=None, kv_length=10, cache_position=torch.arange(9, 10),
+                             attention_mask=padding), padding)
+    assert _mask(q_length=None, cache_position=torch.arange(6)) is None
 
 
 @pytest.mark.parametrize("case", ["window-bites", "static-cache", "extra-and-mask"])

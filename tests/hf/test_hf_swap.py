@@ -109,6 +109,29 @@ def test_save_pretrained_from_pretrained_round_trip(family, tmp_path):
         torch.testing.assert_close(loaded(ids, attention_mask=mask).logits, m(ids, attention_mask=mask).logits)
 
 
+@pytest.mark.parametrize("family", ["llama", "bert", "gpt2"])
+def test_dropout_in_training_is_applied_and_reproducible(family):
+    # Attention dropout goes to the kernels (counter-based RNG seeded from torch's generator): the same seed gives
+    # the same step, another seed another one, and eval mode none.
+    m = model(family, dropout=0.2)
+    transformer.swap(m)
+    ids, mask = padded_batch(family)
+    with torch.no_grad():
+        evaluated = m(ids, attention_mask=mask).logits
+    m.train()
+    runs = []
+    for seed in (7, 7, 8):
+        torch.manual_seed(seed)
+        out = m(ids, attention_mask=mask).logits
+        out[mask.bool()].sum().backward()
+        runs.append(out.detach())
+    valid = mask.bool()
+    assert torch.equal(runs[0][valid], runs[1][valid])
+    assert not torch.allclose(runs[0][valid], runs[2][valid])
+    assert not torch.allclose(runs[0][valid], evaluated[valid])
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
+
+
 def test_optimizer_steps_on_a_swapped_model_reduce_the_loss():
     m = model("llama").train()
     optimizer = torch.optim.AdamW(m.parameters(), lr=3e-3)  # made before the swap
@@ -191,3 +214,32 @@ def test_from_pretrained_with_fused_kernels_attention(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids, attention_mask=mask).logits[mask.bool()],
                                    m(ids, attention_mask=mask).logits[mask.bool()], atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["auto", "triton", "native"])
+@pytest.mark.parametrize("family", ["llama", "bert", "gpt2"])
+def test_gpu_bf16_logits_gradients_and_generation(family, backend):
+    # GPU tier: bf16 swapped vs bf16 sdpa, both against fp32 (the tolerance rule); the parameter gradients too.
+    base = model(family).cuda()
+    ids, mask = (t.cuda() for t in padded_batch(family))
+    labels = _labels(ids, mask)
+    ref = fp64_copy(base).float()
+    plain = fp64_copy(base).to(torch.bfloat16)
+    fused = fp64_copy(base).to(torch.bfloat16)
+    transformer.swap(fused, backend=backend)
+    outs = []
+    for m in (ref, plain, fused):
+        m.train()
+        out = m(ids, attention_mask=mask, labels=labels)
+        out.loss.backward()
+        outs.append((out.logits.float().detach(), {n: p.grad.float() for n, p in m.named_parameters()}))
+    (ref_logits, ref_grads), (torch_logits, torch_grads), (logits, grads) = outs
+    assert_within_rule(logits, torch_logits, ref_logits.double(), valid=mask.bool(), atol=1e-2)
+    for name, grad in grads.items():
+        assert_within_rule(grad, torch_grads[name], ref_grads[name].double(), factor=3.0, atol=1e-2, name=name)
+    if family != "bert":
+        fused.eval()
+        plain.eval()
+        kwargs = {"attention_mask": mask, "max_new_tokens": 8, "do_sample": False, "pad_token_id": 0}
+        assert fused.generate(ids, **kwargs).shape == plain.generate(ids, **kwargs).shape

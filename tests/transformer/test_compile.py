@@ -1,7 +1,8 @@
 """torch.compile of swapped and native models: ``fullgraph=True`` traces them whole (no graph break), on the CPU.
 
-``torch._dynamo.explain`` counts the breaks; a compiled run with the ``eager`` / ``aot_eager`` backends (no code
-generation, so CPU time stays low) must also compute what the uncompiled model computes. A graph break means Python
+``fullgraph=True`` raises at a graph break (``torch._dynamo.explain`` lists them where a test wants the reasons); a
+compiled run with an eager-style backend (``CompileCounter``, ``aot_eager``: no code generation, so CPU time stays low)
+must also compute what the uncompiled model computes. A graph break means Python
 that dynamo cannot trace runs per call (or a host synchronisation): exactly what CUDA-graph capture cannot take either.
 ``mode="reduce-overhead"`` (CUDA graphs through inductor) is in the GPU tier (test_cuda_graphs.py).
 """
@@ -13,6 +14,7 @@ import copy
 import pytest
 import torch
 import torch._dynamo as dynamo
+from torch._dynamo.testing import CompileCounter
 from torch import nn
 
 import transformer
@@ -76,10 +78,12 @@ def test_fullgraph_without_graph_break_and_same_outputs(name, mode):
     torch.manual_seed(0)
     model, args, kwargs = MODELS[name]()
     model.train(mode == "train")
-    _assert_no_graph_break(model, *args, **kwargs)
-    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    dynamo.reset()
+    counter = CompileCounter()  # the "eager" backend that also counts the graphs it is given
+    compiled = torch.compile(model, fullgraph=True, backend=counter)  # fullgraph: a graph break raises, naming it
     with torch.no_grad():
         expected, got = model(*args, **kwargs), compiled(*args, **kwargs)
+    assert counter.frame_count == 1
     for e, g in zip(*(out if isinstance(out, tuple) else (out,) for out in (expected, got))):
         torch.testing.assert_close(g, e)
 

@@ -92,44 +92,49 @@ class _Decoder(nn.Module):
 
 
 def test_training_step_capture_and_replay_equal_eager_steps():
+    """torch's whole-network capture: warm-up steps on a side stream, gradients set to None before the capture (so
+    backward allocates them from the graph's pool and each replay writes them afresh), a capturable optimizer."""
     torch.manual_seed(0)
     eager = _Decoder().cuda()
     transformer.swap(eager)
     graphed = copy.deepcopy(eager)
     data = torch.randint(0, 512, (6, 4, 33), device="cuda")
-
-    def make_step(model, idx):
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, capturable=True)
-
-        def step():
-            optimizer.zero_grad(set_to_none=False)
-            logits = model(idx[:, :-1])
-            loss = F.cross_entropy(logits.flatten(0, 1), idx[:, 1:].flatten())
-            loss.backward()
-            optimizer.step()
-            return loss
-        return step
-
-    eager_idx = data[0].clone()
-    eager_step = make_step(eager, eager_idx)
+    eager_optimizer = torch.optim.AdamW(eager.parameters(), lr=1e-3, capturable=True)
+    graph_optimizer = torch.optim.AdamW(graphed.parameters(), lr=1e-3, capturable=True)
     static_idx = data[0].clone()
-    graph_step = make_step(graphed, static_idx)
+
+    def loss_of(model, idx):
+        logits = model(idx[:, :-1])
+        return F.cross_entropy(logits.flatten(0, 1), idx[:, 1:].flatten())
+
+    def eager_step(idx):
+        eager_optimizer.zero_grad(set_to_none=True)
+        loss = loss_of(eager, idx)
+        loss.backward()
+        eager_optimizer.step()
+        return loss
+
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):  # warm-up (the same three steps as the eager model takes)
+    with torch.cuda.stream(stream):  # warm-up: the same three steps as the eager model takes
         for i in range(3):
             static_idx.copy_(data[i])
-            eager_idx.copy_(data[i])
-            torch.testing.assert_close(graph_step(), eager_step())
+            graph_optimizer.zero_grad(set_to_none=True)
+            loss = loss_of(graphed, static_idx)
+            loss.backward()
+            graph_optimizer.step()
+            torch.testing.assert_close(loss, eager_step(data[i]))
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
+    graph_optimizer.zero_grad(set_to_none=True)
     with torch.cuda.graph(graph):
-        static_loss = graph_step()
+        static_loss = loss_of(graphed, static_idx)
+        static_loss.backward()
+        graph_optimizer.step()
     for i in range(3, 6):
         static_idx.copy_(data[i])
-        eager_idx.copy_(data[i])
         graph.replay()
-        torch.testing.assert_close(static_loss, eager_step(), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(static_loss, eager_step(data[i]), rtol=1e-4, atol=1e-5)
     for (name, p), q in zip(eager.named_parameters(), graphed.parameters()):
         torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, msg=name)
 

@@ -201,3 +201,25 @@ def test_subclasses_overriding_torchs_block_methods_compute_like_torchs(norm_fir
         plain = getattr(transformer, cls)(D, H, FF, dropout=0.0, norm_first=norm_first).double()
         plain.load_state_dict(reference.state_dict())
         assert not torch.allclose(plain(*args), reference(*args))  # the override does change the result
+
+
+def test_torchscript_of_fused_modules_raises_a_clear_error():
+    for module in (transformer.Transformer(D, H, 1, 1, FF), transformer.LayerNorm(D), transformer.RMSNorm(D),
+                   transformer.FeedForward(D, FF), transformer.TransformerEncoderLayer(D, H, FF)):
+        with pytest.raises(RuntimeError, match=f"torch.jit.script of .*{type(module).__name__} is not supported"):
+            torch.jit.script(module)
+
+
+def test_encoder_layer_takes_nested_src_like_torchs_fast_path():
+    torch.manual_seed(0)
+    reference = nn.TransformerEncoderLayer(D, H, FF, dropout=0.0, batch_first=True).eval()
+    fused = transformer.TransformerEncoderLayer(D, H, FF, dropout=0.0, batch_first=True).eval()
+    fused.load_state_dict(reference.state_dict())
+    nested = torch.nested.nested_tensor([torch.randn(3, D), torch.randn(6, D)])
+    with torch.no_grad():
+        expected, got = reference(nested), fused(nested)
+    assert got.is_nested
+    for g, e in zip(got.unbind(), expected.unbind()):
+        torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="`src` is a nested tensor"):
+        fused(nested, src_key_padding_mask=torch.zeros(2, 6, dtype=torch.bool))

@@ -270,11 +270,30 @@ def test_unbatched_inputs_checked_like_torch(batch_first):
         mha(q, kv[None], kv[None])
 
 
-def test_nested_inputs_and_torchscript_raise_clear_errors():
+@pytest.mark.parametrize("layout", [torch.strided, torch.jagged])
+def test_nested_self_attention_like_torchs_fast_path(layout):
+    """A nested (N, *, E) query in self-attention, batch first: computed on the padded batch with the lengths as the
+    padding mask, returned nested in the same layout; equal to torch's fast path (eval, no grad)."""
+    torch.manual_seed(0)
+    reference = nn.MultiheadAttention(E, H, batch_first=True).eval()
+    fused = transformer.MultiheadAttention(E, H, batch_first=True).eval()
+    fused.load_state_dict(reference.state_dict())
+    rows = [torch.randn(2, E), torch.randn(5, E), torch.randn(1, E)]
+    nested = torch.nested.nested_tensor(rows, layout=layout)
+    with torch.no_grad():
+        out = fused(nested, nested, nested, need_weights=False)[0]
+        expected = [reference(r[None], r[None], r[None], need_weights=False)[0][0] for r in rows]
+    assert out.is_nested and out.layout == layout
+    for got, want in zip(out.unbind(), expected):
+        torch.testing.assert_close(got, want)
+    with pytest.raises(ValueError, match="`query` is a nested tensor: supported for self-attention only"):
+        fused(nested, torch.randn(3, 4, E), torch.randn(3, 4, E))
+    with pytest.raises(ValueError, match="`key` is a nested tensor"):
+        fused(torch.randn(3, 4, E), nested, nested)
+
+
+def test_torchscript_raises_a_clear_error():
     mha = transformer.MultiheadAttention(E, H, batch_first=True)
-    nested = torch.nested.nested_tensor([torch.randn(2, E), torch.randn(4, E)])
-    with pytest.raises(ValueError, match="`query` is a nested tensor.*to_padded_tensor"):
-        mha(nested, nested, nested)
     with pytest.raises(RuntimeError, match="torch.jit.script of transformer.multihead_attention.MultiheadAttention"):
         torch.jit.script(mha)
     with pytest.raises(RuntimeError, match="torch.jit.script of .*MultiheadAttention"):
@@ -297,3 +316,15 @@ def test_fp16_in_proj_bias_with_fp64_inputs_is_cast(batch_first):
     torch.testing.assert_close(got if batch_first else got.transpose(0, 1), expected)
     got.sum().backward()
     assert fused.in_proj_bias.grad.dtype == torch.float16
+
+
+def test_argument_checks_read_no_tensor_data():
+    """The checks compare sizes and dtypes only: they pass on meta tensors (no data) and still reject bad shapes."""
+    mha = transformer.MultiheadAttention(E, H, batch_first=True, device="meta")
+    q, kv = torch.empty(N, L, E, device="meta"), torch.empty(N, S, E, device="meta")
+    mask = torch.empty(L, S, dtype=torch.bool, device="meta")
+    padding = torch.empty(N, S, dtype=torch.bool, device="meta")
+    check = transformer.multihead_attention.check_attention_inputs
+    assert check(mha, q, kv, kv, padding, mask) is True
+    with pytest.raises(ValueError, match="`attn_mask`"):
+        check(mha, q, kv, kv, padding, mask[:1])

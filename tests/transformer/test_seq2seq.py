@@ -48,3 +48,18 @@ def test_generation_with_and_without_cache_gives_the_same_tokens(sampling):
     uncached = model.generate(src, 10, use_cache=False, generator=torch.Generator().manual_seed(2), **kwargs)
     assert cached[:, 0].eq(1).all()
     assert torch.equal(cached, uncached)
+
+
+def test_generation_stops_where_every_row_has_ended(monkeypatch):
+    """The end-of-sequence check waits for the device every few steps only; the output still ends at the step where
+    the last row produced EOS (2), as a check per step would, and rows that ended are padded (0)."""
+    model = Seq2Seq(Seq2SeqConfig(**TINY)).eval()
+    script = iter([[5, 2], [2, 9]] + [[7, 7]] * 30)  # row 1 ends at step 0, row 0 at step 1
+
+    def scripted_next_token(logits, **_):
+        return torch.tensor(next(script))[:, None]
+
+    monkeypatch.setattr("transformer.seq2seq.next_token", scripted_next_token)
+    assert model.generate(torch.randint(3, 20, (2, 5)), 20).tolist() == [[1, 5, 2], [1, 2, 0]]
+    script = iter([[5, 6]] * 30)  # no row ends: all 12 steps
+    assert model.generate(torch.randint(3, 20, (2, 5)), 12).shape == (2, 13)

@@ -218,3 +218,19 @@ def test_swapped_encoder_on_cuda_in_low_precision(dtype):
         assert_like_torch(out[keep], ref_out[keep], torch_out[keep])
         for name in ref_grads:
             assert_like_torch(grads[name], ref_grads[name], torch_grads[name], gradient=True, name=name)
+
+
+def test_hugging_face_models_inside_any_module_go_to_transformer_hf():
+    """A transformers model held by a plain nn.Module is swapped by transformer.hf (blocks by instance, attention by
+    AttentionInterface) and unswapped back; tests/hf covers the families in depth."""
+    transformers = pytest.importorskip("transformers", reason="transformers is not installed")
+    config = transformers.LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=24, num_hidden_layers=1,
+                                      num_attention_heads=2, attn_implementation="sdpa")
+    holder = nn.Sequential(transformers.LlamaModel(config))
+    mlp_class = type(holder[0].layers[0].mlp)
+    report = transformer.swap(holder)
+    targets = {row[2] for row in report.swapped}
+    assert {"transformer.hf.FusedLlamaMLP", "transformer.hf.FusedLlamaRMSNorm", "attention 'fused_kernels'"} <= targets
+    transformer.unswap(holder)
+    assert type(holder[0].layers[0].mlp) is mlp_class
+    assert holder[0].config._attn_implementation == "sdpa"

@@ -15,9 +15,10 @@ The attention function, :func:`fused_kernels_attention`, reads that mask back:
 
 * ``None`` or ``(B, Sk)``: causality from ``is_causal`` (the keyword, else ``module.is_causal``), padding as
   ``key_padding_mask`` -- never a dense ``(B, H, Sq, Sk)`` mask. With a cache (``Sq < Sk``) causality is
-  bottom-right: the decoding step without padding runs ``kernels.attention_with_kv_cache``; with padding (left
-  padding in batched generation) or a gradient, ``kernels.scaled_dot_product_attention`` with a ``(Sq, Sk)``
-  bottom-right mask shared by the batch and the heads.
+  bottom-right: on a GPU the decoding step without padding runs ``kernels.attention_with_kv_cache``
+  (flash-decoding); otherwise (the CPU, left padding in batched generation, a gradient) one query needs no causal
+  mask, and a few queries get a ``(Sq, Sk)`` bottom-right mask shared by the batch and the heads, through
+  ``kernels.scaled_dot_product_attention``.
 * a 4-D mask (ours from ``sdpa_mask``, or one the caller made): ``attn_mask`` as it is, bool or additive; a
   ``(B, 1, 1, Sk)`` bool mask is padding only and goes as ``key_padding_mask``.
 * packed batches (``cu_seq_lens_q`` / ``cu_seq_lens_k`` / ``max_length_q`` / ``max_length_k``, batch 1):
@@ -31,13 +32,8 @@ GQA/MQA (``Hkv`` dividing ``H``), ``scaling`` and ``dropout`` (training) pass th
 from __future__ import annotations
 
 import torch
-from transformers import AttentionInterface
-from transformers.masking_utils import (
-    AttentionMaskInterface,
-    bidirectional_mask_function,
-    causal_mask_function,
-    sdpa_mask,
-)
+from transformers import AttentionInterface, masking_utils
+from transformers.masking_utils import AttentionMaskInterface, causal_mask_function, sdpa_mask
 
 import kernels
 from kernels import reference
@@ -57,9 +53,9 @@ def register() -> None:
 # Mask function
 # ----------------------------------------------------------------------------------------------------------------------
 
-def _plain_pattern(mask_function, q_offset, q_length, kv_length, local_size, allow_is_causal_skip) -> str | None:
+def _plain_pattern(mask_function, q_offset, q_length, local_size, allow_is_causal_skip) -> str | None:
     """"causal" or "bidirectional" when ``mask_function`` is exactly that pattern over these positions, else None."""
-    if mask_function is bidirectional_mask_function:
+    if mask_function is getattr(masking_utils, "bidirectional_mask_function", None):
         return "bidirectional"
     # transformers clears allow_is_causal_skip whenever it combines the base function with packing or or/and masks,
     # so with it set a sliding window is the only other pattern; a window longer than the last query's position
@@ -70,11 +66,18 @@ def _plain_pattern(mask_function, q_offset, q_length, kv_length, local_size, all
     return "causal" if causal else None
 
 
-def fused_kernels_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_function=causal_mask_function,
-                       attention_mask=None, local_size=None, allow_is_causal_skip=True, **kwargs):
+def fused_kernels_mask(batch_size, q_length=None, kv_length=None, q_offset=0, kv_offset=0,
+                       mask_function=causal_mask_function, attention_mask=None, local_size=None,
+                       allow_is_causal_skip=True, cache_position=None, **kwargs):
     """transformers' mask function for ``"fused_kernels"``: None, the ``(B, Sk)`` bool padding mask, or a dense 4-D
-    bool mask from ``sdpa_mask`` (see the module docstring)."""
-    pattern = _plain_pattern(mask_function, q_offset, q_length, kv_length, local_size, allow_is_causal_skip)
+    bool mask from ``sdpa_mask`` (see the module docstring). Takes the query positions either as ``q_length`` /
+    ``q_offset`` (transformers 5.2x) or as the ``cache_position`` tensor (earlier 5.x)."""
+    queries = {"q_length": q_length, "q_offset": q_offset} if cache_position is None else {
+        "cache_position": cache_position}
+    if cache_position is not None:
+        q_length = cache_position.shape[0]
+        q_offset = None if torch.compiler.is_compiling() or q_length == 0 else int(cache_position[0])
+    pattern = _plain_pattern(mask_function, q_offset, q_length, local_size, allow_is_causal_skip)
     # The compact forms hold when the queries are the last keys (bottom-right; always so for bidirectional masks)
     # and the 2-D padding mask covers exactly the keys.
     aligned = pattern == "bidirectional" or (
@@ -89,9 +92,9 @@ def fused_kernels_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0,
             return None
         return padding
     kwargs.pop("allow_is_bidirectional_skip", None)
-    return sdpa_mask(batch_size, q_length, kv_length, q_offset=q_offset, kv_offset=kv_offset,
-                     mask_function=mask_function, attention_mask=attention_mask, local_size=local_size,
-                     allow_is_causal_skip=False, allow_is_bidirectional_skip=False, **kwargs)
+    return sdpa_mask(batch_size=batch_size, kv_length=kv_length, kv_offset=kv_offset, mask_function=mask_function,
+                     attention_mask=attention_mask, local_size=local_size, allow_is_causal_skip=False,
+                     allow_is_bidirectional_skip=False, **queries, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -161,8 +164,10 @@ def fused_kernels_attention(module, query, key, value, attention_mask, dropout=0
     common = {"dropout_p": dropout, "scale": scale, "enable_gqa": True, "backend": backend}
     if dense:
         out = kernels.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, **common)
-    elif is_causal and sq < sk and key_padding is None and dropout == 0.0 and not torch.is_grad_enabled():
-        # Decoding against the cache: flash-decoding, bottom-right aligned.
+    elif (is_causal and sq < sk and query.is_cuda and key_padding is None and dropout == 0.0
+          and not torch.is_grad_enabled()):
+        # Decoding against the cache on a GPU: flash-decoding (the keys split across the SMs), bottom-right aligned.
+        # On the CPU kernels.attention_with_kv_cache has only its reference; the fused SDPA below serves it.
         out = kernels.attention_with_kv_cache(query, key, value, is_causal=True, scale=scale, backend=backend)
     elif causal and sq < sk:  # a few new queries with padding or a gradient: a (Sq, Sk) mask for all
         keep = _bottom_right_causal(sq, sk, query.device)

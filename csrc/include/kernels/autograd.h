@@ -26,6 +26,16 @@ auto call_below_autograd(const c10::TypedOperatorHandle<Signature>& op, Args&&..
   return op.call(std::forward<Args>(args)...);
 }
 
+inline bool requires_grad(const at::Tensor& t) { return t.defined() && t.requires_grad(); }
+inline bool requires_grad(const std::optional<at::Tensor>& t) { return t.has_value() && requires_grad(*t); }
+
+// Whether a call must record a graph node: grad mode on and some input requiring grad. Otherwise the autograd kernels
+// call the device kernel directly, without a Function's context and saved variables (~0.7 us per call).
+template <class... Tensors>
+bool needs_graph(const Tensors&... inputs) {
+  return at::GradMode::is_enabled() && (requires_grad(inputs) || ...);
+}
+
 // A backward op from a Function's backward. With grad mode on (backward(create_graph=True)) through the autograd key,
 // so the backward op's own autograd records the second derivative; with it off (the usual backward) straight to the
 // device kernel, at no cost beyond the dispatch.
