@@ -51,8 +51,11 @@ def _user_masks(s, rows, cols, q_len, k_len, Mask, smm, smn, Kpm, skpn,
         keep = tl.load(Mask + rows.to(tl.int64) * smm + cols.to(tl.int64) * smn, mask=inside, other=0)
         s = tl.where(keep != 0, s, float("-inf"))
     if MASK_KIND == 2:
-        bias = tl.load(Mask + rows.to(tl.int64) * smm + cols.to(tl.int64) * smn, mask=inside, other=0.0)
-        s = s + bias.to(tl.float32) * 1.4426950408889634
+        bias = tl.load(Mask + rows.to(tl.int64) * smm + cols.to(tl.int64) * smn, mask=inside,
+                       other=float("-inf")).to(tl.float32)
+        # A -inf hides its key whatever the score is (a NaN or Inf there does not reach the row: README); outside
+        # the sequence counts as hidden, as for the bool mask above.
+        s = tl.where(bias == float("-inf"), float("-inf"), s + bias * 1.4426950408889634)
     if HAS_KPM:
         pad = tl.load(Kpm + cols * skpn, mask=cols < k_len, other=0)
         s = tl.where(pad != 0, float("-inf"), s)
