@@ -1,7 +1,7 @@
 """Builds the extension ``kernels._C``.
 
-C++ CPU kernels (csrc/ops.cpp, csrc/cpu/*.cpp) are always built. CUDA kernels (csrc/cuda/*.cu) are built when nvcc
-and a CUDA build of torch are both present.
+C++ CPU kernels and the ops' C++ autograd (csrc/ops.cpp, csrc/cpu/*.cpp, csrc/autograd/*.cpp) are always built.
+CUDA kernels (csrc/cuda/*.cu) are built when nvcc and a CUDA build of torch are both present.
 
 Environment switches:
   KERNELS_CUDA=auto|1|0   build CUDA kernels when possible (default), always (fail if impossible), or never
@@ -84,7 +84,7 @@ def _link_flags() -> list[str]:
 
 
 def _extension():
-    sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/autograd/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
     cxx = _cxx_flags()
     if not _build_cuda():

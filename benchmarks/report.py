@@ -10,7 +10,8 @@ from tabulate import tabulate
 from .ceilings import WRONG_CEILING_NOTE, Ceilings, exceeds_ceiling, fraction_text
 from .runner import Result
 
-HEADERS = ["op", "mode", "shape", "dtype", "provider", "time ms", "throughput", "of ceiling", "vs best peer"]
+HEADERS = ["op", "mode", "shape", "dtype", "provider", "time ms", "throughput", "of ceiling", "vs best peer",
+           "cold start ms"]
 
 
 def _throughput(result: Result) -> str:
@@ -28,8 +29,9 @@ def rows(results: list[Result]) -> list[list[str]]:
             continue
         versus = f"{r.ratio_to_best_peer:.2f}x {r.best_peer}" if r.ratio_to_best_peer is not None else "-"
         fraction = fraction_text(r.fraction_of_ceiling)
+        cold = f"{r.cold_start_ms:.4g}" if r.cold_start_ms is not None else "-"
         table.append([r.op, r.mode, r.shape, r.dtype, r.provider, f"{r.median_ms:.4g}", _throughput(r), fraction,
-                      versus])
+                      versus, cold])
     return table
 
 
@@ -75,7 +77,9 @@ def write_markdown(out_dir: str, results: list[Result], ceilings: Ceilings, env:
         handle.write(f"# Benchmark record\n\n{ceilings_line(ceilings, env)}\n\n")
         handle.write("Time is the median; throughput TFLOP/s for compute-bound ops (fraction of the measured matmul "
                      "rate), GB/s for memory-bound ops (fraction of the measured copy bandwidth); 'vs best peer' is "
-                     "the best peer's time over this provider's (> 1: faster than every peer).\n\n")
+                     "the best peer's time over this provider's (> 1: faster than every peer); 'cold start' is the "
+                     "setup and first call of the case (JIT compilation and autotuning included where the process "
+                     "meets the kernel first).\n\n")
         handle.write(tabulate(rows(results), headers=HEADERS, tablefmt="github"))
         handle.write("\n")
         note = wrong_ceiling_note(results)

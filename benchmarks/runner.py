@@ -9,7 +9,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 
@@ -38,13 +38,17 @@ class Result:
     gbs: float | None = None
     fraction_of_ceiling: float | None = None
     peak_memory_mb: float | None = None
+    cold_start_ms: float | None = None  # setup and the first call: JIT compilation and autotuning included
     ratios: dict[str, float] = field(default_factory=dict)  # peer -> peer time / this time (> 1: this is faster)
     best_peer: str | None = None
     ratio_to_best_peer: float | None = None
 
 
 def run_cases(cases: Iterable[Case], ceilings: Ceilings, *, providers: set[str] | None, budget_s: float,
-              cuda_graph: bool = False, progress=sys.stderr) -> list[Result]:
+              cuda_graph: bool = False, progress=sys.stderr,
+              on_case: Callable[[list[Result]], None] | None = None) -> list[Result]:
+    """Times every chosen provider of every case; ``on_case(results so far)`` after each case (e.g. to write the
+    record as it goes, so that a run stopped midway leaves what it measured)."""
     cases = list(cases)
     results: list[Result] = []
     started = time.perf_counter()
@@ -56,6 +60,8 @@ def run_cases(cases: Iterable[Case], ceilings: Ceilings, *, providers: set[str] 
             group = [_run_provider(case, name, setup, ceilings, budget_s, cuda_graph) for name, setup in chosen.items()]
         _compare(group)
         results.extend(group)
+        if on_case is not None:
+            on_case(results)
         if progress is not None:
             elapsed = time.perf_counter() - started
             done = ", ".join(f"{r.provider} {r.median_ms:.3g} ms" if r.status == "ok" else f"{r.provider} -"
@@ -81,10 +87,26 @@ def _record_failure(result: Result, error: BaseException) -> Result:
     return result
 
 
+def _cold_start(setup, device: torch.device):
+    """(closure, seconds): the provider's setup (which probes our ops once) and its closure's first call, synchronised:
+    what a user waits for on the first call of a shape, JIT compilation and autotuning included. Cold only for the
+    first case of a kernel specialisation in the process (and with an empty Triton cache: gpu_check.sh gives the
+    benchmark a fresh TRITON_CACHE_DIR)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    closure = setup()
+    closure()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return closure, time.perf_counter() - start
+
+
 def _run_provider(case: Case, name: str, setup, ceilings: Ceilings, budget_s: float, cuda_graph: bool) -> Result:
     result = _new_result(case, name)
     try:
-        closure = setup()
+        closure, cold_s = _cold_start(setup, case.device)
+        result.cold_start_ms = cold_s * 1e3
         timing = measure(closure, case.device, budget_s=budget_s, cuda_graph=cuda_graph)
     except Exception as error:  # noqa: BLE001
         return _record_failure(result, error)
@@ -101,7 +123,8 @@ def _run_interleaved(case: Case, chosen: dict, ceilings: Ceilings, budget_s: flo
     closures = {}
     for name, setup in chosen.items():
         try:
-            closures[name] = setup()
+            closures[name], cold_s = _cold_start(setup, case.device)
+            results[name].cold_start_ms = cold_s * 1e3
         except Exception as error:  # noqa: BLE001
             _record_failure(results[name], error)
     for name, outcome in measure_interleaved(closures, budget_s=budget_s).items():

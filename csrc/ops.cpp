@@ -33,29 +33,33 @@ TORCH_LIBRARY(kernels, m) {
         "Tensor? residual, bool save_pre) -> (Tensor, Tensor)");
   m.def("linear_act_backward(Tensor grad, Tensor? weight, Tensor pre, str? activation, float dropout_p, "
         "Tensor seed) -> (Tensor, Tensor)");
+  // linear_epilogue returns residual + dropout(act(pre)) for a pre-activation computed elsewhere (the gated block
+  // with separate gate and up weights: two GEMMs into the halves of `pre`, then this one pass).
+  m.def("linear_epilogue(Tensor pre, str? activation, float dropout_p, Tensor seed, Tensor? residual) -> Tensor");
   // linear_weight_grad returns (grad.T @ x, the column sums of grad in the op-math dtype when `bias` else an empty
   // (0,) tensor): a Linear's weight and bias gradients in one GEMM where cuBLASLt's BGRADB epilogue serves.
   m.def("linear_weight_grad(Tensor grad, Tensor x, bool bias) -> (Tensor, Tensor)");
   // attention (native backend; kernels in csrc/cpu/attention.cpp, csrc/cuda/attention*.cu). q (B, H, Sq, D),
   // k/v (B, Hkv, Sk, D); mask: bool (True = take part) or floating (added), a (B, H, Sq, Sk) broadcast view;
   // key_padding_mask: bool (B, Sk), True = padding; is_causal top-left aligned. Dropout keeps element
-  // (b, h, i, j) when Philox(seed, ((b*H + h)*Sq + i)*Sk + j) >= dropout_p (Triton's tl.rand). Returns out and the
+  // (b, h, i, j) when Philox(seed, ((b*H + h)*Sq + i)*Sk + j) >= dropout_p (Triton's tl.rand); `seed` is a one-element
+  // int64 tensor on q's device, read by the kernels (no host sync: CUDA-graph safe), None without dropout. Returns out and the
   // row log-sum-exp lse (B, H, Sq) (fp32; fp64 for fp64), +inf for rows with no visible key.
   m.def("attention_forward(Tensor q, Tensor k, Tensor v, Tensor? mask, Tensor? key_padding_mask, bool is_causal, "
-        "float scale, float dropout_p, int seed) -> (Tensor, Tensor)");
+        "float scale, float dropout_p, Tensor? seed) -> (Tensor, Tensor)");
   m.def("attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor? mask, "
-        "Tensor? key_padding_mask, bool is_causal, float scale, float dropout_p, int seed) -> (Tensor, Tensor, Tensor)");
+        "Tensor? key_padding_mask, bool is_causal, float scale, float dropout_p, Tensor? seed) -> (Tensor, Tensor, Tensor)");
   // varlen attention (kernels.varlen_attention, native backend): packed sequences, q (Tq, H, D), k/v (Tk, Hkv, D);
   // sequence i spans rows cu_seqlens_q[i]:cu_seqlens_q[i+1] of q and cu_seqlens_k[i]:cu_seqlens_k[i+1] of k/v
   // (int32, (N + 1,)); max_seqlen_q/_k bound the lengths. Causal masking is top-left within each sequence. Dropout
   // keeps (h, i, j) (i, j global row indices) when Philox(seed, (h*Tq + i)*Tk + j) >= dropout_p, the dense formula
   // with B = 1. Returns out (Tq, H, D) contiguous and lse (H, Tq) (fp32; fp64 for fp64), +inf for rows with no key.
   m.def("varlen_attention_forward(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens_q, Tensor cu_seqlens_k, "
-        "int max_seqlen_q, int max_seqlen_k, bool is_causal, float scale, float dropout_p, int seed) "
+        "int max_seqlen_q, int max_seqlen_k, bool is_causal, float scale, float dropout_p, Tensor? seed) "
         "-> (Tensor, Tensor)");
   m.def("varlen_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
         "Tensor cu_seqlens_q, Tensor cu_seqlens_k, int max_seqlen_q, int max_seqlen_k, bool is_causal, float scale, "
-        "float dropout_p, int seed) -> (Tensor, Tensor, Tensor)");
+        "float dropout_p, Tensor? seed) -> (Tensor, Tensor, Tensor)");
 }
 
 // The Python module kernels._C: importing it loads the library above. `with_cuda` says whether CUDA kernels were

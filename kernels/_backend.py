@@ -12,6 +12,11 @@ Rules (design.md):
 * ``"auto"`` takes the first fast backend in the op's order for that device that supports the call. When none does,
   the call runs on ``"torch"`` and a warning names the unsupported argument, once per op and reason.
 * A named backend that cannot serve a call raises :class:`BackendError` naming the argument and the supported values.
+
+Cost per call: what depends only on (op, requested backend, device type, dtype) -- the order ``"auto"`` tries, the
+devices, dtypes and environment (packages, interpreter, kernels built) -- is decided once and cached with the op
+(a *plan*); a call runs only the backends' ``check`` of its arguments. Registering an implementation or setting an
+auto order clears the op's plans; ``use_backend``, ``set_default_backend`` and ``backend=`` pick the plan per call.
 """
 
 from __future__ import annotations
@@ -66,17 +71,15 @@ class Implementation:
             return f"argument `{self.tensor_arg}` is on {device_type}; backend {self.backend!r} serves {served}"
         return _environment_reason(self.backend, self.native_op or self.op, device_type, self.tensor_arg)
 
-    def unsupported(self, device: torch.device, dtype: torch.dtype, arguments: Mapping[str, Any]) -> str | None:
-        """Why this backend cannot serve this call, or None."""
-        reason = self.unavailable(device.type)
+    def unserved(self, device_type: str, dtype: torch.dtype) -> str | None:
+        """Why this backend cannot serve any call on (``device_type``, ``dtype``) here, or None."""
+        reason = self.unavailable(device_type)
         if reason is not None:
             return reason
-        served = self.dtypes[device.type]
+        served = self.dtypes[device_type]
         if dtype not in served:
             return (f"argument `{self.tensor_arg}` has dtype {_dtype_names([dtype])}; backend {self.backend!r} "
-                    f"supports {_dtype_names(served)} on {device.type}")
-        if self.check is not None:
-            return self.check(**arguments)
+                    f"supports {_dtype_names(served)} on {device_type}")
         return None
 
 
@@ -84,6 +87,9 @@ class Implementation:
 class _OpEntry:
     implementations: dict[str, Implementation] = field(default_factory=dict)
     auto_order: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(_DEFAULT_AUTO_ORDER))
+    # (backend asked for, device type, dtype) -> ((implementation, reason it cannot serve or None), ...) in the order
+    # tried; for a named backend one pair, for "auto" the fast backends in order. Cleared when the op changes.
+    plans: dict[tuple, tuple] = field(default_factory=dict)
 
 
 _REGISTRY: dict[str, _OpEntry] = {}
@@ -124,7 +130,9 @@ def _validate_name(name: str) -> str:
 def register(implementation: Implementation) -> Implementation:
     """Adds (or replaces) one backend of one op in the registry."""
     _validate_name(implementation.backend)
-    _REGISTRY.setdefault(implementation.op, _OpEntry()).implementations[implementation.backend] = implementation
+    entry = _REGISTRY.setdefault(implementation.op, _OpEntry())
+    entry.implementations[implementation.backend] = implementation
+    entry.plans.clear()
     return implementation
 
 
@@ -132,7 +140,9 @@ def set_auto_order(op: str, device_type: str, order: tuple[str, ...]) -> None:
     """Sets which fast backends ``"auto"`` tries for ``op`` on ``device_type``, in order."""
     for name in order:
         _validate_name(name)
-    _REGISTRY.setdefault(op, _OpEntry()).auto_order[device_type] = tuple(order)
+    entry = _REGISTRY.setdefault(op, _OpEntry())
+    entry.auto_order[device_type] = tuple(order)
+    entry.plans.clear()
 
 
 def set_default_backend(name: str) -> None:
@@ -156,6 +166,8 @@ def use_backend(name: str) -> Iterator[None]:
 
 def current_backend(backend: str | None = "auto") -> str:
     """The backend a call with ``backend=`` would ask for before the support checks."""
+    if backend in BACKENDS:
+        return backend
     if backend not in (None, "auto"):
         return _validate_name(backend)
     if _STACK:
@@ -170,6 +182,18 @@ def _warn_fallback_once(op: str, reason: str) -> None:
     warnings.warn(f"kernels.{op}: running on the 'torch' backend because {reason}", RuntimeWarning, stacklevel=4)
 
 
+def _plan(op: str, entry: _OpEntry, name: str, device_type: str, dtype: torch.dtype) -> tuple:
+    if name != "auto":
+        implementation = entry.implementations.get(name)
+        if implementation is None:
+            have = ", ".join(repr(b) for b in entry.implementations)
+            raise BackendError(f"kernels.{op}: backend {name!r} is not implemented for this op; available: {have}")
+        return ((implementation, implementation.unserved(device_type, dtype)),)
+    candidates = [entry.implementations[name] for name in entry.auto_order.get(device_type, ())
+                  if name in entry.implementations]
+    return tuple((implementation, implementation.unserved(device_type, dtype)) for implementation in candidates)
+
+
 def select(op: str, backend: str | None, *, device: torch.device, dtype: torch.dtype, **arguments) -> Implementation:
     """Picks the implementation of ``op`` that serves a call, by the rules in the module docstring.
 
@@ -177,21 +201,21 @@ def select(op: str, backend: str | None, *, device: torch.device, dtype: torch.d
     """
     entry = _REGISTRY[op]
     name = current_backend(backend)
+    key = (name, device.type, dtype)
+    plan = entry.plans.get(key)
+    if plan is None:
+        plan = entry.plans[key] = _plan(op, entry, name, device.type, dtype)
     if name != "auto":
-        implementation = entry.implementations.get(name)
-        if implementation is None:
-            have = ", ".join(repr(b) for b in entry.implementations)
-            raise BackendError(f"kernels.{op}: backend {name!r} is not implemented for this op; available: {have}")
-        reason = implementation.unsupported(device, dtype, arguments)
+        implementation, reason = plan[0]
+        if reason is None and implementation.check is not None:
+            reason = implementation.check(**arguments)
         if reason is not None:
             raise BackendError(f"kernels.{op}: backend {name!r} cannot serve this call: {reason}")
         return implementation
     reasons = []
-    for candidate in entry.auto_order.get(device.type, ()):
-        implementation = entry.implementations.get(candidate)
-        if implementation is None:
-            continue
-        reason = implementation.unsupported(device, dtype, arguments)
+    for implementation, reason in plan:
+        if reason is None and implementation.check is not None:
+            reason = implementation.check(**arguments)
         if reason is None:
             return implementation
         reasons.append(reason)

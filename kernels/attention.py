@@ -6,8 +6,8 @@ them, so every backend raises the same errors): 4-D ``(B, H, S, D)`` tensors, ``
 view (zero strides where it broadcasts, never materialised), ``key_padding_mask`` as bool ``(B, Sk)`` and ``scale``
 as a float.
 
-Dropout: every backend draws the Philox seed of a forward with :func:`_dropout_seed` (one
-``torch.randint(2**31, (1,))`` on torch's CPU generator) and derives the keep-mask from it by the formula in
+Dropout: every backend draws the Philox seed of a forward with ``_ops._dropout.draw_seed`` (one
+``torch.randint(2**31, (1,))`` on the generator of ``q``'s device) and derives the keep-mask from it by the formula in
 ``kernels.triton.attention``'s docstring, so ``torch.manual_seed`` reproduces a run and the tests rebuild the mask.
 A backend registers with ``check=lambda **a: _unsupported_by_kernels("<name>", **a)`` for the shared limits.
 
@@ -22,9 +22,12 @@ import math
 from typing import NamedTuple
 
 import torch
+from torch.nn.attention.bias import CausalBias, CausalVariant
 
 from . import _backend, reference
 from ._backend import Implementation
+from ._ops import _scalars
+from ._ops._dropout import draw_seed
 
 _ALL = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _CUDA_FAST = (torch.float16, torch.bfloat16, torch.float32)
@@ -60,13 +63,32 @@ def _same_device(name, value, q):
 
 
 def _dropout_and_scale(dropout_p, scale, head_dim):
-    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"argument `dropout_p` must be a number in [0, 1); got {dropout_p!r}")
-    if scale is None:
-        return float(dropout_p), 1.0 / math.sqrt(head_dim)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-        raise ValueError(f"argument `scale` must be a finite number or None; got {scale!r}")
-    return float(dropout_p), float(scale)
+    dropout_p = _scalars.dropout_p(dropout_p)
+    scale = _scalars.scale(scale, optional=True)
+    return dropout_p, 1.0 / math.sqrt(head_dim) if scale is None else scale
+
+
+def _plain_mask(attn_mask, q, sq, sk):
+    """``attn_mask`` as a plain tensor, and whether it asks for (top-left) causality instead.
+
+    torch's attention-bias masks: ``CausalBias`` upper-left is ``is_causal``; lower-right (query ``i`` sees keys
+    ``j <= i + Sk - Sq``) is materialised as a bool ``(Sq, Sk)`` keep-mask, which every backend serves (top-left and
+    bottom-right agree when ``Sq == Sk``, which then is ``is_causal`` too). Another tensor subclass is read as its
+    data when it adds no behaviour of its own (no ``__torch_function__`` / ``__torch_dispatch__``), else refused."""
+    if isinstance(attn_mask, CausalBias):
+        if (attn_mask.seq_len_q, attn_mask.seq_len_kv) != (sq, sk):
+            raise ValueError(f"argument `attn_mask` is a CausalBias of (Sq, Sk) = ({attn_mask.seq_len_q}, "
+                             f"{attn_mask.seq_len_kv}); expected ({sq}, {sk}) (the lengths of `q` and `k`)")
+        if attn_mask.variant == CausalVariant.UPPER_LEFT or sq == sk:
+            return None, True
+        return attn_mask._materialize(q.device), False  # (Sq, Sk) bool, bottom-right aligned
+    cls = type(attn_mask)
+    torch_function = getattr(cls.__torch_function__, "__func__", cls.__torch_function__)  # unbound classmethod
+    if (torch_function not in (torch.Tensor.__torch_function__.__func__, torch._C._disabled_torch_function_impl)
+            or cls.__torch_dispatch__ is not torch.Tensor.__torch_dispatch__):
+        raise ValueError(f"argument `attn_mask` is a {cls.__name__}, a tensor subclass with behaviour of its own; "
+                         "expected a plain bool or floating tensor, or torch.nn.attention.bias.CausalBias")
+    return attn_mask.as_subclass(torch.Tensor), False
 
 
 def _heads(q_heads, k_heads, enable_gqa, name="k"):
@@ -83,8 +105,9 @@ def normalize_attention_args(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=F
     """Validates SDPA's arguments (errors name the argument) and normalises them for the backends.
 
     ``q`` ``(*batch, H, Sq, D)``, ``k`` ``(*batch, Hkv, Sk, D)``, ``v`` ``(*batch, Hkv, Sk, Dv)`` with ``Hkv == H``
-    or, with ``enable_gqa``, ``Hkv`` dividing ``H``; ``attn_mask`` bool or floating, broadcastable to
-    ``(*batch, H, Sq, Sk)``; ``key_padding_mask`` bool ``(*batch, Sk)``.
+    or, with ``enable_gqa``, ``Hkv`` dividing ``H``; ``attn_mask`` bool or of ``q``'s dtype (SDPA's rule),
+    broadcastable to ``(*batch, H, Sq, Sk)``, or a ``torch.nn.attention.bias.CausalBias``; ``key_padding_mask`` bool
+    ``(*batch, Sk)``.
     """
     for name, value in (("q", q), ("k", k), ("v", v)):
         _tensor(name, value)
@@ -98,8 +121,9 @@ def normalize_attention_args(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=F
     heads, sq, head_dim = q.shape[-3:]
     for name, value in (("k", k), ("v", v)):
         if value.dim() != q.dim() or tuple(value.shape[:-3]) != batch_shape:
-            raise ValueError(f"argument `{name}` has shape {tuple(value.shape)}; expected (*{batch_shape}, Hkv, Sk, D) "
-                             "with the batch dimensions of `q`")
+            expected = ", ".join([*map(str, batch_shape), "Hkv", "Sk", "D" if name == "k" else "Dv"])
+            raise ValueError(f"argument `{name}` has shape {tuple(value.shape)}; expected ({expected}) with the batch "
+                             "dimensions of `q`")
         if value.dtype != q.dtype:
             raise ValueError(f"argument `{name}` has dtype {value.dtype}; expected {q.dtype} (the dtype of `q`)")
         _same_device(name, value, q)
@@ -114,11 +138,14 @@ def normalize_attention_args(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=F
     sk = k.shape[-2]
     dropout_p, scale = _dropout_and_scale(dropout_p, scale, head_dim)
     batch = math.prod(batch_shape)
+    if attn_mask is not None and type(attn_mask) is not torch.Tensor:
+        attn_mask, causal_bias = _plain_mask(attn_mask, q, sq, sk)
+        is_causal = is_causal or causal_bias
     if attn_mask is not None:
         _same_device("attn_mask", attn_mask, q)
-        if attn_mask.dtype != torch.bool and not attn_mask.is_floating_point():
+        if attn_mask.dtype != torch.bool and attn_mask.dtype != q.dtype:  # SDPA's rule, the same for every backend
             raise ValueError(f"argument `attn_mask` has dtype {attn_mask.dtype}; expected bool (True = take part) or "
-                             "a floating dtype (added to the scores)")
+                             f"{q.dtype} (the dtype of `q`: a floating mask is added to the scores)")
         full = (*batch_shape, heads, sq, sk)
         try:
             attn_mask = torch.broadcast_to(attn_mask, full)
@@ -154,11 +181,6 @@ def _unsupported_by_kernels(backend, q, k, v, attn_mask=None, **_):
     if attn_mask is not None and attn_mask.requires_grad and torch.is_grad_enabled():
         return f"argument `attn_mask` requires grad; backend {backend!r} gives no gradient to the mask"
     return None
-
-
-def _dropout_seed(dropout_p):
-    """The Philox seed of one forward, drawn from torch's (CPU) generator; None without dropout."""
-    return torch.randint(2**31, (1,), dtype=torch.int64) if dropout_p > 0.0 else None
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -201,7 +223,7 @@ def _triton_attention(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gq
     from ._ops import attention_triton
 
     out, _ = attention_triton.attention(q, k, v, attn_mask, key_padding_mask, dropout_p, is_causal, scale,
-                                        _dropout_seed(dropout_p))
+                                        draw_seed(dropout_p, q.device))
     return out
 
 
@@ -211,7 +233,7 @@ def _triton_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen
 
     out, _ = attention_triton.varlen_attention(q, k, v, cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous(),
                                                max_seqlen_q, max_seqlen_k, dropout_p, is_causal, scale,
-                                               _dropout_seed(dropout_p))
+                                               draw_seed(dropout_p, q.device))
     return out
 
 

@@ -19,6 +19,14 @@ Backends:
 
 Gated activations: ``w1`` is ``(2 * ffn, d)``, rows ``[:ffn]`` the gate projection and ``[ffn:]`` the up projection;
 the activation output is ``act(gate) * up`` (``swiglu``: SiLU, ``geglu``: erf GELU), and ``b1`` is ``(2 * ffn,)``.
+Or ``w1`` is a pair ``(gate, up)`` of ``(ffn, d)`` weights held apart, as Hugging Face's ``gate_proj`` / ``up_proj``
+(``b1`` then None or a pair of ``(ffn,)`` biases): no backend concatenates them -- Triton reads the two weights in
+one kernel (two accumulators), native writes two GEMMs into the halves of one pre-activation buffer and runs its
+epilogue pass (``kernels::linear_epilogue``), and their gradients are computed per weight.
+
+Weights in another layout are passed as views: a GPT-2 ``Conv1D`` weight ``(in, out)`` as ``weight.t()`` (``(out,
+in)``, strides ``(1, out)``). Every backend reads it through its strides (Triton's loads; BLAS's transpose flag in
+native) and autograd routes its gradient back to the ``(in, out)`` parameter: nothing is copied.
 
 Dropout (``dropout_p > 0``) acts on the activation output ``h`` (M rows = the flattened leading dimensions of ``x``,
 ``ffn`` columns) with a counter-based RNG: Philox4x32-10 keyed by ``seed``, one counter per element,
@@ -35,6 +43,7 @@ import torch
 from . import _backend, _extension, reference
 from ._backend import Implementation
 from ._extension import has_native_kernel
+from ._ops._dropout import draw_seed
 
 _ALL = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _CUDA = (torch.float16, torch.bfloat16, torch.float32)
@@ -94,13 +103,20 @@ def _needs_grad(*tensors) -> bool:
 
 
 def _draw_seed(dropout_p: float, device: torch.device) -> torch.Tensor:
-    if dropout_p > 0.0:
-        return torch.randint(2**31, (1,), dtype=torch.int64, device=device)
-    return torch.zeros(1, dtype=torch.int64, device=device)
+    seed = draw_seed(dropout_p, device)  # the linear ops take a seed tensor even without dropout (not read then)
+    return seed if seed is not None else torch.zeros(1, dtype=torch.int64, device=device)
 
 
 def _flatten(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1])
+
+
+def _split(weight, bias):
+    """(weight, bias, weight_up, bias_up): a (gate, up) pair taken apart, a single weight as it is."""
+    if isinstance(weight, (tuple, list)):
+        bias, bias_up = (None, None) if bias is None else bias
+        return weight[0], bias, weight[1], bias_up
+    return weight, bias, None, None
 
 
 def _runners(ops):
@@ -108,24 +124,45 @@ def _runners(ops):
     registered ops when a gradient is needed or torch.compile traces, their plain implementations otherwise."""
 
     def run_linear(x, weight, bias=None, *, activation=None):
-        needs_grad = _needs_grad(x, weight, bias)
+        weight, bias, weight_up, bias_up = _split(weight, bias)
+        needs_grad = _needs_grad(x, weight, bias, weight_up, bias_up)
         op = ops.linear if needs_grad or torch.compiler.is_compiling() else ops.linear_eager
-        out, _pre = op(_flatten(x), weight, bias, activation, needs_grad)
+        out, _pre = op(_flatten(x), weight, bias, activation, needs_grad, weight_up, bias_up)
         return out.reshape(*x.shape[:-1], out.shape[-1])
 
     def run_feed_forward(x, w1, b1, w2, b2, *, activation="gelu", dropout_p=0.0, residual=None):
+        w1, b1, w1_up, b1_up = _split(w1, b1)
         seed = _draw_seed(dropout_p, x.device)
         flat_residual = None if residual is None else _flatten(residual)
-        save_pre = _needs_grad(x, w1, b1, w2, b2, residual)
+        save_pre = _needs_grad(x, w1, b1, w2, b2, residual, w1_up, b1_up)
         op = ops.feed_forward if save_pre or torch.compiler.is_compiling() else ops.feed_forward_eager
-        out, _h, _pre = op(_flatten(x), w1, b1, w2, b2, activation, float(dropout_p), seed, flat_residual, save_pre)
+        out, _h, _pre = op(_flatten(x), w1, b1, w2, b2, activation, float(dropout_p), seed, flat_residual, save_pre,
+                           w1_up, b1_up)
         return out.reshape(*x.shape[:-1], out.shape[-1])
 
     return run_linear, run_feed_forward
 
 
+def _torch_first_projection(x, weight, bias, activation):
+    """The reference's first Linear and activation; a (gate, up) pair as two Linears (no concatenated weight)."""
+    weight, bias, weight_up, bias_up = _split(weight, bias)
+    if weight_up is None:
+        return reference.linear(x, weight, bias, activation=activation)
+    gate = torch.nn.functional.linear(x, weight, bias)
+    return reference.activate(gate, "silu" if activation == "swiglu" else "gelu") * torch.nn.functional.linear(
+        x, weight_up, bias_up)
+
+
+def _torch_linear(x, weight, bias=None, *, activation=None):
+    return _torch_first_projection(x, weight, bias, activation)
+
+
 def _torch_feed_forward(x, w1, b1, w2, b2, *, activation="gelu", dropout_p=0.0, residual=None):
-    return reference.feed_forward(x, w1, b1, w2, b2, activation, dropout_p, residual)
+    if not isinstance(w1, (tuple, list)):
+        return reference.feed_forward(x, w1, b1, w2, b2, activation, dropout_p, residual)
+    h = torch.nn.functional.dropout(_torch_first_projection(x, w1, b1, activation), dropout_p)
+    out = torch.nn.functional.linear(h, w2, b2)
+    return out if residual is None else residual + out
 
 
 def _native_built() -> bool:
@@ -133,6 +170,7 @@ def _native_built() -> bool:
     try:
         torch.ops.kernels.linear_forward  # noqa: B018  (raises when the schema is absent)
         torch.ops.kernels.linear_weight_grad  # noqa: B018
+        torch.ops.kernels.linear_epilogue  # noqa: B018
     except (AttributeError, RuntimeError):
         return False
     return has_native_kernel("linear_forward", "cpu")
@@ -144,7 +182,7 @@ def _cublaslt_built() -> bool:
 
 
 def _register() -> None:
-    _backend.register(Implementation("linear", "torch", reference.linear, {"cpu": _ALL, "cuda": _ALL}))
+    _backend.register(Implementation("linear", "torch", _torch_linear, {"cpu": _ALL, "cuda": _ALL}))
     _backend.register(Implementation("feed_forward", "torch", _torch_feed_forward, {"cpu": _ALL, "cuda": _ALL}))
     if _native_built():
         from ._ops import feed_forward_native
@@ -201,8 +239,33 @@ def _check_activation(activation) -> None:
                          f"got {activation!r}")
 
 
+def _check_pair(weight, bias, activation, w_name: str, b_name: str) -> None:
+    """A (gate, up) pair: two tensors of one shape, a gated activation, and ``bias`` None or a pair of tensors."""
+    if len(weight) != 2 or not all(isinstance(w, torch.Tensor) for w in weight):
+        raise TypeError(f"argument `{w_name}` must be a tensor or a (gate, up) pair of tensors; got "
+                        f"{len(weight)} item(s) of types {', '.join(type(w).__name__ for w in weight)}")
+    if activation not in reference.GATED_ACTIVATIONS:
+        raise ValueError(f"argument `{w_name}` is a (gate, up) pair, which only the gated activations "
+                         f"({', '.join(reference.GATED_ACTIVATIONS)}) take; got activation={activation!r}")
+    if weight[0].shape != weight[1].shape:
+        raise ValueError(f"argument `{w_name}` pairs a gate of shape {tuple(weight[0].shape)} with an up projection "
+                         f"of shape {tuple(weight[1].shape)}; expected the same shape")
+    if bias is not None and (not isinstance(bias, (tuple, list)) or len(bias) != 2
+                             or not all(isinstance(b, torch.Tensor) for b in bias)):
+        raise TypeError(f"argument `{b_name}` must be None or a (gate, up) pair of tensors when `{w_name}` is a pair")
+
+
 def _check_projection(x, weight, bias, activation, w_name: str, b_name: str) -> int:
-    """Checks one Linear's weight (nn.Linear layout) and bias against ``x``; returns its output width."""
+    """Checks one Linear's weight (nn.Linear layout, or a (gate, up) pair of them) and bias against ``x``; returns
+    its output width."""
+    if isinstance(weight, (tuple, list)):
+        _check_pair(weight, bias, activation, w_name, b_name)
+        biases = (None, None) if bias is None else bias
+        for part, w, b in zip(("gate", "up"), weight, biases):
+            _check_projection(x, w, b, None, f"{w_name}[{part}]", f"{b_name}[{part}]")
+        return weight[0].shape[0]
+    _check_tensor(weight, w_name)
+    _check_tensor(bias, b_name, optional=True)
     if not x.is_floating_point():
         raise ValueError(f"argument `x` has dtype {x.dtype}; expected a floating dtype")
     if x.dim() < 1:
@@ -230,11 +293,11 @@ def linear(x, weight, bias=None, *, activation=None, backend="auto"):
     """``activation(x @ weight.T + bias)`` with ``weight`` in ``nn.Linear`` layout ``(out, in)``.
 
     ``activation``: None, ``relu``, ``gelu`` (erf, as ``nn.GELU()``), ``gelu_tanh``, ``silu``, or the gated
-    ``swiglu``/``geglu`` (``weight`` ``(2 * out, in)`` packs ``[gate; up]``; the result has ``out`` features).
+    ``swiglu``/``geglu`` (``weight`` ``(2 * out, in)`` packs ``[gate; up]``, or ``weight`` is a ``(gate, up)`` pair
+    of ``(out, in)`` weights and ``bias`` None or a pair; the result has ``out`` features). ``weight`` may be any
+    strided view, e.g. a GPT-2 ``Conv1D`` weight ``(in, out)`` passed as ``weight.t()``.
     """
     _check_tensor(x, "x")
-    _check_tensor(weight, "weight")
-    _check_tensor(bias, "bias", optional=True)
     _check_activation(activation)
     _check_projection(x, weight, bias, activation, "weight", "bias")
     implementation = _backend.select("linear", backend, device=x.device, dtype=x.dtype, activation=activation)
@@ -242,17 +305,18 @@ def linear(x, weight, bias=None, *, activation=None, backend="auto"):
 
 
 def feed_forward(x, w1, b1, w2, b2, *, activation="gelu", dropout_p=0.0, residual=None, backend="auto"):
-    """``residual + Linear2(dropout(activation(Linear1(x))))``; gated activations take ``w1`` as ``[gate; up]``.
+    """``residual + Linear2(dropout(activation(Linear1(x))))``; gated activations take ``w1`` as ``[gate; up]`` or
+    as a ``(gate, up)`` pair.
 
-    ``x`` ``(..., d)``, ``w1`` ``(ffn, d)`` (``(2 * ffn, d)`` for ``swiglu``/``geglu``), ``b1`` its bias or None,
+    ``x`` ``(..., d)``, ``w1`` ``(ffn, d)`` (``(2 * ffn, d)`` for ``swiglu``/``geglu``, or a pair of ``(ffn, d)``
+    weights held apart, ``b1`` then None or a pair of ``(ffn,)`` biases), ``b1`` its bias or None,
     ``w2`` ``(d_out, ffn)``, ``b2`` ``(d_out,)`` or None, ``residual`` None or ``(..., d_out)``. Dropout is applied
     to the activation output with probability ``dropout_p`` (pass 0 in evaluation); see the module docstring for its
-    counter-based RNG.
+    counter-based RNG. Weights may be strided views (a GPT-2 ``Conv1D`` weight as ``weight.t()``): nothing is copied.
     """
     _check_tensor(x, "x")
-    for value, name in ((w1, "w1"), (w2, "w2")):
-        _check_tensor(value, name)
-    for value, name in ((b1, "b1"), (b2, "b2"), (residual, "residual")):
+    _check_tensor(w2, "w2")
+    for value, name in ((b2, "b2"), (residual, "residual")):
         _check_tensor(value, name, optional=True)
     _check_activation(activation)
     if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p <= 1.0:

@@ -18,6 +18,7 @@ import torch
 
 from . import _backend, reference
 from ._backend import Implementation
+from ._ops import _scalars
 
 _ALL = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _CUDA = (torch.float16, torch.bfloat16, torch.float32)
@@ -28,11 +29,16 @@ def _flattened(forward, rms: bool):
 
     def run(x, normalized_shape, weight, bias, eps, residual):
         normalized_shape = reference._shape(normalized_shape)
+        if x.dim() == 2 and len(normalized_shape) == 1:  # already (M, N) rows: no reshapes (a view costs ~1 us)
+            y, h, _mean, _rstd = forward(x, residual, weight, bias, eps, rms)
+            return y if residual is None else (y, h)
         n = math.prod(normalized_shape)
         rows = (math.prod(x.shape[:x.dim() - len(normalized_shape)]), n)
-        y, h, _mean, _rstd = forward(
-            x.reshape(rows), None if residual is None else residual.reshape(rows),
-            None if weight is None else weight.reshape(n), None if bias is None else bias.reshape(n), eps, rms)
+        if len(normalized_shape) > 1:
+            weight = None if weight is None else weight.reshape(n)
+            bias = None if bias is None else bias.reshape(n)
+        y, h, _mean, _rstd = forward(x.reshape(rows), None if residual is None else residual.reshape(rows), weight,
+                                     bias, eps, rms)
         y = y.view(x.shape)
         return y if residual is None else (y, h.view(x.shape))
 
@@ -69,7 +75,7 @@ def _check_tensor(value, name: str, x: torch.Tensor, shape: tuple) -> None:
         return
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"argument `{name}` must be a tensor or None, got {type(value).__name__}")
-    if tuple(value.shape) != shape:
+    if value.shape != shape:
         raise ValueError(f"argument `{name}` has shape {tuple(value.shape)}; expected {shape}")
     if value.dtype != x.dtype:
         raise ValueError(f"argument `{name}` has dtype {value.dtype}; expected {x.dtype} (the dtype of `x`)")
@@ -77,27 +83,32 @@ def _check_tensor(value, name: str, x: torch.Tensor, shape: tuple) -> None:
         raise ValueError(f"argument `{name}` is on {value.device}; expected {x.device} (the device of `x`)")
 
 
-def _validate(x, normalized_shape, weight, bias, eps, residual) -> tuple:
-    """Checks every argument (the same errors for every backend); returns ``normalized_shape`` as a tuple."""
+def _normalized_shape(normalized_shape) -> tuple:
+    if type(normalized_shape) is int:  # the common cases first, without the numbers ABC checks
+        return (normalized_shape,)
+    if type(normalized_shape) in (tuple, torch.Size) and all(type(s) is int for s in normalized_shape):
+        return tuple(normalized_shape)
+    if isinstance(normalized_shape, numbers.Integral):
+        return (int(normalized_shape),)
+    if isinstance(normalized_shape, (tuple, list, torch.Size)) and all(
+            isinstance(s, numbers.Integral) for s in normalized_shape):
+        return tuple(int(s) for s in normalized_shape)
+    raise TypeError(f"argument `normalized_shape` must be an int or a sequence of ints, got {normalized_shape!r}")
+
+
+def _validate(x, normalized_shape, weight, bias, residual) -> tuple:
+    """Checks the tensor arguments (the same errors for every backend); returns ``normalized_shape`` as a tuple."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"argument `x` must be a tensor, got {type(x).__name__}")
     if not x.is_floating_point():
         raise ValueError(f"argument `x` has dtype {x.dtype}; expected a floating dtype")
-    if isinstance(normalized_shape, numbers.Integral):
-        shape = (int(normalized_shape),)
-    elif isinstance(normalized_shape, (tuple, list, torch.Size)) and all(
-            isinstance(s, numbers.Integral) for s in normalized_shape):
-        shape = tuple(int(s) for s in normalized_shape)
-    else:
-        raise TypeError(f"argument `normalized_shape` must be an int or a sequence of ints, got {normalized_shape!r}")
-    if len(shape) == 0 or len(shape) > x.dim() or tuple(x.shape[x.dim() - len(shape):]) != shape:
+    shape = _normalized_shape(normalized_shape)
+    if len(shape) == 0 or len(shape) > x.dim() or x.shape[x.dim() - len(shape):] != shape:
         raise ValueError(f"argument `normalized_shape` is {shape}; expected the trailing dimensions of `x`, whose "
                          f"shape is {tuple(x.shape)}")
     _check_tensor(weight, "weight", x, shape)
     _check_tensor(bias, "bias", x, shape)
-    _check_tensor(residual, "residual", x, tuple(x.shape))
-    if eps is not None and (not isinstance(eps, numbers.Real) or not eps >= 0):
-        raise ValueError(f"argument `eps` must be a non-negative number, got {eps!r}")
+    _check_tensor(residual, "residual", x, x.shape)
     return shape
 
 
@@ -106,11 +117,10 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, residua
 
     Returns ``F.layer_norm(x, ...)``, or ``(F.layer_norm(x + residual, ...), x + residual)`` with ``residual``.
     """
-    shape = _validate(x, normalized_shape, weight, bias, eps, residual)
-    if eps is None:
-        raise ValueError("argument `eps` must be a non-negative number, got None")
+    shape = _validate(x, normalized_shape, weight, bias, residual)
+    eps = _scalars.eps(eps)
     implementation = _backend.select("layer_norm", backend, device=x.device, dtype=x.dtype)
-    return implementation.fn(x, shape, weight, bias, float(eps), residual=residual)
+    return implementation.fn(x, shape, weight, bias, eps, residual=residual)
 
 
 def rms_norm(x, normalized_shape, weight=None, eps=None, *, residual=None, backend="auto"):
@@ -119,7 +129,7 @@ def rms_norm(x, normalized_shape, weight=None, eps=None, *, residual=None, backe
     ``eps=None`` means ``torch.finfo(x.dtype).eps``, as in ``F.rms_norm``. Returns ``F.rms_norm(x, ...)``, or
     ``(F.rms_norm(x + residual, ...), x + residual)`` with ``residual``.
     """
-    shape = _validate(x, normalized_shape, weight, None, eps, residual)
-    eps = torch.finfo(x.dtype).eps if eps is None else float(eps)
+    shape = _validate(x, normalized_shape, weight, None, residual)
+    eps = torch.finfo(x.dtype).eps if eps is None else _scalars.eps(eps)
     implementation = _backend.select("rms_norm", backend, device=x.device, dtype=x.dtype)
     return implementation.fn(x, shape, weight, eps, residual=residual)

@@ -261,7 +261,7 @@ def keep_mask_for_next_call(seed, shape, dropout_p, device):
     from kernels.triton.attention import dropout_keep_mask
 
     torch.manual_seed(seed)
-    philox_seed = int(torch.randint(2**31, (1,), dtype=torch.int64))
+    philox_seed = int(torch.randint(2**31, (1,), dtype=torch.int64, device=device))  # drawn on the inputs' device
     keep = dropout_keep_mask(philox_seed, shape, dropout_p, device=device)
     torch.manual_seed(seed)
     return keep

@@ -172,9 +172,9 @@ def test_fully_masked_rows_give_zeros_and_zero_gradients():
 def test_lse_of_fully_masked_rows_is_inf():
     q, k, v = _inputs(1, 1, 1, 4, 6, 8, requires_grad=False)
     padding = torch.ones(1, 6, dtype=torch.bool)
-    out, lse = ops.attention_forward(q, k, v, None, padding, False, 0.5, 0.0, 0)
+    out, lse = ops.attention_forward(q, k, v, None, padding, False, 0.5, 0.0, None)
     assert torch.equal(out, torch.zeros_like(out)) and torch.isposinf(lse).all()
-    out, lse = ops.attention_forward(q, k, v, None, None, False, 0.5, 0.0, 0)
+    out, lse = ops.attention_forward(q, k, v, None, None, False, 0.5, 0.0, None)
     expected = torch.logsumexp(0.5 * q @ k.transpose(-2, -1), dim=-1)
     assert_close(lse, expected.double(), name="lse")
 
@@ -208,8 +208,8 @@ def test_result_does_not_depend_on_thread_count(shape):
     results = []
     for n in (1, 2):
         torch.set_num_threads(n)
-        out, lse = ops.attention_forward(q, k, v, None, None, True, 0.125, 0.0, 0)
-        results.append((out, *ops.attention_backward(grad, q, k, v, out, lse, None, None, True, 0.125, 0.0, 0)))
+        out, lse = ops.attention_forward(q, k, v, None, None, True, 0.125, 0.0, None)
+        results.append((out, *ops.attention_backward(grad, q, k, v, out, lse, None, None, True, 0.125, 0.0, None)))
     torch.set_num_threads(threads)
     for a, b in zip(*results):
         assert torch.equal(a, b)
@@ -244,7 +244,7 @@ def test_gradcheck_fp64_with_dropout():
     padding = _padding(1, 9)
 
     def fn(q, k, v):
-        return ops.attention_forward(q, k, v, None, padding, True, 0.4, 0.3, 1234)[0]
+        return ops.attention_forward(q, k, v, None, padding, True, 0.4, 0.3, torch.tensor([1234]))[0]
 
     assert torch.autograd.gradcheck(fn, (q, k, v))
 
@@ -255,9 +255,9 @@ def _op_samples():
     float_mask = torch.randn(2, 1, 9, 13).expand(2, 4, 9, 13)
     padding = _padding(2, 13)
     return [
-        (q, k, v, None, None, False, 0.35, 0.0, 0),
-        (q, k, v, mask, padding, True, 0.35, 0.0, 0),
-        (q, k, v, float_mask, None, False, 0.35, 0.2, 77),
+        (q, k, v, None, None, False, 0.35, 0.0, None),
+        (q, k, v, mask, padding, True, 0.35, 0.0, None),
+        (q, k, v, float_mask, None, False, 0.35, 0.2, torch.tensor([77])),
     ]
 
 
@@ -294,7 +294,7 @@ def test_varlen_backward_splits_the_keys_into_chunks():
     k, v = (torch.randn(1160, 1, 32, requires_grad=True) for _ in range(2))
 
     def fn(q, k, v):
-        return ops.varlen_attention_forward(q, k, v, cu_q, cu_k, 150, 1100, False, 0.2, 0.0, 0)[0]
+        return ops.varlen_attention_forward(q, k, v, cu_q, cu_k, 150, 1100, False, 0.2, 0.0, None)[0]
 
     def ref(q, k, v):
         return reference.varlen_attention(q, k, v, cu_q, cu_k, 150, 1100, scale=0.2)
@@ -316,7 +316,7 @@ def test_varlen_gradcheck_fp64(is_causal):
     q, k, v, cu_q, cu_k, max_q, max_k = _varlen_sample(torch.float64, requires_grad=True)
 
     def fn(q, k, v):
-        return ops.varlen_attention_forward(q, k, v, cu_q, cu_k, max_q, max_k, is_causal, 0.4, 0.0, 0)[0]
+        return ops.varlen_attention_forward(q, k, v, cu_q, cu_k, max_q, max_k, is_causal, 0.4, 0.0, None)[0]
 
     assert torch.autograd.gradcheck(fn, (q, k, v))
 
@@ -324,7 +324,7 @@ def test_varlen_gradcheck_fp64(is_causal):
 @pytest.mark.parametrize("dropout_p", [0.0, 0.25])
 def test_opcheck_varlen(dropout_p):
     q, k, v, cu_q, cu_k, max_q, max_k = _varlen_sample(requires_grad=True)
-    args = (cu_q, cu_k, max_q, max_k, True, 0.35, dropout_p, 5)
+    args = (cu_q, cu_k, max_q, max_k, True, 0.35, dropout_p, torch.tensor([5]))
     torch.library.opcheck(ops.varlen_attention_forward.default, (q, k, v, *args))
     out, lse = ops.varlen_attention_forward(q.detach(), k.detach(), v.detach(), *args)
     assert lse.shape == (4, 9)
@@ -345,7 +345,7 @@ def test_varlen_op_bad_offsets_name_the_argument(change, match):
     arguments.update(change)
     with pytest.raises(ValueError, match=match):
         ops.varlen_attention_forward(q, k, v, arguments["cu_q"], arguments["cu_k"], arguments["max_q"], max_k, False,
-                                     0.35, 0.0, 0)
+                                     0.35, 0.0, None)
 
 
 def test_compiles_fullgraph():
@@ -372,7 +372,7 @@ def test_dropout_matches_reference_with_the_keep_mask_of_the_seed():
     assert 0.65 < keep.float().mean().item() < 0.85
 
     def fn(q, k, v, key_padding_mask):
-        return ops.attention_forward(q, k, v, None, key_padding_mask, True, d ** -0.5, p, seed)[0]
+        return ops.attention_forward(q, k, v, None, key_padding_mask, True, d ** -0.5, p, torch.tensor([seed]))[0]
 
     def ref(q, k, v, key_padding_mask):
         return reference.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True,
@@ -424,25 +424,25 @@ def test_keep_mask_matches_triton_tl_rand():
 def test_bad_arguments_name_the_argument():
     q, k, v = _inputs(1, 4, 2, 5, 6, 8, requires_grad=False)
     with pytest.raises(ValueError, match="`q` has dtype"):
-        ops.attention_forward(q.half(), k.half(), v.half(), None, None, False, 1.0, 0.0, 0)
+        ops.attention_forward(q.half(), k.half(), v.half(), None, None, False, 1.0, 0.0, None)
     with pytest.raises(ValueError, match="`k` has dtype"):
-        ops.attention_forward(q, k.double(), v, None, None, False, 1.0, 0.0, 0)
+        ops.attention_forward(q, k.double(), v, None, None, False, 1.0, 0.0, None)
     with pytest.raises(ValueError, match="`v` has shape"):
-        ops.attention_forward(q, k, v[:, :, :3], None, None, False, 1.0, 0.0, 0)
+        ops.attention_forward(q, k, v[:, :, :3], None, None, False, 1.0, 0.0, None)
     with pytest.raises(ValueError, match="`k` has 3 heads"):
-        ops.attention_forward(q, torch.randn(1, 3, 6, 8), torch.randn(1, 3, 6, 8), None, None, False, 1.0, 0.0, 0)
+        ops.attention_forward(q, torch.randn(1, 3, 6, 8), torch.randn(1, 3, 6, 8), None, None, False, 1.0, 0.0, None)
     with pytest.raises(ValueError, match="`k` has head dim"):
-        ops.attention_forward(q, k[..., :4], v[..., :4], None, None, False, 1.0, 0.0, 0)
+        ops.attention_forward(q, k[..., :4], v[..., :4], None, None, False, 1.0, 0.0, None)
     with pytest.raises(ValueError, match="`mask` has shape"):
-        ops.attention_forward(q, k, v, torch.ones(5, 6, dtype=torch.bool).expand(1, 1, 5, 6), None, False, 1.0, 0.0, 0)
+        ops.attention_forward(q, k, v, torch.ones(5, 6, dtype=torch.bool).expand(1, 1, 5, 6), None, False, 1.0, 0.0, None)
     with pytest.raises(ValueError, match="`key_padding_mask` has dtype"):
-        ops.attention_forward(q, k, v, None, torch.zeros(1, 6), False, 1.0, 0.0, 0)
+        ops.attention_forward(q, k, v, None, torch.zeros(1, 6), False, 1.0, 0.0, None)
     with pytest.raises(ValueError, match="`key_padding_mask` has shape"):
-        ops.attention_forward(q, k, v, None, torch.zeros(1, 5, dtype=torch.bool), False, 1.0, 0.0, 0)
+        ops.attention_forward(q, k, v, None, torch.zeros(1, 5, dtype=torch.bool), False, 1.0, 0.0, None)
     with pytest.raises(ValueError, match="`dropout_p` must be in"):
-        ops.attention_forward(q, k, v, None, None, False, 1.0, 1.0, 0)
+        ops.attention_forward(q, k, v, None, None, False, 1.0, 1.0, None)
     with pytest.raises(ValueError, match="`q` must have 4 dimensions"):
-        ops.attention_forward(q[0], k[0], v[0], None, None, False, 1.0, 0.0, 0)
+        ops.attention_forward(q[0], k[0], v[0], None, None, False, 1.0, 0.0, None)
 
 
 def test_unsupported_calls_name_the_argument():
@@ -517,7 +517,7 @@ def test_cuda_dropout_keep_mask_matches_cpu():
     keep = native.dropout_keep_mask(seed, (b, h, sq, sk), p).cuda()
 
     def fn(q, k, v):
-        return ops.attention_forward(q, k, v, None, None, False, d ** -0.5, p, seed)[0]
+        return ops.attention_forward(q, k, v, None, None, False, d ** -0.5, p, torch.tensor([seed], device=q.device))[0]
 
     def ref(q, k, v):
         return reference.scaled_dot_product_attention(q, k, v, dropout_p=p, dropout_mask=keep)

@@ -43,6 +43,7 @@ def _keep_mask(seed, shape, p):
 class _Dense(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, mask, padding, is_causal, scale, dropout_p, seed):
+        seed = torch.tensor([seed], device=q.device)  # the op reads its seed from a device tensor
         out, lse = ops.attention_forward(q, k, v, mask, padding, is_causal, scale, dropout_p, seed)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.masks = (mask, padding)
@@ -59,6 +60,7 @@ class _Dense(torch.autograd.Function):
 class _Varlen(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, cu_q, cu_k, max_q, max_k, is_causal, scale, dropout_p, seed):
+        seed = torch.tensor([seed], device=q.device)  # the op reads its seed from a device tensor
         out, lse = ops.varlen_attention_forward(q, k, v, cu_q, cu_k, max_q, max_k, is_causal, scale, dropout_p, seed)
         ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k)
         ctx.arguments = (max_q, max_k, is_causal, scale, dropout_p, seed)
@@ -338,7 +340,7 @@ def test_varlen_negative_control_wrong_offsets_fail():
 
 def test_varlen_bad_arguments_name_the_argument():
     q, k, v, cu_q, cu_k, max_q, max_k = _packed([5, 9], [5, 9], 2, 1, 64, torch.float16, requires_grad=False)
-    call = functools.partial(ops.varlen_attention_forward, is_causal=False, scale=0.125, dropout_p=0.0, seed=0)
+    call = functools.partial(ops.varlen_attention_forward, is_causal=False, scale=0.125, dropout_p=0.0, seed=None)
     with pytest.raises(ValueError, match="`cu_seqlens_q` has dtype"):
         call(q, k, v, cu_q.long(), cu_k, max_q, max_k)
     with pytest.raises(ValueError, match="`cu_seqlens_k` is on cpu"):

@@ -72,7 +72,7 @@ def test_varlen_dropout_same_keep_mask(case):
     args = packed([7, 30], [12, 33], 2, 1, 16, device)
     total_q, total_k = args[0].shape[0], args[1].shape[0]
     torch.manual_seed(21)
-    seed = int(torch.randint(2**31, (1,), dtype=torch.int64))
+    seed = int(torch.randint(2**31, (1,), dtype=torch.int64, device=device))
     keep = dropout_keep_mask(seed, (1, 2, total_q, total_k), 0.3, device=device)
     torch.manual_seed(21)
     check_against_reference(functools.partial(varlen, backend), varlen_reference, *args, is_causal=True,

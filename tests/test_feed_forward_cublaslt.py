@@ -161,7 +161,32 @@ def test_weight_grad_primitive(dtype, rows):
     atol = 1e-4 if dtype == torch.float32 else 2e-2 * rows**0.5
     assert_close(grad_w.float(), expected_w, atol=atol, rtol=1e-2)
     assert grad_b.dtype == torch.float32
-    assert_close(grad_b, grad.float().sum(0), atol=atol, rtol=1e-2)  # rounded once to `dtype` by cuBLASLt
+    assert_close(grad_b, grad.float().sum(0), atol=atol, rtol=1e-2)  # summed in fp32 (cuBLASLt or at::sum)
+
+
+@pytest.mark.gpu
+@needs_cublaslt
+def test_bias_gradient_is_fp32_past_the_fp16_range():
+    # Loss-scaled fp16 gradients: 4096 rows of ~64 sum to ~2.6e5 per column, past fp16's 65504. A bias gradient
+    # written in fp16 (cuBLASLt's default bias type) would be inf; in fp32 it is the exact column sum up to rounding.
+    rows, d_in, d_out = 4096, 64, 128
+    grad = (64 + torch.rand(rows, d_out, device="cuda")).half()
+    x = torch.randn(rows, d_in, device="cuda").half()
+    before = _calls()
+    _, grad_b = torch.ops.kernels.linear_weight_grad(grad, x, True)  # BGRADB
+    assert _calls() > before
+    assert grad_b.dtype == torch.float32 and torch.isfinite(grad_b).all()
+    assert_close(grad_b, grad.float().sum(0), atol=0.0, rtol=1e-4)
+    # DGELU_BGRAD: grad_pre = gelu'(pre) * (grad @ weight); with pre = 3, gelu' ~ 1, so the sums are ~2.6e5 too.
+    pre = torch.full((rows, d_in), 3.0, device="cuda").half()
+    weight = torch.eye(d_out, d_in, device="cuda").half()  # grad @ weight: grad's first d_in columns
+    seed = torch.zeros(1, dtype=torch.int64, device="cuda")
+    before = _calls()
+    grad_pre, grad_bias = torch.ops.kernels.linear_act_backward(grad, weight, pre, "gelu_tanh", 0.0, seed)
+    assert _calls() > before
+    assert grad_bias.dtype == torch.float32 and torch.isfinite(grad_bias).all()
+    assert_close(grad_bias, grad_pre.float().sum(0), atol=0.0, rtol=1e-3)
+    assert grad_bias.min() > 65504
 
 
 @pytest.mark.gpu

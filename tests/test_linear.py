@@ -97,6 +97,40 @@ def test_large_magnitudes_stay_finite(backend):
                      rtol=1e-5, atol=1e-3)
 
 
+@pytest.mark.interpret
+@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("activation", reference.GATED_ACTIVATIONS)
+def test_separate_gate_and_up_projections(backend, activation):
+    # Hugging Face's gate_proj / up_proj held apart: a (gate, up) pair, compared with the packed [gate; up] reference.
+    x, weight, bias = _inputs(9, 33, 17, activation)
+    w_gate, w_up = (w.detach().clone().requires_grad_() for w in weight.chunk(2))
+    b_gate, b_up = (b.detach().clone().requires_grad_() for b in bias.chunk(2))
+
+    def run(x, w_gate, w_up, b_gate, b_up, *, activation):
+        return kernels.linear(x, (w_gate, w_up), (b_gate, b_up), activation=activation, backend=backend)
+
+    def ref(x, w_gate, w_up, b_gate, b_up, *, activation):
+        return reference.linear(x, torch.cat([w_gate, w_up]), torch.cat([b_gate, b_up]), activation=activation)
+
+    check_against_reference(run, ref, x, w_gate, w_up, b_gate, b_up, activation=activation)
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_conv1d_weight_as_transposed_view(backend):
+    # GPT-2's Conv1D holds (in, out); passed as .t() it is read through its strides, its gradient reaches (in, out).
+    x = torch.randn(2, 5, 24, requires_grad=True)
+    conv_weight = (torch.randn(24, 40) / 5).requires_grad_()
+    bias = torch.randn(40, requires_grad=True)
+
+    def run(x, conv_weight, bias, *, activation):
+        return kernels.linear(x, conv_weight.t(), bias, activation=activation, backend=backend)
+
+    def ref(x, conv_weight, bias, *, activation):
+        return reference.linear(x, conv_weight.t(), bias, activation=activation)
+
+    check_against_reference(run, ref, x, conv_weight, bias, activation="gelu_tanh")
+
+
 def test_bad_inputs():
     x, weight, bias = _inputs(4, 8, 6, None)
     with pytest.raises(TypeError, match="`x`"):
@@ -113,6 +147,10 @@ def test_bad_inputs():
         kernels.linear(x, weight[:5], activation="swiglu")
     with pytest.raises(ValueError, match="`backend`"):
         kernels.linear(x, weight, backend="cuda")
+    with pytest.raises(ValueError, match="`weight` is a \\(gate, up\\) pair"):
+        kernels.linear(x, (weight, weight), activation="silu")
+    with pytest.raises(ValueError, match="`weight\\[gate\\]` has shape"):
+        kernels.linear(x, (weight.t(), weight.t()), activation="swiglu")
 
 
 def test_negative_control_wrong_gelu_fails_the_checker():
@@ -223,6 +261,109 @@ def test_gpu_torch_compile_inductor(backend):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# The Triton kernels' configurations: autotuning keyed on a bucket of M, candidates pruned per call, one config at will
+# ----------------------------------------------------------------------------------------------------------------------
+
+def _triton_linear():
+    pytest.importorskip("triton")
+    from kernels.triton import linear as launcher
+    return launcher
+
+
+@pytest.mark.parametrize("m, bucket", [(0, 1), (1, 1), (3, 4), (64, 64), (65, 128), (1000, 1024), (8192, 8192),
+                                       (100_000, 8192)])
+def test_m_bucket(m, bucket):
+    assert _triton_linear().m_bucket(m) == bucket
+
+
+def test_autotuner_keys_on_the_m_bucket_not_m():
+    launcher = _triton_linear()
+    for kernel, reset in ((launcher._linear_forward_kernel, None),
+                          (launcher._linear_act_backward_kernel, ["bias_partial_ptr"])):
+        tuned = launcher._autotuned(kernel, reset)
+        assert "M" not in tuned.keys, "every new token count would re-benchmark every candidate"
+        assert {"M_BUCKET", "N", "K", "PRECISION", "ACTIVATION", "GATED"} <= set(tuned.keys)
+        assert tuned.early_config_prune is launcher._prune
+
+
+def test_launchers_pass_the_m_bucket(monkeypatch):
+    """Two row counts in one bucket give the autotuner the same key (its other entries do not depend on M)."""
+    launcher = _triton_linear()
+    interpreter = pytest.importorskip("triton.runtime.interpreter")
+    if not launcher.interpreting():
+        pytest.skip("reads the interpreter's launches")
+    seen = []
+    run = interpreter.InterpretedFunction.run
+
+    def recording_run(self, *args, **kwargs):
+        named = dict(zip(self.fn.__code__.co_varnames, args))
+        seen.append((named["M"], named["M_BUCKET"]))
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(interpreter.InterpretedFunction, "run", recording_run)
+    seed = torch.zeros(1, dtype=torch.int64)
+    for rows in (33, 50):
+        out, pre = launcher.linear_forward(torch.randn(rows, 8), torch.randn(4, 8), None, "relu", 0.0, seed, None, True)
+        launcher.linear_act_backward(torch.randn_like(out), None, pre, "relu", 0.0, seed)
+    assert seen == [(33, 64), (33, 64), (50, 64), (50, 64)]
+
+
+def _prune(dtype, precision, m_bucket, gated=False):
+    launcher = _triton_linear()
+    configs = launcher.TENSOR_CORE_CONFIGS + launcher.FP32_IEEE_CONFIGS
+    pruned = launcher._prune(configs, {"x_ptr": torch.empty(0, dtype=dtype), "M_BUCKET": m_bucket},
+                             PRECISION=precision, GATED=gated)
+    return [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_stages, c.num_warps) for c in pruned]
+
+
+def test_fp32_without_tf32_gets_fma_tiles():
+    """input_precision="ieee" dots run on the FMA units: no 8-warp 128 x 256 tiles, at most 64 fp32 accumulators
+    per thread (128 for the gated kernels' two), BLOCK_K 32."""
+    launcher = _triton_linear()
+    tiles = _prune(torch.float32, "ieee", 8192)
+    assert tiles and set(tiles) <= {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_stages,
+                                     c.num_warps) for c in launcher.FP32_IEEE_CONFIGS}
+    assert all(m * n // (32 * w) <= 64 and k == 32 for m, n, k, _, w in tiles)
+    assert (128, 256, 64, 3, 8) in _prune(torch.bfloat16, "ieee", 8192)  # 16-bit inputs keep the tensor-core tiles
+    assert (128, 256, 64, 3, 8) not in _prune(torch.float32, "tf32", 8192)  # 3 x 96 KB of fp32 stages: over sm_90's
+
+
+def test_prune_small_m_gated_and_never_empty():
+    assert max(m for m, *_ in _prune(torch.float16, "ieee", 16)) == 64  # 16 rows: no 128- or 256-row tiles
+    assert max(m for m, *_ in _prune(torch.float16, "ieee", 1024)) == 256
+    assert all(m * n <= 128 * 128 for m, n, *_ in _prune(torch.bfloat16, "ieee", 4096, gated=True))
+    assert len(_prune(torch.float32, "ieee", 1)) >= 1
+
+
+def test_one_config_replaces_autotuning(monkeypatch):
+    launcher = _triton_linear()
+    monkeypatch.setattr(launcher, "interpreting", lambda: False)
+    monkeypatch.setenv("KERNELS_TRITON_ONE_CONFIG", "1")
+    kernel, config = launcher._kernel(launcher._linear_forward_kernel)
+    assert kernel is launcher._linear_forward_kernel and config == launcher.ONE_CONFIG
+    # The one config is valid for every family: FMA-sized (fp32 IEEE, gated too) and within shared memory.
+    m, n, k = config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_K"]
+    assert 2 * m * n // (32 * config["num_warps"]) <= 128
+    assert config["num_stages"] * (m + n) * k * 4 <= launcher.SMEM_BYTES
+    monkeypatch.delenv("KERNELS_TRITON_ONE_CONFIG")
+    assert launcher._kernel(launcher._linear_forward_kernel)[1] == {}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif("triton" not in backends_for("linear", "cuda") if "cuda" in available_devices() else True,
+                    reason="no CUDA device or no Triton")
+def test_gpu_new_row_counts_in_one_bucket_are_not_retuned(monkeypatch):
+    monkeypatch.delenv("KERNELS_TRITON_ONE_CONFIG", raising=False)
+    launcher = _triton_linear()
+    tuned = launcher._autotuned(launcher._linear_forward_kernel)
+    before = len(tuned.cache)
+    weight = torch.randn(512, 256, device="cuda", dtype=torch.bfloat16)
+    for rows in (600, 700, 1000, 1024):
+        kernels.linear(torch.randn(rows, 256, device="cuda", dtype=torch.bfloat16), weight, backend="triton")
+    assert len(tuned.cache) == before + 1
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # The Triton kernels compiled for the GPU targets without a GPU (the interpreter accepts code that codegen rejects)
 # ----------------------------------------------------------------------------------------------------------------------
 
@@ -244,14 +385,14 @@ def _compile_for_gpu(arch: int) -> None:
     # Forward: gated SwiGLU in bf16 with every epilogue, and erf GELU in fp32 with TF32.
     for element, precision, activation, gated in (("bf16", "ieee", 4, True), ("fp32", "tf32", 2, False)):
         pointers = {name: f"*{element}" for name in ("x_ptr", "w_ptr", "bias_ptr", "residual_ptr", "out_ptr", "pre_ptr")}
-        scalars = ["M", "N", "K", "stride_xm", "stride_xk", "stride_wn", "stride_wk", "stride_rm", "stride_rn",
-                   "stride_om", "stride_on", "stride_pm", "stride_pn"]
+        scalars = ["M", "N", "K", "M_BUCKET", "stride_xm", "stride_xk", "stride_wn", "stride_wk", "stride_rm",
+                   "stride_rn", "stride_om", "stride_on", "stride_pm", "stride_pn"]
         compile_kernel(launcher._linear_forward_kernel, {**pointers, "seed_ptr": "*i64"}, scalars,
                        dict(HAS_BIAS=True, ACTIVATION=activation, GATED=gated, DROPOUT=True, HAS_RESIDUAL=True,
                             SAVE_PRE=True, PRECISION=precision, **tiles))
     # Backward: the gated derivative in the epilogue of the gradient GEMM, bf16.
     pointers = {name: "*bf16" for name in ("g_ptr", "w_ptr", "pre_ptr", "grad_pre_ptr")}
-    scalars = ["M", "N", "K", "stride_gm", "stride_gk", "stride_wk", "stride_wn", "stride_pm", "stride_pn",
+    scalars = ["M", "N", "K", "M_BUCKET", "stride_gm", "stride_gk", "stride_wk", "stride_wn", "stride_pm", "stride_pn",
                "stride_dm", "stride_dn"]
     compile_kernel(launcher._linear_act_backward_kernel, {**pointers, "bias_partial_ptr": "*fp32", "seed_ptr": "*i64"},
                    scalars, dict(FROM_GEMM=True, ACTIVATION=4, GATED=True, DROPOUT=True, PRECISION="ieee", **tiles))

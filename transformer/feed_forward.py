@@ -13,6 +13,8 @@ from torch import nn
 import kernels
 from kernels.reference import ACTIVATIONS, GATED_ACTIVATIONS
 
+from ._scripting import NotScriptable
+
 # The activation callables nn.TransformerEncoderLayer accepts, by the name the kernels use.
 _CALLABLES = {F.relu: "relu", F.gelu: "gelu", F.silu: "silu"}
 
@@ -27,7 +29,7 @@ def activation_name(activation) -> str:
                      f"got {activation!r}")
 
 
-class FeedForward(nn.Module):
+class FeedForward(NotScriptable, nn.Module):
     """``Linear(d_model, ffn) -> activation -> dropout -> Linear(ffn, d_model)`` (+ ``residual``), fused.
 
     Gated activations (``swiglu``, ``geglu``): ``linear1`` has ``2 * dim_feedforward`` outputs, rows

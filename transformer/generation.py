@@ -1,4 +1,8 @@
-"""Token choice for generation (greedy, or sampling with temperature and top-k) and model-wide backend setting."""
+"""Token choice for generation (greedy, or sampling with temperature and top-k), the CUDA-graph replay of a decoding
+step, and model-wide backend setting.
+
+Nothing here synchronises with the device: ``next_token`` reads no tensor value on the host, so a decoding loop issues
+its steps without waiting for the GPU."""
 
 from __future__ import annotations
 
@@ -28,3 +32,34 @@ def set_backend(model: nn.Module, backend: str) -> nn.Module:
         if isinstance(getattr(module, "backend", None), str):
             module.backend = backend
     return model
+
+
+class CUDAGraphStep:
+    """``fn(*inputs)`` captured once in a CUDA graph, then replayed: ``step(*new_inputs)`` copies the new inputs into
+    the captured (static) ones, replays the graph and returns the captured output, which the next replay overwrites.
+
+    ``fn`` must have fixed shapes and no host synchronisation (e.g. ``GPT.decode_step`` over static caches). It runs
+    ``warmup`` times on a side stream before the capture (as CUDA graphs require); ``state`` lists the tensors that
+    ``fn`` advances in place (the caches' lengths), restored after the warm-up so that the first replay is the first
+    step. The warm-up writes past each cache's length only, which later steps overwrite."""
+
+    def __init__(self, fn, *inputs, state=(), warmup: int = 2):
+        self.inputs = tuple(t.clone() for t in inputs)
+        saved = [t.clone() for t in state]
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(warmup):
+                fn(*self.inputs)
+        torch.cuda.current_stream().wait_stream(stream)
+        for tensor, value in zip(state, saved):
+            tensor.copy_(value)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.output = fn(*self.inputs)
+
+    def __call__(self, *inputs):
+        for static, new in zip(self.inputs, inputs):
+            static.copy_(new)
+        self.graph.replay()
+        return self.output

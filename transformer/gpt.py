@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .feed_forward import FeedForward
-from .generation import next_token, set_backend
+from .generation import CUDAGraphStep, next_token, set_backend
 from .layer_norm import LayerNorm, RMSNorm
-from .layers import add_norm
-from .multihead_attention import AttentionCache, MultiheadAttention
+from .layers import add_norm, apply_dropout
+from .multihead_attention import AttentionCache, MultiheadAttention, StaticAttentionCache
 
 
 @dataclass
@@ -53,7 +53,7 @@ class GPTBlock(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x, cache: AttentionCache | None = None):
-        a = self.resid_dropout(self.attn.attend(self.ln_1(x), cache))
+        a = apply_dropout(self.resid_dropout, self.attn.attend(self.ln_1(x), cache))
         n2, h = add_norm(self.ln_2, a, x)
         if self.training and self.resid_dropout.p > 0.0:
             return h + self.resid_dropout(self.mlp(n2))
@@ -85,24 +85,53 @@ class GPT(nn.Module):
         return logits, loss
 
     def _logits(self, idx, caches):
-        offset = 0 if caches is None else caches[0].length
-        if offset + idx.shape[1] > self.config.max_seq_len:
-            raise ValueError(f"argument `idx`: {offset + idx.shape[1]} positions exceed max_seq_len "
-                             f"{self.config.max_seq_len}")
-        positions = torch.arange(offset, offset + idx.shape[1], device=idx.device)
+        t = idx.shape[1]
+        if caches is not None and isinstance(caches[0], StaticAttentionCache):
+            positions = caches[0].length[:, None] + torch.arange(t, device=idx.device)  # (B, T), on the device
+        else:
+            offset = 0 if caches is None else caches[0].length
+            if offset + t > self.config.max_seq_len:
+                raise ValueError(f"argument `idx`: {offset + t} positions exceed max_seq_len "
+                                 f"{self.config.max_seq_len}")
+            positions = torch.arange(offset, offset + t, device=idx.device)
         x = self.drop(self.wte(idx) + self.wpe(positions))
         for i, block in enumerate(self.blocks):
             x = block(x, None if caches is None else caches[i])
         return self.lm_head(self.ln_f(x))
 
+    def new_static_cache(self, batch: int, max_len: int | None = None) -> list[StaticAttentionCache]:
+        """Empty preallocated caches (one per block) for :meth:`decode_step`, on the model's device and dtype."""
+        max_len = self.config.max_seq_len if max_len is None else max_len
+        if not 0 < max_len <= self.config.max_seq_len:
+            raise ValueError(f"argument `max_len` must be in [1, max_seq_len = {self.config.max_seq_len}]; got "
+                             f"{max_len}")
+        weight = self.wte.weight
+        heads = self.config.n_heads
+        return [StaticAttentionCache.empty(batch, heads, max_len, self.config.d_model // heads, device=weight.device,
+                                           dtype=weight.dtype) for _ in self.blocks]
+
+    def decode_step(self, idx, caches: list[StaticAttentionCache]):
+        """The logits ``(B, vocab)`` of the last of the new tokens ``idx`` ``(B, T)``, attending to ``caches``
+        (from :meth:`new_static_cache`), which take the new keys and values. Fixed shapes, no host synchronisation:
+        a step of ``T`` tokens can be captured in a CUDA graph (``transformer.generation.CUDAGraphStep``). The
+        caller keeps the positions within the caches' ``max_len`` (not checked: it would synchronise)."""
+        return self._logits(idx, caches)[:, -1]
+
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, *, do_sample=False, temperature=1.0, top_k=None, use_cache=True,
-                 generator=None):
+                 generator=None, static_cache=False, cuda_graph=False):
         """Appends ``max_new_tokens`` tokens to ``idx`` ``(B, T)``: greedy, or sampled (``do_sample``) with
         ``temperature`` and ``top_k``. With ``use_cache`` each step runs the new token only, over the key/value
-        cache; without, the whole sequence again (the same tokens)."""
+        cache; without, the whole sequence again (the same tokens). ``static_cache``: preallocated caches
+        (:meth:`decode_step`); ``cuda_graph`` (CUDA, implies ``static_cache``): each one-token step replays a CUDA
+        graph captured once."""
         was_training = self.training
         self.eval()
+        if cuda_graph or static_cache:
+            tokens = self._generate_static(idx, max_new_tokens, cuda_graph, do_sample=do_sample,
+                                           temperature=temperature, top_k=top_k, generator=generator)
+            self.train(was_training)
+            return tokens
         caches = [AttentionCache() for _ in self.blocks] if use_cache else None
         tokens, step_input = idx, idx
         for _ in range(max_new_tokens):
@@ -113,6 +142,27 @@ class GPT(nn.Module):
             step_input = token if use_cache else tokens
         self.train(was_training)
         return tokens
+
+    def _generate_static(self, idx, max_new_tokens, cuda_graph, **sampling):
+        if max_new_tokens <= 0:
+            return idx
+        positions = idx.shape[1] + max_new_tokens - 1  # the last new token is not fed back
+        if positions > self.config.max_seq_len:
+            raise ValueError(f"argument `idx`: {positions} positions exceed max_seq_len {self.config.max_seq_len}")
+        if cuda_graph and idx.device.type != "cuda":
+            raise ValueError(f"argument `cuda_graph` needs a model on a CUDA device; `idx` is on {idx.device}")
+        caches = self.new_static_cache(idx.shape[0], positions)
+        token = next_token(self.decode_step(idx, caches), **sampling)  # the prompt, in one step
+        tokens = [idx, token]
+        step = self.decode_step
+        if cuda_graph and max_new_tokens > 1:
+            step = CUDAGraphStep(lambda t: self.decode_step(t, caches), token,
+                                 state=[cache.length for cache in caches])
+        for _ in range(max_new_tokens - 1):
+            logits = step(token) if cuda_graph else step(token, caches)
+            token = next_token(logits, **sampling)
+            tokens.append(token)
+        return torch.cat(tokens, dim=1)
 
 
 def _init_weights(module):

@@ -15,14 +15,17 @@ from torch import nn
 
 import kernels
 
+from ._scripting import NotScriptable
 
-def _as_input_dtype(parameter: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
+
+def as_input_dtype(parameter: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
+    """``parameter`` in ``x``'s dtype (a differentiable cast, only when they differ); None stays None."""
     if parameter is None or parameter.dtype == x.dtype:
         return parameter
     return parameter.to(x.dtype)
 
 
-class LayerNorm(nn.LayerNorm):
+class LayerNorm(NotScriptable, nn.LayerNorm):
     """``nn.LayerNorm(normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, device=None, dtype=None)`` with
     the fused kernels; ``backend`` picks the kernels (see ``kernels.layer_norm``)."""
 
@@ -31,8 +34,8 @@ class LayerNorm(nn.LayerNorm):
         self.backend = backend
 
     def forward(self, input: torch.Tensor, residual: torch.Tensor | None = None):
-        return kernels.layer_norm(input, self.normalized_shape, _as_input_dtype(self.weight, input),
-                                  _as_input_dtype(self.bias, input), self.eps, residual=residual,
+        return kernels.layer_norm(input, self.normalized_shape, as_input_dtype(self.weight, input),
+                                  as_input_dtype(self.bias, input), self.eps, residual=residual,
                                   backend=self.backend)
 
     @classmethod
@@ -44,7 +47,7 @@ class LayerNorm(nn.LayerNorm):
         return new
 
 
-class RMSNorm(nn.RMSNorm):
+class RMSNorm(NotScriptable, nn.RMSNorm):
     """``nn.RMSNorm(normalized_shape, eps=None, elementwise_affine=True, device=None, dtype=None)`` with the fused
     kernels (``eps=None``: ``torch.finfo(input.dtype).eps``, as torch)."""
 
@@ -53,7 +56,7 @@ class RMSNorm(nn.RMSNorm):
         self.backend = backend
 
     def forward(self, input: torch.Tensor, residual: torch.Tensor | None = None):
-        return kernels.rms_norm(input, self.normalized_shape, _as_input_dtype(self.weight, input), self.eps,
+        return kernels.rms_norm(input, self.normalized_shape, as_input_dtype(self.weight, input), self.eps,
                                 residual=residual, backend=self.backend)
 
     @classmethod

@@ -24,7 +24,8 @@ from torch import nn
 import kernels
 
 from .layer_norm import LayerNorm, RMSNorm
-from .multihead_attention import AttentionCache, MultiheadAttention
+from ._scripting import NotScriptable
+from .multihead_attention import AttentionCache, MultiheadAttention, check_attention_inputs
 
 __all__ = ["Transformer", "TransformerDecoder", "TransformerDecoderLayer", "TransformerEncoder",
            "TransformerEncoderLayer", "DecoderLayerCache"]
@@ -70,19 +71,44 @@ def add_norm(norm, x, residual):
     return norm(h), h
 
 
-class _FeedForwardMixin:
-    """The feed-forward block of the layers, on their ``linear1``/``dropout``/``linear2``/``activation`` children."""
+def apply_dropout(module: nn.Dropout, x):
+    """``module(x)``, skipped where it is the identity (eval mode or p = 0): one call less per use."""
+    return module(x) if module.training and module.p > 0.0 else x
+
+
+class _LayerBase(NotScriptable, nn.Module):
+    """What the encoder and decoder layers share: the feed-forward block on their ``linear1``/``dropout``/
+    ``linear2``/``activation`` children, and the dispatch to torch's composition for subclasses that override
+    torch's block methods (``_sa_block``, ``_mha_block``, ``_ff_block``), as torch's own tests subclass the layers."""
 
     backend = "auto"
+    _BLOCKS: tuple[str, ...] = ()
+    _custom_blocks = False  # a subclass overrides one of _BLOCKS: forward composes them as torch does
 
-    def _ff_block(self, x, residual, last_dropout):
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        base = next((b for b in cls.__mro__[1:] if b.__dict__.get("_BLOCKS")), None)
+        if base is not None:
+            cls._custom_blocks = any(getattr(cls, name) is not getattr(base, name) for name in base._BLOCKS)
+
+    def _activation_name(self):
+        """The kernels' name of ``self.activation`` (None: run it as given), looked up again only when the
+        attribute was replaced."""
+        activation = self.activation
+        cached = self.__dict__.get("_activation_cache")
+        if cached is None or cached[0] is not activation:
+            cached = (activation, activation_name(activation))
+            self.__dict__["_activation_cache"] = cached
+        return cached[1]
+
+    def _ff_fused(self, x, residual, last_dropout):
         """``residual + last_dropout(linear2(dropout(activation(linear1(x)))))`` (``residual`` may be None)."""
-        name = activation_name(self.activation)
+        name = self._activation_name()
         w1, b1, w2, b2 = self.linear1.weight, self.linear1.bias, self.linear2.weight, self.linear2.bias
         late_dropout = self.training and last_dropout.p > 0.0  # acts between linear2 and the residual add
         if name is None:
-            h = self.dropout(self.activation(kernels.linear(x, w1, b1, backend=self.backend)))
-            out = last_dropout(kernels.linear(h, w2, b2, backend=self.backend))
+            h = apply_dropout(self.dropout, self.activation(kernels.linear(x, w1, b1, backend=self.backend)))
+            out = apply_dropout(last_dropout, kernels.linear(h, w2, b2, backend=self.backend))
             return out if residual is None else residual + out
         dropout_p = self.dropout.p if self.training else 0.0
         out = kernels.feed_forward(x, w1, b1, w2, b2, activation=name, dropout_p=dropout_p,
@@ -93,10 +119,11 @@ class _FeedForwardMixin:
         return out if residual is None else residual + out
 
 
-class TransformerEncoderLayer(_FeedForwardMixin, nn.Module):
+class TransformerEncoderLayer(_LayerBase):
     """Drop-in ``nn.TransformerEncoderLayer`` (self-attention and feed-forward, post- or pre-norm)."""
 
     __constants__ = ["norm_first"]
+    _BLOCKS = ("_sa_block", "_ff_block")
 
     def __init__(self, d_model, nhead, dim_feedforward=2048, dropout=0.1, activation=F.relu, layer_norm_eps=1e-5,
                  batch_first=False, norm_first=False, bias=True, device=None, dtype=None):
@@ -123,19 +150,30 @@ class TransformerEncoderLayer(_FeedForwardMixin, nn.Module):
             self.activation = F.relu
 
     def forward(self, src, src_mask=None, src_key_padding_mask=None, is_causal=False):
+        check_attention_inputs(self.self_attn, src, src, src, src_key_padding_mask, src_mask, _ENCODER_NAMES)
         x = src
+        if self._custom_blocks:  # torch's composition of the (overridden) blocks
+            if self.norm_first:
+                x = x + self._sa_block(self.norm1(x), src_mask, src_key_padding_mask, is_causal=is_causal)
+                return x + self._ff_block(self.norm2(x))
+            x = self.norm1(x + self._sa_block(x, src_mask, src_key_padding_mask, is_causal=is_causal))
+            return self.norm2(x + self._ff_block(x))
         if self.norm_first:
             a = self._sa_block(self.norm1(x), src_mask, src_key_padding_mask, is_causal)
             n2, h = add_norm(self.norm2, a, x)
-            return self._ff_block(n2, h, self.dropout2)
+            return self._ff_fused(n2, h, self.dropout2)
         x, _ = add_norm(self.norm1, self._sa_block(x, src_mask, src_key_padding_mask, is_causal), x)
-        x, _ = add_norm(self.norm2, self._ff_block(x, None, self.dropout2), x)
+        x, _ = add_norm(self.norm2, self._ff_fused(x, None, self.dropout2), x)
         return x
 
     def _sa_block(self, x, attn_mask, key_padding_mask, is_causal=False):
         x = self.self_attn(x, x, x, attn_mask=attn_mask, key_padding_mask=key_padding_mask, need_weights=False,
                            is_causal=is_causal)[0]
-        return self.dropout1(x)
+        return apply_dropout(self.dropout1, x)
+
+    def _ff_block(self, x):
+        """torch's block: ``dropout2(linear2(dropout(activation(linear1(x)))))``, fused."""
+        return self._ff_fused(x, None, self.dropout2)
 
 
 @dataclass
@@ -146,10 +184,11 @@ class DecoderLayerCache:
     cross_attn: AttentionCache = field(default_factory=AttentionCache)
 
 
-class TransformerDecoderLayer(_FeedForwardMixin, nn.Module):
+class TransformerDecoderLayer(_LayerBase):
     """Drop-in ``nn.TransformerDecoderLayer`` (self-attention, cross-attention, feed-forward)."""
 
     __constants__ = ["norm_first"]
+    _BLOCKS = ("_sa_block", "_mha_block", "_ff_block")
 
     def __init__(self, d_model, nhead, dim_feedforward=2048, dropout=0.1, activation=F.relu, layer_norm_eps=1e-5,
                  batch_first=False, norm_first=False, bias=True, device=None, dtype=None):
@@ -181,36 +220,68 @@ class TransformerDecoderLayer(_FeedForwardMixin, nn.Module):
 
     def forward(self, tgt, memory, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None,
                 memory_key_padding_mask=None, tgt_is_causal=False, memory_is_causal=False):
+        check_attention_inputs(self.self_attn, tgt, tgt, tgt, tgt_key_padding_mask, tgt_mask, _DECODER_SELF_NAMES)
+        check_attention_inputs(self.multihead_attn, tgt, memory, memory, memory_key_padding_mask, memory_mask,
+                               _DECODER_CROSS_NAMES)
+        x = tgt
+        if self._custom_blocks:  # torch's composition of the (overridden) blocks
+            if self.norm_first:
+                x = x + self._sa_block(self.norm1(x), tgt_mask, tgt_key_padding_mask, tgt_is_causal)
+                x = x + self._mha_block(self.norm2(x), memory, memory_mask, memory_key_padding_mask,
+                                        memory_is_causal)
+                return x + self._ff_block(self.norm3(x))
+            x = self.norm1(x + self._sa_block(x, tgt_mask, tgt_key_padding_mask, tgt_is_causal))
+            x = self.norm2(x + self._mha_block(x, memory, memory_mask, memory_key_padding_mask, memory_is_causal))
+            return self.norm3(x + self._ff_block(x))
+
         def self_attention(x):
-            return self.dropout1(self.self_attn(x, x, x, attn_mask=tgt_mask, key_padding_mask=tgt_key_padding_mask,
-                                                is_causal=tgt_is_causal, need_weights=False)[0])
+            return self._sa_block(x, tgt_mask, tgt_key_padding_mask, tgt_is_causal)
 
         def cross_attention(x):
-            return self.dropout2(self.multihead_attn(x, memory, memory, attn_mask=memory_mask,
-                                                     key_padding_mask=memory_key_padding_mask,
-                                                     is_causal=memory_is_causal, need_weights=False)[0])
+            return self._mha_block(x, memory, memory_mask, memory_key_padding_mask, memory_is_causal)
 
-        return self._layer(tgt, self_attention, cross_attention)
+        return self._layer(x, self_attention, cross_attention)
 
     def forward_cached(self, tgt, memory, cache: DecoderLayerCache, memory_key_padding_mask=None):
         """One generation step: ``tgt`` holds the new positions only; earlier ones come from ``cache``."""
         def self_attention(x):
-            return self.dropout1(self.self_attn.attend(x, cache.self_attn))
+            return apply_dropout(self.dropout1, self.self_attn.attend(x, cache.self_attn))
 
         def cross_attention(x):
-            return self.dropout2(self.multihead_attn.attend(x, cache.cross_attn, memory, memory_key_padding_mask))
+            return apply_dropout(self.dropout2, self.multihead_attn.attend(x, cache.cross_attn, memory,
+                                                                     memory_key_padding_mask))
 
         return self._layer(tgt, self_attention, cross_attention)
+
+    def _sa_block(self, x, attn_mask, key_padding_mask, is_causal=False):
+        x = self.self_attn(x, x, x, attn_mask=attn_mask, key_padding_mask=key_padding_mask, is_causal=is_causal,
+                           need_weights=False)[0]
+        return apply_dropout(self.dropout1, x)
+
+    def _mha_block(self, x, mem, attn_mask, key_padding_mask, is_causal=False):
+        x = self.multihead_attn(x, mem, mem, attn_mask=attn_mask, key_padding_mask=key_padding_mask,
+                                is_causal=is_causal, need_weights=False)[0]
+        return apply_dropout(self.dropout2, x)
+
+    def _ff_block(self, x):
+        """torch's block: ``dropout3(linear2(dropout(activation(linear1(x)))))``, fused."""
+        return self._ff_fused(x, None, self.dropout3)
 
     def _layer(self, x, self_attention, cross_attention):
         if self.norm_first:
             n2, h = add_norm(self.norm2, self_attention(self.norm1(x)), x)
             n3, h = add_norm(self.norm3, cross_attention(n2), h)
-            return self._ff_block(n3, h, self.dropout3)
+            return self._ff_fused(n3, h, self.dropout3)
         x, _ = add_norm(self.norm1, self_attention(x), x)
         x, _ = add_norm(self.norm2, cross_attention(x), x)
-        x, _ = add_norm(self.norm3, self._ff_block(x, None, self.dropout3), x)
+        x, _ = add_norm(self.norm3, self._ff_fused(x, None, self.dropout3), x)
         return x
+
+
+# Argument names of the layers' checks: (query, key, value, key_padding_mask, attn_mask) as the layer calls them.
+_ENCODER_NAMES = ("src", "src", "src", "src_key_padding_mask", "src_mask")
+_DECODER_SELF_NAMES = ("tgt", "tgt", "tgt", "tgt_key_padding_mask", "tgt_mask")
+_DECODER_CROSS_NAMES = ("tgt", "memory", "memory", "memory_key_padding_mask", "memory_mask")
 
 
 def _get_clones(module, n):
@@ -233,7 +304,7 @@ def _detect_is_causal_mask(mask, is_causal=None, size=None) -> bool:
     return mask.size() == causal.size() and bool((mask == causal).all())
 
 
-class TransformerEncoder(nn.Module):
+class TransformerEncoder(NotScriptable, nn.Module):
     """Drop-in ``nn.TransformerEncoder``: ``num_layers`` copies of ``encoder_layer`` and an optional final norm.
     Padding masks are applied by the attention kernels directly (``enable_nested_tensor`` is accepted and unused)."""
 
@@ -259,7 +330,7 @@ class TransformerEncoder(nn.Module):
         return output
 
 
-class TransformerDecoder(nn.Module):
+class TransformerDecoder(NotScriptable, nn.Module):
     """Drop-in ``nn.TransformerDecoder``: ``num_layers`` copies of ``decoder_layer`` and an optional final norm."""
 
     __constants__ = ["norm"]
@@ -296,7 +367,7 @@ class TransformerDecoder(nn.Module):
         return output
 
 
-class Transformer(nn.Module):
+class Transformer(NotScriptable, nn.Module):
     """Drop-in ``nn.Transformer`` (encoder-decoder) built from the fused layers."""
 
     def __init__(self, d_model=512, nhead=8, num_encoder_layers=6, num_decoder_layers=6, dim_feedforward=2048,

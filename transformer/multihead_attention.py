@@ -4,12 +4,19 @@ The module subclasses ``nn.MultiheadAttention``, so the constructor, the paramet
 ``q/k/v_proj_weight``, ``in_proj_bias``, ``out_proj``, ``bias_k``/``bias_v``), their initialisation and the
 ``state_dict`` are torch's own. Only ``forward`` changes:
 
-* projections go through ``kernels.linear`` (one GEMM for the packed q/k/v of self-attention);
+* projections go through ``kernels.linear`` (one GEMM for the packed q/k/v of self-attention); biases in another
+  dtype than the inputs are cast to it (torch's batch-first path accepts e.g. an fp16 ``in_proj_bias`` with fp64
+  inputs);
 * attention goes through ``kernels.scaled_dot_product_attention`` with the masks translated to its convention
   (``attn_mask``: bool True = take part, or additive float; ``key_padding_mask`` kept as a bool ``(B, S)`` mask so
   the fast backends never materialise a ``(B, H, L, S)`` mask);
 * ``need_weights=True`` computes the scores and normalises them with ``kernels.masked_softmax``;
 * ``add_bias_kv`` / ``add_zero_attn`` run torch's own forward (the reference path): no kernel serves them.
+
+Inputs are validated before any kernel runs (:func:`check_attention_inputs`): every shape torch's module rejects is
+rejected, with an error that names the argument and is also of torch's exception type (``InputAssertionError`` is a
+``ValueError`` and an ``AssertionError``, ``InputRuntimeError`` a ``ValueError`` and a ``RuntimeError``), so code that
+catches torch's errors keeps working. The checks compare integers only: no tensor is read.
 
 Fully masked query rows give zeros (the kernels' contract) where torch's MultiheadAttention may give NaN.
 """
@@ -23,6 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import kernels
+
+from ._scripting import NotScriptable
+from .layer_norm import as_input_dtype
 
 
 @dataclass
@@ -39,6 +49,35 @@ class AttentionCache:
         return 0 if self.key is None else self.key.shape[-2]
 
 
+@dataclass
+class StaticAttentionCache:
+    """Keys and values of one self-attention layer in preallocated buffers, for decoding steps of fixed shapes.
+
+    ``key`` / ``value`` ``(B, H, max_len, D)``; ``length`` ``(B,)`` int32 on their device: the valid positions of
+    each row. A step writes its new keys and values at ``length`` and advances ``length`` in place, all on the
+    device: no allocation that depends on the step, no host synchronisation, so a step can be captured in a CUDA
+    graph and replayed (``transformer.generation.CUDAGraphStep``)."""
+
+    key: torch.Tensor
+    value: torch.Tensor
+    length: torch.Tensor
+
+    @classmethod
+    def empty(cls, batch, heads, max_len, head_dim, *, device=None, dtype=None) -> "StaticAttentionCache":
+        key = torch.zeros(batch, heads, max_len, head_dim, device=device, dtype=dtype)
+        return cls(key, torch.zeros_like(key), torch.zeros(batch, dtype=torch.int32, device=key.device))
+
+    def append(self, k, v):
+        """Writes ``k`` / ``v`` ``(B, H, T, D)`` at positions ``length .. length + T - 1`` of each row and advances
+        ``length`` by ``T``. Positions past ``max_len`` are the caller's to prevent (checking would synchronise)."""
+        t = k.shape[-2]
+        positions = self.length[:, None] + torch.arange(t, device=k.device, dtype=self.length.dtype)  # (B, T)
+        index = positions[:, None, :, None].expand(k.shape).long()  # (B, H, T, D)
+        self.key.scatter_(2, index, k)
+        self.value.scatter_(2, index, v)
+        self.length += t
+
+
 def decode_attention(q, k, v, *, causal, key_padding_mask=None, dropout_p=0.0, backend="auto"):
     """Attention of the ``T`` newest positions ``q`` ``(B, H, T, D)`` over ``S >= T`` keys/values (cached ones first).
 
@@ -49,29 +88,136 @@ def decode_attention(q, k, v, *, causal, key_padding_mask=None, dropout_p=0.0, b
     """
     t, s = q.shape[-2], k.shape[-2]
     mask = None
-    if causal and t != s:
+    if causal and t == 1:  # one new position sees every cached one: no mask to build
+        causal = False
+    elif causal and t != s:
         mask = torch.ones(t, s, dtype=torch.bool, device=q.device).tril(diagonal=s - t)  # (T, S), True = keep
     return kernels.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
                                                 is_causal=causal and t == s, key_padding_mask=key_padding_mask,
                                                 backend=backend)
 
 
-class MultiheadAttention(nn.MultiheadAttention):
+class InputAssertionError(ValueError, AssertionError):
+    """A bad input of a transformer module: a ``ValueError`` naming the argument, and an ``AssertionError`` where
+    torch.nn raises that type for the same input (``F.multi_head_attention_forward``'s shape assertions)."""
+
+
+class InputRuntimeError(ValueError, RuntimeError):
+    """A bad input of a transformer module: a ``ValueError`` naming the argument, and a ``RuntimeError`` where torch
+    raises that type (a wrong ``attn_mask`` shape, or inputs that fail inside torch's projections and reshapes)."""
+
+
+# The names check_attention_inputs uses in its messages: MultiheadAttention's own; the layers pass theirs.
+ATTENTION_NAMES = ("query", "key", "value", "key_padding_mask", "attn_mask")
+
+
+def _mask_dtype(mask, name):
+    if mask.dtype != torch.bool and not mask.is_floating_point():
+        raise InputAssertionError(f"argument `{name}` must be a bool or floating tensor; got dtype {mask.dtype} "
+                                  f"(only bool and floating types of {name} are supported)")
+
+
+def check_attention_inputs(mha, query, key, value, key_padding_mask=None, attn_mask=None, names=ATTENTION_NAMES):
+    """Validates ``nn.MultiheadAttention.forward``'s inputs for ``mha`` as torch does, before any kernel runs; returns
+    whether the inputs are batched. Shapes (batch first or not, as ``mha.batch_first``): ``query`` ``(N, L, E)`` or
+    unbatched ``(L, E)``; ``key`` / ``value`` ``(N, S, kdim / vdim)``; ``key_padding_mask`` ``(N, S)`` / ``(S,)``;
+    ``attn_mask`` ``(L, S)`` or ``(N * num_heads, L, S)`` / ``(num_heads, L, S)``. Only sizes and dtypes are read.
+    The error types follow torch's for the same input (see InputAssertionError / InputRuntimeError)."""
+    q_name, k_name, v_name, kpm_name, mask_name = names
+    # self-attention (the layers' first block): one tensor to check
+    self_attention = query is key and key is value and mha._qkv_same_embed_dim
+    for name, tensor in ((q_name, query),) if self_attention else ((q_name, query), (k_name, key), (v_name, value)):
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"argument `{name}` must be a tensor, got {type(tensor).__name__}")
+        if tensor.is_nested:
+            raise InputRuntimeError(f"argument `{name}` is a nested tensor; transformer's attention takes dense "
+                                    "tensors and a key_padding_mask (nested.to_padded_tensor(0.0) and the lengths)")
+    q_shape = query.shape
+    dim = len(q_shape)
+    if dim == 3:
+        batch_axis = 0 if mha.batch_first else 1
+        n, length = q_shape[batch_axis], q_shape[1 - batch_axis]
+    elif dim == 2:
+        batch_axis, n, length = None, 1, q_shape[0]
+    else:
+        raise InputAssertionError(f"argument `{q_name}` has shape {tuple(q_shape)}: {q_name} should be unbatched "
+                                  f"2D or batched 3D tensor but received {dim}-D {q_name} tensor")
+    kind = "batched (3-D)" if dim == 3 else "unbatched (2-D)"
+    if q_shape[-1] != mha.embed_dim:
+        raise InputAssertionError(f"argument `{q_name}` has shape {tuple(q_shape)}: was expecting embedding dimension "
+                                  f"of {mha.embed_dim} (embed_dim), but got {q_shape[-1]}")
+    if not query.is_floating_point():
+        raise InputRuntimeError(f"argument `{q_name}` has dtype {query.dtype}; expected a floating dtype")
+    k_shape = q_shape if self_attention else _check_key_value(mha, query, key, value, names, kind, n)
+    src_len = k_shape[0] if batch_axis is None else k_shape[1 - batch_axis]
+    if key_padding_mask is not None:
+        _mask_dtype(key_padding_mask, kpm_name)
+        expected = (n, src_len) if batch_axis is not None else (src_len,)
+        if key_padding_mask.shape != expected:
+            raise InputAssertionError(f"argument `{kpm_name}` has shape {tuple(key_padding_mask.shape)}; expected "
+                                      f"{expected} for {kind} `{q_name}`")
+    if attn_mask is not None:
+        _mask_dtype(attn_mask, mask_name)
+        if attn_mask.dim() == 2:
+            expected = (length, src_len)
+        elif attn_mask.dim() == 3:
+            expected = (n * mha.num_heads if batch_axis is not None else mha.num_heads, length, src_len)
+        else:
+            raise InputAssertionError(f"For {kind} `{q_name}`, expected `{mask_name}` to be `None`, 2-D or 3-D but "
+                                      f"found {attn_mask.dim()}-D tensor instead")
+        if attn_mask.shape != expected:
+            raise InputRuntimeError(f"argument `{mask_name}` has shape {tuple(attn_mask.shape)}: the shape of the "
+                                    f"{attn_mask.dim()}D attn_mask should be {expected}")
+    return batch_axis is not None
+
+
+def _check_key_value(mha, query, key, value, names, kind, n):
+    """``check_attention_inputs`` for a ``key`` / ``value`` that are not ``query``; returns ``key.shape``."""
+    q_name, k_name, v_name = names[:3]
+    k_shape, v_shape, dim = key.shape, value.shape, query.dim()
+    if len(k_shape) != dim or len(v_shape) != dim:
+        raise InputAssertionError(f"For {kind} `{q_name}`, expected `{k_name}` and `{v_name}` to be {dim}-D but found "
+                                  f"{len(k_shape)}-D and {len(v_shape)}-D tensors respectively")
+    for name, shape, features, what in ((k_name, k_shape, mha.kdim, "kdim"), (v_name, v_shape, mha.vdim, "vdim")):
+        if shape[-1] != features:  # torch fails in the projection
+            raise InputRuntimeError(f"argument `{name}` has shape {tuple(shape)}: was expecting embedding dimension "
+                                    f"of {features} ({what}), but got {shape[-1]}")
+    for name, tensor in ((k_name, key), (v_name, value)):
+        if tensor.dtype != query.dtype:
+            raise InputRuntimeError(f"argument `{name}` has dtype {tensor.dtype}; expected {query.dtype} (the dtype "
+                                    f"of `{q_name}`)")
+    kn = 1 if dim == 2 else k_shape[0 if mha.batch_first else 1]
+    if kn != n:
+        raise InputRuntimeError(f"argument `{k_name}` has shape {tuple(k_shape)}: batch size {kn}, expected {n} "
+                                f"(the batch size of `{q_name}`)")
+    if v_shape[:-1] != k_shape[:-1]:
+        raise InputAssertionError(f"argument `{v_name}` has shape {tuple(v_shape)}: key's sequence and batch dims "
+                                  f"{tuple(k_shape[:-1])} do not match value's {tuple(v_shape[:-1])}")
+    return k_shape
+
+
+class MultiheadAttention(NotScriptable, nn.MultiheadAttention):
     """Drop-in ``nn.MultiheadAttention`` on the fused kernels (same arguments, parameters and outputs)."""
 
     backend = "auto"  # passed to every kernel call; set by transformer.swap / the models' `backend=`
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
                 average_attn_weights=True, is_causal=False):
+        batched = check_attention_inputs(self, query, key, value, key_padding_mask, attn_mask)
         if self.bias_k is not None or self.add_zero_attn:
             # No kernel serves the extra key/value positions: torch's own forward is the reference path.
             return super().forward(query, key, value, key_padding_mask=key_padding_mask, need_weights=need_weights,
                                    attn_mask=attn_mask, average_attn_weights=average_attn_weights,
                                    is_causal=is_causal)
+        return self._attention(query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights,
+                               is_causal, batched)
+
+    def _attention(self, query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights,
+                   is_causal, batched):
+        """``forward`` on validated inputs (the layers validate theirs under their own argument names)."""
         if is_causal and attn_mask is None:
             raise RuntimeError("Need attn_mask if specifying the is_causal hint. You may use the Transformer module "
                                "method `generate_square_subsequent_mask` to create this mask.")
-        batched = query.dim() == 3
         if not batched:  # unbatched (L, E): add the batch dimension, drop it at the end
             batch_dim = 0 if self.batch_first else 1
             query, key, value = query.unsqueeze(batch_dim), key.unsqueeze(batch_dim), value.unsqueeze(batch_dim)
@@ -80,7 +226,8 @@ class MultiheadAttention(nn.MultiheadAttention):
         q, k, v = self._project(query, key, value)  # (N, H, L, D), (N, H, S, D), (N, H, S, D)
         if is_causal:
             attn_mask = None  # the hint says attn_mask is the causal mask: the kernels apply it without reading it
-        attn_mask, key_padding_mask = self._masks(attn_mask, key_padding_mask, q)
+        if attn_mask is not None or key_padding_mask is not None:
+            attn_mask, key_padding_mask = self._masks(attn_mask, key_padding_mask, q)
         dropout_p = self.dropout if self.training else 0.0
         weights = None
         if need_weights:
@@ -100,45 +247,50 @@ class MultiheadAttention(nn.MultiheadAttention):
 
     # -- pieces ---------------------------------------------------------------------------------------------------
 
-    def _split_heads(self, x):
-        """``(N, L, E)`` (batch first) or ``(L, N, E)`` -> ``(N, H, L, D)`` (a view)."""
-        x = x.unflatten(-1, (self.num_heads, self.head_dim))
-        return x.transpose(1, 2) if self.batch_first else x.permute(1, 2, 0, 3)
+    def _split_heads(self, x, parts=1):
+        """``(N, L, parts * E)`` (batch first) or ``(L, N, parts * E)`` -> ``(N, H, L, D)`` views, ``parts`` of them
+        (q, k, v of a packed projection) or one. Plain view ops (no ``unflatten``, whose Python wrapper cost more
+        than the rest of the split)."""
+        a, b = x.shape[0], x.shape[1]
+        if parts == 1:
+            x = x.reshape(a, b, self.num_heads, self.head_dim)
+            return x.transpose(1, 2) if self.batch_first else x.permute(1, 2, 0, 3)
+        x = x.reshape(a, b, parts, self.num_heads, self.head_dim)
+        return (x.permute(2, 0, 3, 1, 4) if self.batch_first else x.permute(2, 1, 3, 0, 4)).unbind(0)
 
     def _out(self, out):
         """``(N, H, L, D)`` -> output projection, in the module's layout ``(N, L, E)`` or ``(L, N, E)``."""
         out = out.transpose(1, 2) if self.batch_first else out.permute(2, 0, 1, 3)
         out = out.flatten(-2)
-        return kernels.linear(out, self.out_proj.weight, self.out_proj.bias, backend=self.backend)
-
-    def _weights(self):
-        """The (weight, bias) of the q, k and v projections (views of the packed parameters when packed)."""
-        if self._qkv_same_embed_dim:
-            weights = self.in_proj_weight.chunk(3)
-        else:
-            weights = (self.q_proj_weight, self.k_proj_weight, self.v_proj_weight)
-        biases = (None,) * 3 if self.in_proj_bias is None else self.in_proj_bias.chunk(3)
-        return weights, biases
+        return kernels.linear(out, self.out_proj.weight, as_input_dtype(self.out_proj.bias, out),
+                              backend=self.backend)
 
     def _project(self, query, key, value):
         if self._qkv_same_embed_dim and query is key and key is value:
-            # Self-attention: one GEMM for the packed projection, (.., 3E) viewed as three (.., E) slices.
-            qkv = kernels.linear(query, self.in_proj_weight, self.in_proj_bias, backend=self.backend)
-            return tuple(self._split_heads(t) for t in qkv.chunk(3, dim=-1))
+            # Self-attention: one GEMM for the packed projection, (.., 3E) viewed as q, k and v.
+            qkv = kernels.linear(query, self.in_proj_weight, as_input_dtype(self.in_proj_bias, query),
+                                 backend=self.backend)
+            return self._split_heads(qkv, 3)
         return self._project_q(query), *self._project_kv(key, value)
 
     def _project_q(self, query):
-        (w_q, _, _), (b_q, _, _) = self._weights()
-        return self._split_heads(kernels.linear(query, w_q, b_q, backend=self.backend))
+        e, bias = self.embed_dim, as_input_dtype(self.in_proj_bias, query)
+        weight = self.in_proj_weight[:e] if self._qkv_same_embed_dim else self.q_proj_weight
+        return self._split_heads(kernels.linear(query, weight, None if bias is None else bias[:e],
+                                                backend=self.backend))
 
     def _project_kv(self, key, value):
-        (_, w_k, w_v), (_, b_k, b_v) = self._weights()
         if self._qkv_same_embed_dim and key is value:
             # Cross-attention: one GEMM for the packed k/v projection.
-            e = self.embed_dim
-            bias = None if self.in_proj_bias is None else self.in_proj_bias[e:]
-            kv = kernels.linear(key, self.in_proj_weight[e:], bias, backend=self.backend)
-            return tuple(self._split_heads(t) for t in kv.chunk(2, dim=-1))
+            e, bias = self.embed_dim, as_input_dtype(self.in_proj_bias, key)
+            kv = kernels.linear(key, self.in_proj_weight[e:], None if bias is None else bias[e:], backend=self.backend)
+            return self._split_heads(kv, 2)
+        e, bias = self.embed_dim, as_input_dtype(self.in_proj_bias, key)
+        if self._qkv_same_embed_dim:
+            w_k, w_v = self.in_proj_weight[e:2 * e], self.in_proj_weight[2 * e:]
+        else:
+            w_k, w_v = self.k_proj_weight, self.v_proj_weight
+        b_k, b_v = (None, None) if bias is None else (bias[e:2 * e], bias[2 * e:])
         return (self._split_heads(kernels.linear(key, w_k, b_k, backend=self.backend)),
                 self._split_heads(kernels.linear(value, w_v, b_v, backend=self.backend)))
 
@@ -146,9 +298,6 @@ class MultiheadAttention(nn.MultiheadAttention):
         """nn's masks (True = ignore, or additive) -> the kernels' (``attn_mask`` True = keep or additive,
         broadcastable to ``(N, H, L, S)``; ``key_padding_mask`` bool ``(N, S)`` True = padding, or folded into an
         additive ``attn_mask`` when either mask is floating, as torch does)."""
-        for name, mask in (("attn_mask", attn_mask), ("key_padding_mask", key_padding_mask)):
-            if mask is not None and mask.dtype != torch.bool and not mask.is_floating_point():
-                raise ValueError(f"argument `{name}` must be a bool or floating tensor; got dtype {mask.dtype}")
         if attn_mask is not None:
             if attn_mask.dim() == 3:  # (N * H, L, S) -> (N, H, L, S)
                 attn_mask = attn_mask.view(-1, self.num_heads, *attn_mask.shape[-2:])
@@ -183,11 +332,13 @@ class MultiheadAttention(nn.MultiheadAttention):
 
     # -- generation -----------------------------------------------------------------------------------------------
 
-    def attend(self, query, cache: AttentionCache | None = None, memory=None, memory_key_padding_mask=None):
+    def attend(self, query, cache: AttentionCache | StaticAttentionCache | None = None, memory=None,
+               memory_key_padding_mask=None):
         """Attention for the model family and generation (batched inputs in the module's layout; bool masks).
 
         Without ``memory``: causal self-attention of ``query``; with a ``cache``, ``query`` holds the new positions
-        only, attends to the cached ones too, and its keys and values are appended. With ``memory``: cross-attention
+        only, attends to the cached ones too, and its keys and values are appended (a ``StaticAttentionCache``:
+        written in place, on the device, no dropout: decoding only). With ``memory``: cross-attention
         to ``memory`` (``memory_key_padding_mask``: True = padding), projected into ``cache`` on the first call
         when a cache is given. Returns the attention output, like ``forward(...)[0]``.
         """
@@ -197,6 +348,10 @@ class MultiheadAttention(nn.MultiheadAttention):
         dropout_p = self.dropout if self.training else 0.0
         if memory is None:
             q, k, v = self._project(query, query, query)
+            if isinstance(cache, StaticAttentionCache):
+                cache.append(k, v)  # the keys and values, new ones included, attended bottom-right causally
+                return self._out(kernels.attention_with_kv_cache(q, cache.key, cache.value, cache_seqlens=cache.length,
+                                                                 is_causal=True, backend=self.backend))
             if cache is not None:
                 if cache.key is not None:
                     k, v = torch.cat([cache.key, k], dim=-2), torch.cat([cache.value, v], dim=-2)

@@ -5,7 +5,11 @@ then adopts the original's ``Parameter`` objects, buffers, children, hooks and t
 the parameters an optimizer holds stay the model's parameters, so its state stays valid, and the ``state_dict``
 keys are unchanged. The same rule runs backwards in ``unswap``.
 
-Which modules: exactly ``nn.LayerNorm``, ``nn.RMSNorm``, ``nn.MultiheadAttention``, ``nn.TransformerEncoderLayer``,
+Hugging Face ``transformers`` models (a ``PreTrainedModel`` anywhere in the tree) go to :mod:`transformer.hf`: the
+blocks of known families take fused classes (by instance; same module objects) and the model's attention
+implementation becomes ``"fused_kernels"``; a model of another family is left as it is, and the report says why.
+
+Which torch.nn modules: exactly ``nn.LayerNorm``, ``nn.RMSNorm``, ``nn.MultiheadAttention``, ``nn.TransformerEncoderLayer``,
 ``nn.TransformerDecoderLayer`` and the stacks ``nn.TransformerEncoder`` / ``nn.TransformerDecoder`` (so an
 ``nn.Transformer`` runs fused throughout; its own forward only calls the two stacks). Subclasses of those are left
 alone (their own ``forward`` may differ), but their children are visited. The root module is swapped in place too
@@ -15,6 +19,7 @@ alone (their own ``forward`` may differ), but their children are visited. The ro
 from __future__ import annotations
 
 import fnmatch
+import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -97,7 +102,8 @@ class SwapReport:
 
 
 def swap(model: nn.Module, backend: str = "auto", include=None, exclude=None) -> SwapReport:
-    """Replaces, in place, the torch.nn transformer modules of ``model`` with the fused ones; returns a report.
+    """Replaces, in place, the torch.nn transformer modules of ``model`` with the fused ones, and puts the blocks and
+    attention of any Hugging Face model in it on the fused kernels; returns a report.
 
     ``backend``: what the swapped modules pass to the kernels (``"auto"``, ``"torch"``, ``"triton"``, ``"native"``).
     ``include`` / ``exclude``: iterables of classes (``nn.LayerNorm``, ...) or strings matched (``fnmatch``) against a
@@ -108,9 +114,17 @@ def swap(model: nn.Module, backend: str = "auto", include=None, exclude=None) ->
     if backend not in _BACKENDS:
         raise ValueError(f"argument `backend` must be one of {', '.join(map(repr, _BACKENDS))}; got {backend!r}")
     report = SwapReport(backend=backend)
+    hf_done = set()  # ids of the transformers models already swapped (an outer model swaps its inner ones)
 
     def visit(module, name):
         cls = type(module)
+        if _is_hf_model(module) and id(module) not in hf_done:
+            from . import hf
+
+            known = hf.swap_model(module, name, backend, lambda m, n: _filtered(m, n, include, exclude), report)
+            hf_done.update(id(m) for m in module.modules() if _is_hf_model(m))
+            if not known:
+                return module
         if cls in _TABLE:
             reason = _filtered(module, name, include, exclude)
             if reason is None:
@@ -138,6 +152,10 @@ def unswap(model: nn.Module) -> SwapReport:
 
     def visit(module, name):
         cls = type(module)
+        if _is_hf_model(module):
+            from . import hf
+
+            hf.unswap_model(module, name, report)
         if cls in _REVERSE:
             original_cls, args = _REVERSE[cls]
             new = _rebuild(module, original_cls, args, lambda child, n: visit(child, _join(name, n)))
@@ -151,6 +169,12 @@ def unswap(model: nn.Module) -> SwapReport:
 
 
 # -- machinery ---------------------------------------------------------------------------------------------------------
+
+def _is_hf_model(module) -> bool:
+    """A transformers ``PreTrainedModel`` (transformers cannot have made one unless it is imported)."""
+    transformers = sys.modules.get("transformers")
+    return transformers is not None and isinstance(module, transformers.PreTrainedModel)
+
 
 def _replace_root(model, new):
     """The root in place: ``model`` becomes the rebuilt module (its class and state), so references stay valid."""

@@ -5,7 +5,10 @@ Cases (each provider builds its own copy of the model from the same seed):
   embeddings): a whole training step (forward, loss, backward, AdamW step), mode ``fwd+bwd``;
 * the same decoder's inference forward, mode ``fwd``;
 * an ``nn.TransformerEncoder`` (post-norm, BERT-base-like) inference forward with padding masks of mixed lengths,
-  where eager torch takes its nested-tensor fast path.
+  where eager torch takes its nested-tensor fast path;
+* cached generation of 64 tokens (greedy, batch 1) by the package's small ``transformer.GPT``: ``eager`` runs the
+  same weights through plain torch ops (:class:`EagerGPT`: ``F.layer_norm``, ``F.linear``, SDPA, a growing key/value
+  cache), ``swapped`` is ``GPT.generate`` on the fused kernels (``native`` / ``triton``: that backend forced).
 
 ``flops`` is the model FLOPs per call (6 * parameters * tokens for training, 2 * parameters * tokens for inference,
 attention not counted), so the TFLOP/s column is the usual model-FLOPs rate; ``shape["tokens"]`` is the tokens per
@@ -41,6 +44,57 @@ class NNDecoder(nn.Module):
         x = self.embed(idx) + self.positions(torch.arange(s, device=idx.device))
         x = self.blocks(x, mask=self.causal[:s, :s].to(x.dtype), is_causal=True)
         return self.head(x)
+
+
+class EagerGPT:
+    """A ``transformer.GPT``'s weights computed with plain torch ops and a growing key/value cache: what the model
+    costs in eager PyTorch (pre-norm blocks, GELU MLP, tied head), the baseline of its cached generation."""
+
+    def __init__(self, gpt: transformer.GPT):
+        self.gpt = gpt
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens):
+        gpt = self.gpt
+        caches = [None] * len(gpt.blocks)
+        tokens, step, offset = idx, idx, 0
+        for _ in range(max_new_tokens):
+            t = step.shape[1]
+            x = gpt.wte(step) + gpt.wpe(torch.arange(offset, offset + t, device=step.device))
+            for i, block in enumerate(gpt.blocks):
+                x = self._block(block, x, caches, i)
+            token = gpt.lm_head(_norm(gpt.ln_f, x))[:, -1].argmax(-1, keepdim=True)
+            tokens, step, offset = torch.cat([tokens, token], dim=1), token, offset + t
+        return tokens
+
+    @staticmethod
+    def _block(block, x, caches, i):
+        attn, mlp = block.attn, block.mlp
+        b, t, e = x.shape
+        qkv = F.linear(_norm(block.ln_1, x), attn.in_proj_weight, attn.in_proj_bias)
+        q, k, v = qkv.view(b, t, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, T, D)
+        if caches[i] is not None:
+            k, v = torch.cat([caches[i][0], k], dim=2), torch.cat([caches[i][1], v], dim=2)
+        caches[i] = (k, v)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1)  # t > 1: the prompt, with no cache yet
+        x = x + F.linear(out.transpose(1, 2).reshape(b, t, e), attn.out_proj.weight, attn.out_proj.bias)
+        h = F.gelu(F.linear(_norm(block.ln_2, x), mlp.linear1.weight, mlp.linear1.bias))
+        return x + F.linear(h, mlp.linear2.weight, mlp.linear2.bias)
+
+
+def _norm(norm, x):
+    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+
+
+def _generation(prompt, new_tokens, provider, device, dtype):
+    def setup():
+        torch.manual_seed(0)
+        config = transformer.GPTConfig(vocab_size=256, max_seq_len=256, d_model=128, n_heads=4, n_layers=4)
+        backend = "auto" if provider in ("eager", "swapped") else provider
+        model = transformer.GPT(config, backend=backend).to(device=device, dtype=dtype).eval()
+        generate = EagerGPT(model).generate if provider == "eager" else model.generate
+        return _probe(lambda: generate(prompt, new_tokens))
+    return setup
 
 
 def _variant(build, provider, device, dtype):
@@ -142,3 +196,11 @@ def cases(config: SuiteConfig):
     yield Case(op="model", mode="fwd", shape=enc_shape, dtype=dtype, device=device,
                flops=2 * enc_parameters * real_tokens, label="nn.TransformerEncoder inference, padding mask",
                providers={p: _inference(encoder, (x, None, padding), p, device, dtype) for p in PROVIDERS})
+
+    prompt = torch.randint(0, 256, (1, 16), device=device)
+    new_tokens = 16 if config.quick else 64
+    yield Case(op="model", mode="fwd", shape={"layers": 4, "d_model": 128, "heads": 4, "prompt": 16,
+                                               "new": new_tokens, "batch": 1, "tokens": new_tokens},
+               dtype=dtype, device=device, label="GPT cached generation",
+               providers={p: _generation(prompt, new_tokens, p, device, dtype)
+                          for p in ("eager", "swapped", "triton", "native")})

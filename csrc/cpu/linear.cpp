@@ -238,6 +238,22 @@ std::tuple<at::Tensor, at::Tensor> linear_forward_cpu(const at::Tensor& x, const
   return {out, save_pre ? pre : empty_pre};
 }
 
+// residual + dropout(act(pre)) (gated: act(gate) * up) for a pre-activation computed elsewhere: the gated block with
+// separate gate and up weights (kernels/_ops/feed_forward_native.py writes both GEMMs into the halves of `pre`).
+at::Tensor linear_epilogue_cpu(const at::Tensor& pre, std::optional<c10::string_view> activation, double dropout_p,
+                               const at::Tensor& seed, const std::optional<at::Tensor>& residual) {
+  const ActivationSpec spec = parse_activation(activation);
+  const at::Tensor res = check_linear_epilogue(pre, residual, spec, {at::kFloat, at::kDouble, at::kBFloat16});
+  const int64_t M = pre.size(0), N = spec.gated ? pre.size(1) / 2 : pre.size(1);
+  const Dropout dropout = make_dropout(dropout_p, seed);
+  const at::Tensor pre_c = pre.contiguous();
+  at::Tensor out = empty_output({M, N}, pre.options().memory_format(at::MemoryFormat::Contiguous));
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, pre.scalar_type(), "linear_epilogue_cpu", [&] {
+    forward_epilogue<scalar_t>(pre_c, out, res.defined() ? &res : nullptr, spec, dropout);
+  });
+  return out;
+}
+
 // grad_pre (M, width) = act'(pre) * dropout(dh), with the gated split, and bias_grad (width) = its column sums.
 template <typename scalar_t>
 void backward_epilogue(const at::Tensor& dh, const at::Tensor& pre, at::Tensor& grad_pre, at::Tensor& bias_grad,
@@ -325,6 +341,7 @@ std::tuple<at::Tensor, at::Tensor> linear_act_backward_cpu(const at::Tensor& gra
 TORCH_LIBRARY_IMPL(kernels, CPU, m) {
   m.impl("linear_forward", &linear_forward_cpu);
   m.impl("linear_act_backward", &linear_act_backward_cpu);
+  m.impl("linear_epilogue", &linear_epilogue_cpu);
   m.impl("linear_weight_grad", &linear_weight_grad_mm);
 }
 

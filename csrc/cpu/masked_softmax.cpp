@@ -91,7 +91,10 @@ void forward_row(const scalar_t* __restrict__ x, const void* mask, int64_t strid
     buf[j] = e;
     sum += e;
   }
-  const acc_t inv = sum > 0 ? acc_t(1) / sum : acc_t(0);  // zeros, not NaN, for a fully masked row
+  // Zeros, not NaN, for a fully masked row (sum = 0). A NaN or +inf kept score makes the sum NaN (the max above may
+  // have dropped it, but exp(nan - max) and exp(inf - inf) are NaN), and `sum != 0` keeps it: an all-NaN row, as
+  // torch.softmax (`sum > 0` is false for NaN and gave [0, nan, 0, 0]).
+  const acc_t inv = sum != 0 ? acc_t(1) / sum : acc_t(0);
 #pragma omp simd
   for (int64_t j = 0; j < n; ++j) y[j] = static_cast<scalar_t>(buf[j] * inv);
   for (int64_t j = n; j < sk; ++j) y[j] = scalar_t(0);  // beyond the causal limit

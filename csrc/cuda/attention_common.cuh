@@ -1,7 +1,10 @@
-// Shared by the CUDA attention kernels (csrc/cuda/attention_forward.cu, csrc/cuda/attention_backward.cu) and the
-// packed-sequence ops (csrc/cuda/varlen_attention.cu): launch parameters, the per-head-dim tile sizes, PTX wrappers
-// (cp.async, ldmatrix, mma.sync m16n8k16), the swizzled shared-memory tile layout, the mask logic and the host-side
-// argument checks. Layouts and semantics: csrc/cpu/attention.cpp and the schema comments in csrc/ops.cpp.
+// Shared by the CUDA attention kernels (attention_forward_kernel.cuh, attention_backward_kernels.cuh, instantiated
+// per head dim in attention_forward_d*.cu and attention_backward_d*_*.cu) and their launchers (attention_forward.cu,
+// attention_backward.cu, varlen_attention.cu): launch parameters, the per-head-dim tile sizes, PTX wrappers (cp.async,
+// ldmatrix, mma.sync m16n8k16), the swizzled shared-memory tile layout, the mask logic and the kernel launch. Device
+// code and c10 only (no ATen, which would cost each of the many instantiation files seconds of host compile time);
+// the host-side argument checks are in attention_arguments.cuh. Layouts and semantics: csrc/cpu/attention.cpp and the
+// schema comments in csrc/ops.cpp.
 //
 // Head dims 32, 64, 96, 128 and 256. Every kernel runs 4 warps; a warp owns 16 query rows (or 16 keys in the dK/dV
 // kernel), so what varies with the head dim D is the other side of each tile, chosen in AttentionTiles<D> so that the
@@ -14,23 +17,20 @@
 // entry starting at row 0.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <c10/core/ScalarType.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/util/Exception.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include <kernels/checks.h>
 #include <kernels/philox.h>
 
 #include <cstdint>
 #include <mutex>
-#include <optional>
 #include <set>
 #include <tuple>
 #include <type_traits>
-#include <utility>
-#include <vector>
 
 namespace kernels {
 
@@ -100,7 +100,7 @@ struct Params {
   int max_sq, max_sk;          // the longest sequences (grid extents): dense Sq and Sk; varlen max_seqlen_q / _k
   float scale_log2;            // softmax scale * log2(e)
   float dropout_p, keep_scale;
-  uint64_t seed;
+  const int64_t* seed;         // the Philox seed, one int64 in device memory (read only when dropout_p > 0)
   bool causal;
 };
 
@@ -110,6 +110,13 @@ void launch_attention_forward(const Params& p, MaskKind mask, at::ScalarType dty
                               cudaStream_t stream);
 void launch_attention_backward(const Params& p, MaskKind mask, at::ScalarType dtype, int64_t head_dim,
                                cudaStream_t stream);
+// The same for one dtype (__half, __nv_bfloat16) and head dim: defined in attention_forward_kernel.cuh and
+// attention_backward_kernels.cuh, instantiated in attention_forward_d<D>.cu and attention_backward_d<D>_<dtype>.cu
+// (one file per head dim, or per dtype and head dim for the heavier backward, so that a parallel build spreads them).
+template <typename scalar_t, int D>
+void launch_attention_forward_for(const Params& p, MaskKind mask, cudaStream_t stream);
+template <typename scalar_t, int D>
+void launch_attention_backward_for(const Params& p, MaskKind mask, cudaStream_t stream);
 
 namespace {
 
@@ -121,6 +128,9 @@ constexpr float kLn2 = 0.6931471805599453f;
 __device__ __forceinline__ uint32_t smem_address(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
+
+// The Philox seed of a problem with dropout, read from device memory (a cached load: every thread reads the same word).
+__device__ __forceinline__ uint64_t dropout_seed(const Params& p) { return static_cast<uint64_t>(__ldg(p.seed)); }
 
 // 16 bytes global -> shared, zero-filled when !valid.
 __device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool valid) {
@@ -154,6 +164,14 @@ __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint3
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
   }
+}
+
+// max(a, b), NaN when either is NaN (PTX max.NaN, sm_80+; fmaxf returns the other operand): the forward's running max
+// carries a NaN score to the row's shift, and through it to every P, the output and the lse of the row.
+__device__ __forceinline__ float max_nan(float a, float b) {
+  float r;
+  asm("max.NaN.f32 %0, %1, %2;\n" : "=f"(r) : "f"(a), "f"(b));
+  return r;
 }
 
 template <typename scalar_t>
@@ -259,8 +277,10 @@ __device__ __forceinline__ int64_t lse_index(const Params& p, const Sequence<kVa
 }
 
 // The score of (row, col) in base 2: x = q.k * scale * log2(e) plus the additive mask * log2(e), or -inf when the
-// key is past the sequence's keys, hidden by causality, padding or the bool mask. (Varlen problems have no mask and
-// no padding.)
+// key is past the sequence's keys, hidden by causality, padding, the bool mask or a -inf in the additive mask. A
+// hidden key's score is -inf whatever q.k is, so a NaN or Inf in q / k at a hidden position (or a NaN in the additive
+// mask there) reaches nothing; a visible NaN score is kept and propagates (max_nan). (Varlen problems have no mask
+// and no padding.)
 template <typename scalar_t, MaskKind kMask, bool kVarlen>
 __device__ __forceinline__ float masked_score(const Params& p, const Sequence<kVarlen>& s, int h, int row, int col,
                                               float qk) {
@@ -275,7 +295,9 @@ __device__ __forceinline__ float masked_score(const Params& p, const Sequence<kV
       if constexpr (kMask == MaskKind::kBool) {
         hidden = !static_cast<const bool*>(p.mask)[at];
       } else {
-        x += to_float(static_cast<const scalar_t*>(p.mask)[at]) * kLog2e;
+        const float bias = to_float(static_cast<const scalar_t*>(p.mask)[at]);
+        hidden = bias == -INFINITY;
+        x += bias * kLog2e;
       }
     }
   }
@@ -290,26 +312,26 @@ __device__ __forceinline__ uint64_t dropout_offset(const Params& p, const Sequen
   return (bh * p.sq + static_cast<uint64_t>(s.q0 + row)) * p.sk + static_cast<uint64_t>(s.k0 + col);
 }
 
-// --- host side, shared by the forward, backward and varlen launchers --------------------------------------------------
-
-// The tensor itself when its head dim (the last) is contiguous and its rows are 16-byte aligned (cp.async), else a
-// contiguous copy.
-inline at::Tensor loadable(const at::Tensor& x) {
-  bool ok = x.stride(-1) == 1 && reinterpret_cast<uintptr_t>(x.const_data_ptr()) % 16 == 0;
-  for (int64_t i = 0; i + 1 < x.dim(); ++i) ok = ok && x.stride(i) % 8 == 0;
-  return ok ? x : x.clone(at::MemoryFormat::Contiguous);  // a fresh allocation: contiguous() keeps a misaligned view
+// Dropout keep bits of this thread's elements of the dK/dV kernel's S^T tile, 16 keys x (8 * kTiles) query rows in
+// the mma accumulator layout, element e of 8-row tile nt at bit 4 * nt + e: keys key_a (e < 2) and key_b (e >= 2),
+// query rows row0 + 8 * nt + e % 2 (row0 includes the thread's 2t). A rolled loop with the seed read once: Philox
+// unrolled over every element spilled there.
+template <int kTiles, bool kVarlen>
+__device__ __forceinline__ uint32_t dropout_keep_bits_transposed(const Params& p, const Sequence<kVarlen>& s, int h,
+                                                                 int key_a, int key_b, int row0) {
+  static_assert(4 * kTiles <= 32, "a thread's keep bits fit one uint32");
+  const uint64_t seed = dropout_seed(p);
+  uint32_t bits = 0;
+#pragma unroll 1
+  for (int i = 0; i < 4 * kTiles; ++i) {
+    const int key = i % 4 < 2 ? key_a : key_b, row = row0 + (i / 4) * 8 + i % 2;
+    const bool keep = row < s.sq && key < s.sk && dropout_keep(seed, dropout_offset(p, s, h, row, key), p.dropout_p);
+    bits |= static_cast<uint32_t>(keep) << i;
+  }
+  return bits;
 }
 
-// x contiguous and 16-byte aligned (grad_out is read with 16-byte copies in out's contiguous layout); a copy otherwise.
-inline at::Tensor contiguous_aligned(const at::Tensor& x) {
-  const bool ok = x.is_contiguous() && reinterpret_cast<uintptr_t>(x.const_data_ptr()) % 16 == 0;
-  return ok ? x : x.clone(at::MemoryFormat::Contiguous);
-}
-
-inline void check_head_dim(int64_t dim) {
-  TORCH_CHECK_VALUE(dim == 32 || dim == 64 || dim == 96 || dim == 128 || dim == 256, "argument `q` has head dim ", dim,
-                    "; the CUDA kernel supports head dims 32, 64, 96, 128 and 256");
-}
+// --- host side: launching ---------------------------------------------------------------------------------------------
 
 // Calls f(std::integral_constant<int, D>{}) for a head dim that passed check_head_dim.
 template <typename F>
@@ -356,112 +378,11 @@ void launch_attention_kernel(Kernel kernel, dim3 grid, int smem, int64_t head_di
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// The tensors of a backward call: out, lse and grad_out (read), delta (scratch), dq, dk and dv (written).
-inline void set_backward_tensors(Params& p, const at::Tensor& out, const at::Tensor& lse, const at::Tensor& grad_out,
-                                 at::Tensor& delta, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv) {
-  p.out = const_cast<void*>(out.const_data_ptr());
-  p.lse = const_cast<float*>(lse.const_data_ptr<float>());
-  p.grad_out = grad_out.const_data_ptr();
-  p.delta = delta.mutable_data_ptr<float>();
-  p.dq = dq.mutable_data_ptr();
-  p.dk = dk.mutable_data_ptr();
-  p.dv = dv.mutable_data_ptr();
-}
-
 // Grids put (batch x heads) on x (up to 2^31 - 1 CTAs) and the row blocks on y, whose limit is 65535 blocks of 64
 // rows: longer sequences are refused with the argument named.
 inline void check_row_blocks(int64_t rows, const char* name) {
   TORCH_CHECK_VALUE((rows + kBlockM - 1) / kBlockM <= 65535, "argument `", name, "` has ", rows,
                     " rows per sequence; the CUDA kernel supports up to ", 65535 * kBlockM);
-}
-
-// Checks q, k, v and the masks of a dense call (every message names the argument); returns the kind of `mask`.
-inline MaskKind check_attention_arguments(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                          const std::optional<at::Tensor>& mask,
-                                          const std::optional<at::Tensor>& key_padding_mask, double dropout_p) {
-  check_attention_qkv(q, k, v, 4, {at::kHalf, at::kBFloat16});
-  const int64_t batch = q.size(0), heads = q.size(1), sq = q.size(2), dim = q.size(3);
-  const int64_t kv_heads = k.size(1), sk = k.size(2);
-  TORCH_CHECK_VALUE(k.size(0) == batch, "argument `k` has batch ", k.size(0), "; expected ", batch,
-                    " (the batch of `q`)");
-  TORCH_CHECK_VALUE(k.size(3) == dim, "argument `k` has head dim ", k.size(3), "; expected ", dim,
-                    " (the head dim of `q`)");
-  check_head_dim(dim);
-  TORCH_CHECK_VALUE(kv_heads > 0 ? heads % kv_heads == 0 : heads == 0, "argument `k` has ", kv_heads,
-                    " heads, which does not divide the ", heads, " heads of `q`");
-  TORCH_CHECK_VALUE(dropout_p >= 0.0 && dropout_p < 1.0, "argument `dropout_p` must be in [0, 1); got ", dropout_p);
-  TORCH_CHECK_VALUE(sq < (1LL << 31) && sk < (1LL << 31), "argument `q`/`k`: sequence lengths must be < 2^31");
-  MaskKind kind = MaskKind::kNone;
-  if (mask.has_value()) {
-    check_dim(*mask, "mask", 4);
-    check_same_device(*mask, "mask", q, "q");
-    TORCH_CHECK_VALUE(mask->scalar_type() == at::kBool || mask->scalar_type() == q.scalar_type(),
-                      "argument `mask` has dtype ", mask->scalar_type(), "; expected bool or ", q.scalar_type(),
-                      " (the dtype of `q`)");
-    const std::vector<int64_t> expected{batch, heads, sq, sk};
-    TORCH_CHECK_VALUE(mask->sizes() == at::IntArrayRef(expected), "argument `mask` has shape ", mask->sizes(),
-                      "; expected ", at::IntArrayRef(expected), " (a broadcast view; stride 0 where broadcast)");
-    kind = mask->scalar_type() == at::kBool ? MaskKind::kBool : MaskKind::kAdditive;
-  }
-  if (key_padding_mask.has_value()) {
-    check_dim(*key_padding_mask, "key_padding_mask", 2);
-    check_same_device(*key_padding_mask, "key_padding_mask", q, "q");
-    check_dtype(*key_padding_mask, "key_padding_mask", {at::kBool});
-    const std::vector<int64_t> expected{batch, sk};
-    TORCH_CHECK_VALUE(key_padding_mask->sizes() == at::IntArrayRef(expected), "argument `key_padding_mask` has shape ",
-                      key_padding_mask->sizes(), "; expected ", at::IntArrayRef(expected));
-  }
-  return kind;
-}
-
-// The scalars every problem has.
-inline void set_scalars(Params& p, bool is_causal, double scale, double dropout_p, int64_t seed) {
-  p.scale_log2 = static_cast<float>(scale) * kLog2e;
-  p.dropout_p = static_cast<float>(dropout_p);
-  p.keep_scale = static_cast<float>(1.0 / (1.0 - dropout_p));
-  p.seed = static_cast<uint64_t>(seed);
-  p.causal = is_causal;
-}
-
-// Launch parameters of a dense problem, q (B, H, Sq, D), k / v (B, Hkv, Sk, D), with out, grad_out and dq
-// contiguous (B, H, Sq, D), dk / dv contiguous (B, Hkv, Sk, D) and lse (B, H, Sq) (the caller adds the pointers).
-inline Params make_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                          const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& key_padding_mask,
-                          bool is_causal, double scale, double dropout_p, int64_t seed) {
-  Params p{};
-  const int64_t batch = q.size(0), heads = q.size(1), sq = q.size(2), kv_heads = k.size(1), sk = k.size(2);
-  p.q = q.const_data_ptr();
-  p.k = k.const_data_ptr();
-  p.v = v.const_data_ptr();
-  for (int i = 0; i < 3; ++i) {
-    p.q_stride[i] = q.stride(i);
-    p.k_stride[i] = k.stride(i);
-    p.v_stride[i] = v.stride(i);
-  }
-  const int64_t o_stride[3] = {heads * sq, sq, 1}, dkv_stride[3] = {kv_heads * sk, sk, 1};
-  for (int i = 0; i < 3; ++i) {
-    p.o_stride[i] = o_stride[i];
-    p.dkv_stride[i] = dkv_stride[i];
-  }
-  p.lse_stride[0] = heads * sq;
-  p.lse_stride[1] = sq;
-  if (mask.has_value()) {
-    p.mask = mask->const_data_ptr();
-    for (int i = 0; i < 4; ++i) p.mask_stride[i] = mask->stride(i);
-  }
-  if (key_padding_mask.has_value()) {
-    p.padding = key_padding_mask->const_data_ptr<bool>();
-    p.padding_stride[0] = key_padding_mask->stride(0);
-    p.padding_stride[1] = key_padding_mask->stride(1);
-  }
-  p.out_rows = batch * heads * sq;
-  p.batch = static_cast<int>(batch);
-  p.heads = static_cast<int>(heads);
-  p.kv_heads = static_cast<int>(kv_heads);
-  p.sq = p.max_sq = static_cast<int>(sq);
-  p.sk = p.max_sk = static_cast<int>(sk);
-  set_scalars(p, is_causal, scale, dropout_p, seed);
-  return p;
 }
 
 }  // namespace

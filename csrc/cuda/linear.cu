@@ -202,6 +202,29 @@ std::tuple<at::Tensor, at::Tensor> linear_forward_cuda(const at::Tensor& x, cons
   return {out, save_pre ? pre : empty_pre};
 }
 
+// residual + dropout(act(pre)) (gated: act(gate) * up) for a pre-activation computed elsewhere: the gated block with
+// separate gate and up weights (kernels/_ops/feed_forward_native.py writes both GEMMs into the halves of `pre`).
+at::Tensor linear_epilogue_cuda(const at::Tensor& pre, std::optional<c10::string_view> activation, double dropout_p,
+                                const at::Tensor& seed, const std::optional<at::Tensor>& residual) {
+  const ActivationSpec spec = parse_activation(activation);
+  const at::Tensor res = check_linear_epilogue(pre, residual, spec, {at::kFloat, at::kHalf, at::kBFloat16});
+  const int64_t M = pre.size(0), width = pre.size(1), N = spec.gated ? width / 2 : width;
+  const c10::cuda::CUDAGuard guard(pre.device());
+  const DropoutArgs dropout = make_dropout(dropout_p, seed, pre);
+  const at::Tensor pre_c = pre.contiguous();
+  at::Tensor out = empty_output({M, N}, pre.options().memory_format(at::MemoryFormat::Contiguous));
+  if (M * N > 0) {
+    KERNELS_DISPATCH_LINEAR_TYPES(pre.scalar_type(), "linear_epilogue_cuda", [&] {
+      forward_epilogue_kernel<scalar_t><<<grid_size(M * N, pre.get_device()), kThreads, 0,
+                                          c10::cuda::getCurrentCUDAStream()>>>(
+          pre_c.const_data_ptr<scalar_t>(), res.defined() ? res.const_data_ptr<scalar_t>() : nullptr,
+          out.mutable_data_ptr<scalar_t>(), M, N, width, spec.activation, spec.gated, dropout);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  return out;
+}
+
 std::tuple<at::Tensor, at::Tensor> linear_act_backward_cuda(const at::Tensor& grad,
                                                             const std::optional<at::Tensor>& weight,
                                                             const at::Tensor& pre,
@@ -273,6 +296,7 @@ std::tuple<at::Tensor, at::Tensor> linear_weight_grad_cuda(const at::Tensor& gra
 TORCH_LIBRARY_IMPL(kernels, CUDA, m) {
   m.impl("linear_forward", &linear_forward_cuda);
   m.impl("linear_act_backward", &linear_act_backward_cuda);
+  m.impl("linear_epilogue", &linear_epilogue_cuda);
   m.impl("linear_weight_grad", &linear_weight_grad_cuda);
 }
 

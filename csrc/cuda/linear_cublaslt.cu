@@ -33,8 +33,10 @@
 //
 // Numerics: fp16/bf16 in, fp32 compute (CUBLAS_COMPUTE_32F) and fp32 scale; split-K partial sums are never reduced in
 // the 16-bit output type (reduction scheme mask). fp32 uses TF32 (CUBLAS_COMPUTE_32F_FAST_TF32) when
-// torch.backends.cuda.matmul.allow_tf32 is set, as torch's own matmul. The bias gradient comes out in the output
-// dtype (cuBLASLt's bias type) and is widened to fp32 for the op's contract.
+// torch.backends.cuda.matmul.allow_tf32 is set, as torch's own matmul. The bias gradient (BGRADB, DGELU_BGRAD) is
+// asked for in fp32 (CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE): cuBLASLt's default, D's dtype, would round the column sums
+// to fp16/bf16 and overflow past 65504 in fp16 under loss scaling. Where cuBLASLt offers no algorithm with an fp32
+// bias gradient, the GEMM runs with the epilogue minus its BGRAD part and the column sums are taken in fp32 by at::sum.
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
 #include <c10/cuda/CUDAFunctions.h>
@@ -135,6 +137,7 @@ struct Gemm {
   const void* bias;  // the bias (length m) in the forward, the bias-gradient output in the backward, or nullptr
   void* aux;         // the pre-activation, m x n with ld aux_ld (GELU_AUX* output, DGELU_BGRAD input), or nullptr
   int64_t aux_ld;
+  int32_t bias_type = -1;  // CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE (a cudaDataType_t); -1: D's dtype
 };
 
 cudaDataType_t cuda_type(at::ScalarType dtype) {
@@ -170,6 +173,9 @@ bool run(const Gemm& g, c10::DeviceIndex device) {
   set_attribute(desc.get(), CUBLASLT_MATMUL_DESC_EPILOGUE, g.epilogue);
   // The heuristic reads these pointers' values (not their data) for their alignment: set them before asking it.
   if (g.bias != nullptr) set_attribute(desc.get(), CUBLASLT_MATMUL_DESC_BIAS_POINTER, g.bias);
+  if (g.bias != nullptr && g.bias_type >= 0) {
+    set_attribute(desc.get(), CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, g.bias_type);
+  }
   if (g.aux != nullptr) {
     set_attribute(desc.get(), CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, g.aux);
     set_attribute(desc.get(), CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, g.aux_ld);
@@ -295,9 +301,9 @@ bool cublaslt_linear_act_backward(const at::Tensor& grad, const std::optional<at
 
   const auto options = pre.options().memory_format(at::MemoryFormat::Contiguous);
   at::Tensor result = empty_output({M, N}, options);
-  at::Tensor bias_grad = empty_output({N}, options);  // cuBLASLt writes the bias gradient in D's dtype
+  at::Tensor bias_grad = empty_output({N}, options.dtype(at::kFloat));
   // grad_pre^T (N x M, ld N) = dgelu(pre^T) * (weight^T (stored N x d_out, ld N) * grad^T (d_out x M, ld d_out)).
-  const Gemm gemm{pre.scalar_type(),
+  Gemm gemm{pre.scalar_type(),
                   CUBLAS_OP_N,
                   CUBLAS_OP_N,
                   column_major(w_c),
@@ -310,10 +316,17 @@ bool cublaslt_linear_act_backward(const at::Tensor& grad, const std::optional<at
                   CUBLASLT_EPILOGUE_DGELU_BGRAD,
                   bias_grad.mutable_data_ptr(),
                   const_cast<void*>(pre_c.const_data_ptr()),  // read only: DGELU_BGRAD's aux is an input
-                  N};
-  if (!run(gemm, pre.device().index())) return false;
+                  N,
+                  CUDA_R_32F};
+  if (!run(gemm, pre.device().index())) {
+    // No fp32 bias gradient on offer: DGELU alone, then grad_pre's column sums in fp32 (see the top of the file).
+    gemm.epilogue = CUBLASLT_EPILOGUE_DGELU;
+    gemm.bias = nullptr;
+    if (!run(gemm, pre.device().index())) return false;
+    bias_grad = at::sum(result, {0}, /*keepdim=*/false, at::kFloat);
+  }
   grad_pre = result;
-  grad_bias = bias_grad.to(at::kFloat);
+  grad_bias = bias_grad;
   return true;
 }
 
@@ -328,9 +341,9 @@ bool cublaslt_linear_weight_grad(const at::Tensor& grad, const at::Tensor& x, at
 
   const auto options = x.options().memory_format(at::MemoryFormat::Contiguous);
   at::Tensor result = empty_output({N, K}, options);
-  at::Tensor bias_grad = empty_output({N}, options);  // cuBLASLt writes the bias gradient in D's dtype
+  at::Tensor bias_grad = empty_output({N}, options.dtype(at::kFloat));
   // grad_w^T (K x N, ld K) = x^T (stored K x M, ld K) * grad (stored N x M, ld N; transposed); bias gradient: BGRADB.
-  const Gemm gemm{x.scalar_type(),
+  Gemm gemm{x.scalar_type(),
                   CUBLAS_OP_N,
                   CUBLAS_OP_T,
                   column_major(x_c),
@@ -343,10 +356,17 @@ bool cublaslt_linear_weight_grad(const at::Tensor& grad, const at::Tensor& x, at
                   CUBLASLT_EPILOGUE_BGRADB,
                   bias_grad.mutable_data_ptr(),
                   nullptr,
-                  0};
-  if (!run(gemm, x.device().index())) return false;
+                  0,
+                  CUDA_R_32F};
+  if (!run(gemm, x.device().index())) {
+    // No fp32 bias gradient on offer: the plain GEMM, then grad's column sums in fp32 (see the top of the file).
+    gemm.epilogue = CUBLASLT_EPILOGUE_DEFAULT;
+    gemm.bias = nullptr;
+    if (!run(gemm, x.device().index())) return false;
+    bias_grad = at::sum(grad_c, {0}, /*keepdim=*/false, at::kFloat);
+  }
   grad_weight = result;
-  grad_bias = bias_grad.to(at::kFloat);
+  grad_bias = bias_grad;
   return true;
 }
 

@@ -121,7 +121,10 @@ forward_registers(const scalar_t* __restrict__ x, const void* __restrict__ mask,
     sum += s[i];
   }
   sum = row_reduce<kThreads>(sum, SumOp(), scratch);
-  const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;  // zeros, not NaN, for a fully masked row
+  // Zeros, not NaN, for a fully masked row (sum = 0). A NaN or +inf kept score makes the sum NaN (fmaxf drops a NaN
+  // from the max, but __expf(nan - max) and __expf(inf - inf) are NaN) and `sum != 0` keeps it: an all-NaN row, as
+  // torch.softmax (`sum > 0` is false for NaN).
+  const float inv = sum != 0.0f ? 1.0f / sum : 0.0f;
   scalar_t* yr = y + row * sk;
 #pragma unroll
   for (int i = 0; i < kElems; ++i) {
@@ -158,9 +161,11 @@ forward_looped(const scalar_t* __restrict__ x, const void* __restrict__ mask, sc
   }
   const float row_max = row_reduce<kBlockThreads>(max, MaxOp(), scratch);
   const float safe_max = row_max == -INFINITY ? 0.0f : row_max;
-  sum = max == -INFINITY ? 0.0f : sum * __expf(max - safe_max);
+  // A thread whose max is -inf saw only masked scores (sum 0) or NaN ones (`s > max` is false for NaN: sum NaN); it
+  // keeps its sum, so that a NaN reaches the row (`sum != 0` below, as in forward_registers).
+  sum = max == -INFINITY ? sum : sum * __expf(max - safe_max);
   sum = row_reduce<kBlockThreads>(sum, SumOp(), scratch);
-  const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+  const float inv = sum != 0.0f ? 1.0f / sum : 0.0f;
   scalar_t* yr = y + row * sk;
   for (int64_t j = threadIdx.x; j < sk; j += kBlockThreads) {
     const float s = score<scalar_t, kKind>(xr, mask_row, indexer.stride_k, static_cast<int>(j), n, scale);

@@ -19,7 +19,7 @@
 #include <kernels/checks.h>
 #include <kernels/outputs.h>
 
-#include "attention_common.cuh"
+#include "attention_arguments.cuh"
 
 namespace kernels {
 namespace {
@@ -87,7 +87,7 @@ at::Tensor clamped_spans(const at::Tensor& cu_in, int64_t total, int64_t longest
 // alive until the kernels have run.
 Params make_varlen_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& spans_q,
                           const at::Tensor& spans_k, int64_t max_seqlen_q, int64_t max_seqlen_k, bool is_causal,
-                          double scale, double dropout_p, int64_t seed) {
+                          double scale, double dropout_p, const std::optional<at::Tensor>& seed) {
   Params p{};
   const int64_t total_q = q.size(0), heads = q.size(1), total_k = k.size(0), kv_heads = k.size(1);
   p.q = q.const_data_ptr();
@@ -116,14 +116,14 @@ Params make_varlen_params(const at::Tensor& q, const at::Tensor& k, const at::Te
   p.sk = static_cast<int>(total_k);
   p.max_sq = static_cast<int>(max_seqlen_q);
   p.max_sk = static_cast<int>(max_seqlen_k);
-  set_scalars(p, is_causal, scale, dropout_p, seed);
+  set_scalars(p, q, is_causal, scale, dropout_p, seed);
   return p;
 }
 
 std::tuple<at::Tensor, at::Tensor> varlen_attention_forward_cuda(
     const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& cu_seqlens_q_in,
     const at::Tensor& cu_seqlens_k_in, int64_t max_seqlen_q, int64_t max_seqlen_k, bool is_causal, double scale,
-    double dropout_p, int64_t seed) {
+    double dropout_p, const std::optional<at::Tensor>& seed) {
   check_varlen_arguments(q_in, k_in, v_in, cu_seqlens_q_in, cu_seqlens_k_in, max_seqlen_q, max_seqlen_k, dropout_p);
   const int64_t total_q = q_in.size(0), heads = q_in.size(1), dim = q_in.size(2);
   const c10::cuda::CUDAGuard guard(q_in.device());
@@ -146,7 +146,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> varlen_attention_backward_cuda(
     const at::Tensor& grad_out_in, const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
     const at::Tensor& out_in, const at::Tensor& lse_in, const at::Tensor& cu_seqlens_q_in,
     const at::Tensor& cu_seqlens_k_in, int64_t max_seqlen_q, int64_t max_seqlen_k, bool is_causal, double scale,
-    double dropout_p, int64_t seed) {
+    double dropout_p, const std::optional<at::Tensor>& seed) {
   check_varlen_arguments(q_in, k_in, v_in, cu_seqlens_q_in, cu_seqlens_k_in, max_seqlen_q, max_seqlen_k, dropout_p);
   check_like_q(grad_out_in, "grad_out", q_in);
   check_like_q(out_in, "out", q_in);

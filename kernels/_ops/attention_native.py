@@ -1,11 +1,11 @@
-"""Fake implementations and autograd for the C++ ops kernels::attention_forward / kernels::attention_backward
-(schemas in csrc/ops.cpp, kernels in csrc/cpu/attention.cpp and csrc/cuda/attention*.cu), and the ``native`` backend
-of ``kernels.scaled_dot_product_attention``.
+"""Fake implementations for the C++ ops kernels::attention_forward / kernels::attention_backward (schemas in
+csrc/ops.cpp, kernels in csrc/cpu/attention.cpp and csrc/cuda/attention*.cu; their autograd in csrc/autograd/), the
+backward ops' second derivatives, and the ``native`` backend of ``kernels.scaled_dot_product_attention``.
 
 The masks reach the kernels combined but never expanded: ``attn_mask`` as a ``(B, H, Sq, Sk)`` broadcast view (stride
 0 where it broadcasts), ``is_causal`` as a flag (top-left aligned), ``key_padding_mask`` as a bool ``(B, Sk)``.
-Dropout uses Philox4x32-10 keyed by a 64-bit seed drawn from torch's generator once per forward (and saved for the
-backward), with the counter ``((b*H + h)*Sq + i)*Sk + j`` -- the numbers of Triton's ``tl.rand(seed, offset)`` -- and
+Dropout uses Philox4x32-10 keyed by a 64-bit seed drawn from the generator of q's device once per forward (a
+one-element int64 tensor that the kernels read, saved for the backward), with the counter ``((b*H + h)*Sq + i)*Sk + j`` -- the numbers of Triton's ``tl.rand(seed, offset)`` -- and
 keeps an element when its uniform number is ``>= dropout_p``; :func:`dropout_keep_mask` rebuilds that keep-mask.
 """
 
@@ -18,6 +18,8 @@ import numpy as np
 import torch
 
 from .._extension import _C
+from . import _attention_derivatives, _double_backward
+from ._dropout import draw_seed
 
 FORWARD = "kernels::attention_forward"
 BACKWARD = "kernels::attention_backward"
@@ -35,20 +37,14 @@ if _C is not None:
     def _(grad_out, q, k, v, out, lse, mask, key_padding_mask, is_causal, scale, dropout_p, seed):
         return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
-    def _setup_context(ctx, inputs, output):
-        q, k, v, mask, key_padding_mask, is_causal, scale, dropout_p, seed = inputs
-        out, lse = output
-        ctx.save_for_backward(q, k, v, out, lse, mask, key_padding_mask)
-        ctx.arguments = (is_causal, scale, dropout_p, seed)
-        ctx.mark_non_differentiable(lse)
+    # Autograd of the forward ops: C++ (csrc/autograd/attention.cpp, varlen_attention.cpp); here the backward ops'
+    # second derivatives.
+    def _first_derivative(grad_out, q, k, v, out, lse, mask, key_padding_mask, is_causal, scale, dropout_p, seed):
+        return _attention_derivatives.dense(grad_out=grad_out, q=q, k=k, v=v, mask=mask,
+                                            key_padding_mask=key_padding_mask, is_causal=is_causal, scale=scale,
+                                            dropout_p=dropout_p)
 
-    def _backward(ctx, grad_out, grad_lse):
-        q, k, v, out, lse, mask, key_padding_mask = ctx.saved_tensors
-        dq, dk, dv = torch.ops.kernels.attention_backward(grad_out, q, k, v, out, lse, mask, key_padding_mask,
-                                                          *ctx.arguments)
-        return dq, dk, dv, None, None, None, None, None, None
-
-    torch.library.register_autograd(FORWARD, _backward, setup_context=_setup_context)
+    _double_backward.register(BACKWARD, _first_derivative, "kernels.scaled_dot_product_attention")
 
     # Packed sequences: q (Tq, H, D), k/v (Tk, Hkv, D); lse (H, Tq).
     @torch.library.register_fake(VARLEN_FORWARD)
@@ -61,37 +57,38 @@ if _C is not None:
           dropout_p, seed):
         return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
-    def _varlen_setup_context(ctx, inputs, output):
-        q, k, v, cu_seqlens_q, cu_seqlens_k, *arguments = inputs
-        out, lse = output
-        ctx.save_for_backward(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k)
-        ctx.arguments = tuple(arguments)
-        ctx.mark_non_differentiable(lse)
+    def _varlen_first_derivative(grad_out, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                 is_causal, scale, dropout_p, seed):
+        return _attention_derivatives.varlen(grad_out=grad_out, q=q, k=k, v=v, cu_seqlens_q=cu_seqlens_q,
+                                             cu_seqlens_k=cu_seqlens_k, is_causal=is_causal, scale=scale,
+                                             dropout_p=dropout_p)
 
-    def _varlen_backward(ctx, grad_out, grad_lse):
-        q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k = ctx.saved_tensors
-        dq, dk, dv = torch.ops.kernels.varlen_attention_backward(grad_out, q, k, v, out, lse, cu_seqlens_q,
-                                                                 cu_seqlens_k, *ctx.arguments)
-        return dq, dk, dv, *([None] * 8)
+    _double_backward.register(VARLEN_BACKWARD, _varlen_first_derivative, "kernels.varlen_attention")
+    _forward = torch.ops.kernels.attention_forward.default
+    _varlen_forward = torch.ops.kernels.varlen_attention_forward.default
+else:
 
-    torch.library.register_autograd(VARLEN_FORWARD, _varlen_backward, setup_context=_varlen_setup_context)
+    def _forward(*args):
+        raise RuntimeError("kernels::attention_forward is not in this build of kernels._C")
+
+    _varlen_forward = _forward
 
 
 def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                                  enable_gqa=False, *, key_padding_mask=None):
-    """The ``native`` backend, with the torch backend's call signature (arguments validated by the caller)."""
-    batch, heads, sq, sk = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
+    """The ``native`` backend, with the torch backend's call signature (arguments validated by the caller). From
+    ``kernels.scaled_dot_product_attention`` the masks arrive normalised (``attn_mask`` a ``(B, H, Sq, Sk)`` view of
+    bool or ``q``'s dtype, ``key_padding_mask`` bool) and the call is one dispatcher call (the autograd is C++)."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    mask = None
-    if attn_mask is not None:
+    full = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+    if attn_mask is not None and (attn_mask.shape != full or attn_mask.dtype not in (torch.bool, q.dtype)):
         if attn_mask.dtype != torch.bool and attn_mask.dtype != q.dtype:
             attn_mask = attn_mask.to(q.dtype)  # before the expand: converts the small tensor only
-        mask = attn_mask.expand(batch, heads, sq, sk)  # a view: broadcast dimensions get stride 0
-    if key_padding_mask is not None:
+        attn_mask = attn_mask.expand(full)  # a view: broadcast dimensions get stride 0
+    if key_padding_mask is not None and key_padding_mask.dtype != torch.bool:
         key_padding_mask = key_padding_mask.bool()
-    seed = int(torch.randint(2**31, (1,)).item()) if dropout_p > 0.0 else 0
-    out, _ = torch.ops.kernels.attention_forward(q, k, v, mask, key_padding_mask, bool(is_causal), scale,
-                                                 float(dropout_p), seed)
+    out, _ = _forward(q, k, v, attn_mask, key_padding_mask, bool(is_causal), scale, float(dropout_p),
+                      draw_seed(dropout_p, q.device))
     return out
 
 
@@ -99,10 +96,8 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
                      dropout_p):
     """The ``native`` backend of ``kernels.varlen_attention`` (arguments validated by the caller). The offsets reach
     the kernels as int32; dropout draws its seed as the dense op does."""
-    seed = int(torch.randint(2**31, (1,)).item()) if dropout_p > 0.0 else 0
-    out, _ = torch.ops.kernels.varlen_attention_forward(
-        q, k, v, cu_seqlens_q.to(torch.int32), cu_seqlens_k.to(torch.int32), int(max_seqlen_q), int(max_seqlen_k),
-        bool(is_causal), float(scale), float(dropout_p), seed)
+    out, _ = _varlen_forward(q, k, v, cu_seqlens_q.to(torch.int32), cu_seqlens_k.to(torch.int32), max_seqlen_q,
+                             max_seqlen_k, is_causal, scale, dropout_p, draw_seed(dropout_p, q.device))
     return out
 
 

@@ -4,8 +4,11 @@
 * ``kernels::triton_varlen_attention`` -> (out, lse) and ``kernels::triton_varlen_attention_backward``;
 * ``kernels::triton_attention_with_kv_cache`` -> out (inference only: no autograd).
 
-Dropout takes ``seed``, a one-element int64 CPU tensor drawn from torch's generator by the caller (so it is
-reproducible from ``torch.manual_seed``, traced as an input by ``torch.compile`` and saved for the backward).
+The backward ops differentiate through the reference for second derivatives (``_attention_derivatives``).
+
+Dropout takes ``seed``, a one-element int64 tensor on q's device drawn from torch's generator by the caller (so it
+is reproducible from ``torch.manual_seed``, traced as an input by ``torch.compile`` and saved for the backward); the
+kernels load it, so nothing syncs with the host.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Optional
 import torch
 
 from ..triton import attention as launcher
+from . import _attention_derivatives, _double_backward
 
 
 @torch.library.custom_op("kernels::triton_attention", mutates_args=())
@@ -52,11 +56,19 @@ def _setup(ctx, inputs, output):
 
 def _backward(ctx, grad_out, grad_lse):
     q, k, v, out, lse, attn_mask, key_padding_mask, seed = ctx.saved_tensors
-    dq, dk, dv = attention_backward(grad_out, q, k, v, out, lse, attn_mask, key_padding_mask, *ctx.arguments, seed)
+    dq, dk, dv = _double_backward.call_backward(attention_backward, grad_out, q, k, v, out, lse, attn_mask,
+                                                key_padding_mask, *ctx.arguments, seed)
     return dq, dk, dv, None, None, None, None, None, None
 
 
+def _first_derivative(grad_out, q, k, v, out, lse, attn_mask, key_padding_mask, dropout_p, is_causal, scale, seed):
+    return _attention_derivatives.dense(grad_out=grad_out, q=q, k=k, v=v, mask=attn_mask,
+                                        key_padding_mask=key_padding_mask, is_causal=is_causal, scale=scale,
+                                        dropout_p=dropout_p)
+
+
 attention.register_autograd(_backward, setup_context=_setup)
+_double_backward.register(attention_backward, _first_derivative, "kernels.scaled_dot_product_attention")
 
 
 @torch.library.custom_op("kernels::triton_varlen_attention", mutates_args=())
@@ -97,12 +109,20 @@ def _varlen_setup(ctx, inputs, output):
 
 def _varlen_backward(ctx, grad_out, grad_lse):
     q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, seed = ctx.saved_tensors
-    dq, dk, dv = varlen_attention_backward(grad_out, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, *ctx.arguments,
-                                           seed)
+    dq, dk, dv = _double_backward.call_backward(varlen_attention_backward, grad_out, q, k, v, out, lse, cu_seqlens_q,
+                                                cu_seqlens_k, *ctx.arguments, seed)
     return dq, dk, dv, None, None, None, None, None, None, None, None
 
 
+def _varlen_first_derivative(grad_out, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                             dropout_p, is_causal, scale, seed):
+    return _attention_derivatives.varlen(grad_out=grad_out, q=q, k=k, v=v, cu_seqlens_q=cu_seqlens_q,
+                                         cu_seqlens_k=cu_seqlens_k, is_causal=is_causal, scale=scale,
+                                         dropout_p=dropout_p)
+
+
 varlen_attention.register_autograd(_varlen_backward, setup_context=_varlen_setup)
+_double_backward.register(varlen_attention_backward, _varlen_first_derivative, "kernels.varlen_attention")
 
 
 @torch.library.custom_op("kernels::triton_attention_with_kv_cache", mutates_args=())

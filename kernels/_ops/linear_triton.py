@@ -6,22 +6,21 @@ from typing import Optional
 
 import torch
 
-from ..reference import GATED_ACTIVATIONS
 from ..triton import linear as launcher
 from . import feed_forward_autograd
 
 
 @torch.library.custom_op("kernels::triton_linear_forward", mutates_args=())
 def linear_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], activation: Optional[str],
-                   dropout_p: float, seed: torch.Tensor, residual: Optional[torch.Tensor],
-                   save_pre: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    return launcher.linear_forward(x, weight, bias, activation, dropout_p, seed, residual, save_pre)
+                   dropout_p: float, seed: torch.Tensor, residual: Optional[torch.Tensor], save_pre: bool,
+                   weight_up: Optional[torch.Tensor] = None,
+                   bias_up: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    return launcher.linear_forward(x, weight, bias, activation, dropout_p, seed, residual, save_pre, weight_up, bias_up)
 
 
 @linear_forward.register_fake
-def _(x, weight, bias, activation, dropout_p, seed, residual, save_pre):
-    width = weight.shape[0]
-    out_width = width // 2 if activation in GATED_ACTIVATIONS else width
+def _(x, weight, bias, activation, dropout_p, seed, residual, save_pre, weight_up=None, bias_up=None):
+    out_width, width = feed_forward_autograd._widths(weight, weight_up, activation)
     return x.new_empty((x.shape[0], out_width)), x.new_empty((x.shape[0] if save_pre else 0, width))
 
 

@@ -9,7 +9,8 @@ from typing import Optional
 import torch
 
 from ..triton import masked_softmax as launcher
-from .masked_softmax_native import backward_with, setup_context
+from . import _double_backward
+from .masked_softmax_native import backward_with, first_derivative, setup_context
 
 
 @torch.library.custom_op("kernels::triton_masked_softmax_forward", mutates_args=())
@@ -34,3 +35,4 @@ def _(grad, y, scale):
 
 
 masked_softmax_forward.register_autograd(backward_with(masked_softmax_backward), setup_context=setup_context)
+_double_backward.register(masked_softmax_backward, first_derivative, "kernels.masked_softmax")

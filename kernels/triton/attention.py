@@ -27,7 +27,9 @@ query row ``i`` and key ``j`` of a ``(B, H, Sq, Sk)`` problem (varlen: ``B = 1``
     x = int32(x); u = (~x if x < 0 else x) * 4.6566127342e-10     # Triton's tl.rand
     keep = u >= dropout_p
 
-and kept probabilities are scaled by ``1 / (1 - dropout_p)``. :func:`dropout_keep_mask` returns this mask.
+and kept probabilities are scaled by ``1 / (1 - dropout_p)``. :func:`dropout_keep_mask` returns this mask. The
+kernels load ``seed`` from the one-element int64 tensor they are given (on q's device): no host sync, and a captured
+CUDA graph reads the seed drawn at each replay.
 
 Determinism. The backward runs one program per key block (dK, dV, looping over the query heads of its group and the
 query blocks) and one per query block (dQ); no atomics, so it is deterministic, always.
@@ -40,7 +42,7 @@ import triton
 import triton.language as tl
 
 from .. import _outputs
-from ._config import interpreting
+from ._config import interpreting, on_device, one_config
 
 LOG2E = 1.4426950408889634
 # Tile labels of the block map.
@@ -78,10 +80,12 @@ def _user_masks(s, rows, cols, q_len, k_len, Mask, smm, smn, Kpm, skpn,
     """Applies attn_mask (pointer already at (b, h)) and key_padding_mask (pointer at b) to base-2 scores ``s``."""
     inside = (rows < q_len) & (cols < k_len)
     if MASK_KIND == 1:
-        keep = tl.load(Mask + rows.to(tl.int64) * smm + cols * smn, mask=inside, other=1)
+        # Outside the sequence counts as masked (other=0): the backward's tiles run query rows past q_len (q = 0,
+        # lse = inf), whose products with a NaN key the mask hides (a NaN times 0 would reach dk and dv).
+        keep = tl.load(Mask + rows.to(tl.int64) * smm + cols.to(tl.int64) * smn, mask=inside, other=0)
         s = tl.where(keep != 0, s, float("-inf"))
     if MASK_KIND == 2:
-        bias = tl.load(Mask + rows.to(tl.int64) * smm + cols * smn, mask=inside, other=0.0)
+        bias = tl.load(Mask + rows.to(tl.int64) * smm + cols.to(tl.int64) * smn, mask=inside, other=0.0)
         s = s + bias.to(tl.float32) * 1.4426950408889634
     if HAS_KPM:
         pad = tl.load(Kpm + cols * skpn, mask=cols < k_len, other=0)
@@ -111,8 +115,8 @@ def _sequence(b, CuSeqQ, CuSeqK, SeqLensK, seqlen_q, seqlen_k,
         k_start = tl.load(CuSeqK + b).to(tl.int64)
         k_len = (tl.load(CuSeqK + b + 1) - k_start).to(tl.int32)
     else:
-        q_start = 0
-        k_start = 0
+        q_start = tl.full([], 0, tl.int64)  # int64 like the varlen offsets: row * stride products stay exact
+        k_start = tl.full([], 0, tl.int64)
         q_len = seqlen_q
         k_len = seqlen_k
         if HAS_SEQLENS_K:
@@ -140,12 +144,12 @@ def _forward_tiles(acc, l_i, m_i, q, start, stop, k_base, v_base, skn, svn, offs
             flag = tl.load(map_base + (start_n // BLOCK_N) * sbn)
         if flag != 0:
             cols = (start_n + offs_n)[None, :]
+            key_rows = tl.cast(start_n, tl.int64) + offs_n  # int64: key row * stride can pass 2^31
             if EDGE:
-                k = tl.load(k_base + (start_n + offs_n)[None, :] * skn + offs_d[:, None],
+                k = tl.load(k_base + key_rows[None, :] * skn + offs_d[:, None],
                             mask=((start_n + offs_n) < k_len)[None, :] & d_in[:, None], other=0.0)
             else:
-                k = tl.load(k_base + (start_n + offs_n)[None, :] * skn + offs_d[:, None], mask=d_in[:, None],
-                            other=0.0)
+                k = tl.load(k_base + key_rows[None, :] * skn + offs_d[:, None], mask=d_in[:, None], other=0.0)
             s = tl.dot(q, k) * qk_scale  # (BLOCK_M, BLOCK_N), base 2
             if EDGE:
                 s = _bounds_and_causal(s, rows, cols, k_len, diag, IS_CAUSAL)
@@ -162,34 +166,34 @@ def _forward_tiles(acc, l_i, m_i, q, start, stop, k_base, v_base, skn, svn, offs
             if DROPOUT:
                 p = tl.where(_keep(seed, dropout_p, rng_rows, k_start + cols, rng_sk), p, 0.0)
             if EDGE:
-                v = tl.load(v_base + (start_n + offs_n)[:, None] * svn + offs_d[None, :],
+                v = tl.load(v_base + key_rows[:, None] * svn + offs_d[None, :],
                             mask=((start_n + offs_n) < k_len)[:, None] & d_in[None, :], other=0.0)
             else:
-                v = tl.load(v_base + (start_n + offs_n)[:, None] * svn + offs_d[None, :], mask=d_in[None, :],
-                            other=0.0)
+                v = tl.load(v_base + key_rows[:, None] * svn + offs_d[None, :], mask=d_in[None, :], other=0.0)
             acc = tl.dot(p.to(v.dtype), v, acc)
             m_i = m_new
     return acc, l_i, m_i
 
 
-@triton.jit(do_not_specialize=["seed"])
+@triton.jit
 def _forward_kernel(
     Q, K, V, Out, Lse, Mask, Kpm, BlockMap, CuSeqQ, CuSeqK, SeqLensK,
     sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som,
     slb, slh, slm, split_so, split_sl,
     smb, smh, smm, smn, skpb, skpn, sbb, sbh, sbm, sbn,
-    H, GROUP, seqlen_q, seqlen_k, k_chunk, qk_scale, dropout_p, seed, rng_sq, rng_sk,
+    H, GROUP, seqlen_q, seqlen_k, k_chunk, qk_scale, dropout_p, Seed, rng_sq, rng_sk,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     MASK_KIND: tl.constexpr, HAS_KPM: tl.constexpr, IS_CAUSAL: tl.constexpr, CAUSAL_BOTTOM_RIGHT: tl.constexpr,
     VARLEN: tl.constexpr, HAS_SEQLENS_K: tl.constexpr, DROPOUT: tl.constexpr, SPLIT: tl.constexpr,
 ):
     """One program: BLOCK_M query rows of one (batch, head), keys [split * k_chunk, (split + 1) * k_chunk).
     Without SPLIT it writes the normalised output and lse; with SPLIT, fp32 partials for :func:`_combine_kernel`."""
+    seed = tl.load(Seed) if DROPOUT else 0  # the Philox seed, read on the device (no host sync)
     pid_bh = tl.program_id(0)  # (batch, head) on axis 0, whose limit is 2^31 - 1 (axes 1 and 2 stop at 65535)
     pid_m = tl.program_id(1)
     pid_s = tl.program_id(2)
     b = pid_bh // H
-    h = pid_bh % H
+    h = (pid_bh % H).to(tl.int64)  # int64: h * stride_h passes 2^31 once a batch element holds 2^31 elements
     q_start, q_len, k_start, k_len, diag = _sequence(b, CuSeqQ, CuSeqK, SeqLensK, seqlen_q, seqlen_k,
                                                      VARLEN, HAS_SEQLENS_K, CAUSAL_BOTTOM_RIGHT)
     if pid_m * BLOCK_M >= q_len:
@@ -240,9 +244,10 @@ def _forward_kernel(
         out = out * (1.0 / (1.0 - dropout_p))
     lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)
     row_in = offs_m < q_len
-    tl.store(Out + pid_s * split_so + b64 * sob + h * soh + (q_start + offs_m)[:, None] * som + offs_d[None, :],
+    split = pid_s.to(tl.int64)  # int64: split * split stride can pass 2^31
+    tl.store(Out + split * split_so + b64 * sob + h * soh + (q_start + offs_m)[:, None] * som + offs_d[None, :],
              out.to(Out.dtype.element_ty), mask=row_in[:, None] & d_in[None, :])
-    tl.store(Lse + pid_s * split_sl + b64 * slb + h * slh + (q_start + offs_m) * slm, lse, mask=row_in)
+    tl.store(Lse + split * split_sl + b64 * slb + h * slh + (q_start + offs_m) * slm, lse, mask=row_in)
 
 
 @triton.jit
@@ -256,13 +261,15 @@ def _combine_kernel(Part, PartLse, Out, Lse, n_splits, split_so, split_sl, rows,
     io = r_in[:, None] & (offs_d < HEAD_DIM)[None, :]
     m = tl.full([BLOCK_R], float("-inf"), tl.float32)
     for s in range(n_splits):
-        m = tl.maximum(m, tl.load(PartLse + s * split_sl + offs_r, mask=r_in, other=float("-inf")))
+        at_split = tl.cast(s, tl.int64)  # int64: split * split stride can pass 2^31
+        m = tl.maximum(m, tl.load(PartLse + at_split * split_sl + offs_r, mask=r_in, other=float("-inf")))
     m_sub = tl.where(m == float("-inf"), 0.0, m)
     total = tl.zeros([BLOCK_R], tl.float32)
     acc = tl.zeros([BLOCK_R, BLOCK_D], tl.float32)
     for s in range(n_splits):
-        w = tl.exp(tl.load(PartLse + s * split_sl + offs_r, mask=r_in, other=float("-inf")) - m_sub)
-        part = tl.load(Part + s * split_so + offs_r.to(tl.int64)[:, None] * HEAD_DIM + offs_d[None, :], mask=io,
+        at_split = tl.cast(s, tl.int64)
+        w = tl.exp(tl.load(PartLse + at_split * split_sl + offs_r, mask=r_in, other=float("-inf")) - m_sub)
+        part = tl.load(Part + at_split * split_so + offs_r.to(tl.int64)[:, None] * HEAD_DIM + offs_d[None, :], mask=io,
                        other=0.0)
         total += w
         acc += w[:, None] * part
@@ -288,23 +295,24 @@ def _delta_kernel(Out, DOut, Delta, rows, HEAD_DIM: tl.constexpr, BLOCK_D: tl.co
     tl.store(Delta + offs_r, tl.sum(o * do, 1), mask=offs_r < rows)
 
 
-@triton.jit(do_not_specialize=["seed"])
+@triton.jit
 def _dkdv_kernel(
     Q, K, V, DO, Lse, Delta, DK, DV, Mask, Kpm, BlockMap, CuSeqQ, CuSeqK,
     sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sdob, sdoh, sdom, sdkb, sdkh, sdkn,
     slb, slh, slm,
     smb, smh, smm, smn, skpb, skpn, sbb, sbh, sbm, sbn,
-    H, HKV, GROUP, seqlen_q, seqlen_k, qk_scale, sm_scale, dropout_p, seed, rng_sq, rng_sk,
+    H, HKV, GROUP, seqlen_q, seqlen_k, qk_scale, sm_scale, dropout_p, Seed, rng_sq, rng_sk,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     MASK_KIND: tl.constexpr, HAS_KPM: tl.constexpr, IS_CAUSAL: tl.constexpr, VARLEN: tl.constexpr,
     DROPOUT: tl.constexpr,
 ):
     """One program: dK, dV of BLOCK_N keys of one (batch, kv head), summed over the GROUP query heads that share it.
     Works on transposed tiles: sT = k q^T (BLOCK_N, BLOCK_M), so dV += pT dO and dK += dsT q are plain dots."""
+    seed = tl.load(Seed) if DROPOUT else 0  # the Philox seed, read on the device (no host sync)
     pid_bh = tl.program_id(0)
     pid_n = tl.program_id(1)
     b = pid_bh // HKV
-    hk = pid_bh % HKV
+    hk = (pid_bh % HKV).to(tl.int64)  # int64 (and h below): head * stride_h can pass 2^31
     q_start, q_len, k_start, k_len, diag = _sequence(b, CuSeqQ, CuSeqK, CuSeqK, seqlen_q, seqlen_k,
                                                      VARLEN, False, False)
     start_n = pid_n * BLOCK_N
@@ -343,8 +351,9 @@ def _dkdv_kernel(
                 m_in = offs_m < q_len
                 rows = offs_m[None, :]
                 q_io = m_in[:, None] & d_in[None, :]
-                q = tl.load(q_base + offs_m[:, None] * sqm + offs_d[None, :], mask=q_io, other=0.0)
-                do = tl.load(do_base + offs_m[:, None] * sdom + offs_d[None, :], mask=q_io, other=0.0)
+                q_rows = offs_m.to(tl.int64)[:, None]  # int64: query row * stride can pass 2^31
+                q = tl.load(q_base + q_rows * sqm + offs_d[None, :], mask=q_io, other=0.0)
+                do = tl.load(do_base + q_rows * sdom + offs_d[None, :], mask=q_io, other=0.0)
                 lse = tl.load(lse_base + offs_m * slm, mask=m_in, other=float("inf"))
                 lse = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634
                 delta = tl.load(delta_base + offs_m * slm, mask=m_in, other=0.0)
@@ -373,22 +382,23 @@ def _dkdv_kernel(
              dv.to(DV.dtype.element_ty), mask=kv_io)
 
 
-@triton.jit(do_not_specialize=["seed"])
+@triton.jit
 def _dq_kernel(
     Q, K, V, DO, Lse, Delta, DQ, Mask, Kpm, BlockMap, CuSeqQ, CuSeqK,
     sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sdob, sdoh, sdom, sdqb, sdqh, sdqm,
     slb, slh, slm,
     smb, smh, smm, smn, skpb, skpn, sbb, sbh, sbm, sbn,
-    H, GROUP, seqlen_q, seqlen_k, qk_scale, sm_scale, dropout_p, seed, rng_sq, rng_sk,
+    H, GROUP, seqlen_q, seqlen_k, qk_scale, sm_scale, dropout_p, Seed, rng_sq, rng_sk,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     MASK_KIND: tl.constexpr, HAS_KPM: tl.constexpr, IS_CAUSAL: tl.constexpr, VARLEN: tl.constexpr,
     DROPOUT: tl.constexpr,
 ):
     """One program: dQ of BLOCK_M query rows of one (batch, head), looping over the key blocks."""
+    seed = tl.load(Seed) if DROPOUT else 0  # the Philox seed, read on the device (no host sync)
     pid_bh = tl.program_id(0)
     pid_m = tl.program_id(1)
     b = pid_bh // H
-    h = pid_bh % H
+    h = (pid_bh % H).to(tl.int64)  # int64: h * stride_h passes 2^31 once a batch element holds 2^31 elements
     q_start, q_len, k_start, k_len, diag = _sequence(b, CuSeqQ, CuSeqK, CuSeqK, seqlen_q, seqlen_k,
                                                      VARLEN, False, False)
     if pid_m * BLOCK_M >= q_len:
@@ -426,8 +436,9 @@ def _dq_kernel(
         if flag != 0:
             cols = (start_n + offs_n)[None, :]
             kv_io = ((start_n + offs_n) < k_len)[:, None] & d_in[None, :]
-            k = tl.load(k_base + (start_n + offs_n)[:, None] * skn + offs_d[None, :], mask=kv_io, other=0.0)
-            v = tl.load(v_base + (start_n + offs_n)[:, None] * svn + offs_d[None, :], mask=kv_io, other=0.0)
+            key_rows = (tl.cast(start_n, tl.int64) + offs_n)[:, None]  # int64: key row * stride can pass 2^31
+            k = tl.load(k_base + key_rows * skn + offs_d[None, :], mask=kv_io, other=0.0)
+            v = tl.load(v_base + key_rows * svn + offs_d[None, :], mask=kv_io, other=0.0)
             s = tl.dot(q, tl.trans(k)) * qk_scale
             if _on_edge(pid_m * BLOCK_M, start_n, k_len, diag, BLOCK_M, BLOCK_N, IS_CAUSAL):
                 s = _bounds_and_causal(s, rows, cols, k_len, diag, IS_CAUSAL)
@@ -502,19 +513,31 @@ def _row_blocks(rows: int, block: int, name: str) -> int:
     return blocks
 
 
+# KERNELS_TRITON_ONE_CONFIG=1: the warps/stages every kernel compiles with (valid for each tile of the tables above).
+ONE_CONFIG_WARPS, ONE_CONFIG_STAGES = 4, 2
+
+
 def _launcher(kernel, name, stages, warps, key):
     """``launch(grid, args, **meta)``: the kernel autotuned over warps/stages on a GPU (keyed on its compile-time
-    switches), or with a fixed small configuration under the interpreter."""
+    switches), with one configuration under KERNELS_TRITON_ONE_CONFIG=1, or with a fixed small configuration under
+    the interpreter. Each launch runs on the device of its first tensor argument."""
     if interpreting():
         def launch_fixed(grid, args, **meta):
-            kernel[grid](*args, num_warps=1, num_stages=1, **meta)
+            with on_device(args[0]):
+                kernel[grid](*args, num_warps=1, num_stages=1, **meta)
         return launch_fixed
+    if one_config():
+        def launch_one(grid, args, **meta):
+            with on_device(args[0]):
+                kernel[grid](*args, num_warps=ONE_CONFIG_WARPS, num_stages=ONE_CONFIG_STAGES, **meta)
+        return launch_one
     if name not in _tuned:
         _tuned[name] = triton.autotune(configs=_configs(stages, warps), key=key)(kernel)
     tuned = _tuned[name]
 
     def launch_tuned(grid, args, **meta):
-        tuned[grid](*args, **meta)
+        with on_device(args[0]):
+            tuned[grid](*args, **meta)
     return launch_tuned
 
 
@@ -602,10 +625,6 @@ def _block_d(head_dim: int) -> int:
     return max(16, triton.next_power_of_2(head_dim))
 
 
-def _seed_value(seed) -> int:
-    return 0 if seed is None else int(seed.reshape(-1)[0])
-
-
 def dropout_keep_mask(seed: int, shape, dropout_p: float, device=None) -> torch.Tensor:
     """The bool keep-mask ``(B, H, Sq, Sk)`` the kernels use for ``seed`` (module docstring), e.g. to pass as the
     reference's ``dropout_mask``. Varlen calls use ``shape = (1, H, total_q, total_k)``."""
@@ -614,7 +633,8 @@ def dropout_keep_mask(seed: int, shape, dropout_p: float, device=None) -> torch.
     keep = torch.empty((rows, sk), dtype=torch.int8, device=device)
     if keep.numel():
         grid = (triton.cdiv(rows, 64), triton.cdiv(sk, 128))
-        _keep_mask_kernel[grid](keep, seed, dropout_p, rows, sk, BLOCK_R=64, BLOCK_C=128)
+        with on_device(keep):
+            _keep_mask_kernel[grid](keep, seed, dropout_p, rows, sk, BLOCK_R=64, BLOCK_C=128)
     return keep.bool().reshape(batch, heads, sq, sk)
 
 
@@ -624,7 +644,7 @@ def dropout_keep_mask(seed: int, shape, dropout_p: float, device=None) -> torch.
 
 def _forward(q, k, v, out, lse, lse_strides, *, batch, seqlen_q, seqlen_k, attn_mask=None, key_padding_mask=None,
              cu_seqlens_q=None, cu_seqlens_k=None, cache_seqlens=None, dropout_p=0.0, is_causal=False,
-             bottom_right=False, scale, seed=0, rng_shape, splits=1, split_strides=(0, 0)):
+             bottom_right=False, scale, seed=None, rng_shape, splits=1, split_strides=(0, 0)):
     """Launches the forward on 4-D ``(batch, head, row, D)`` views (see the module docstring)."""
     heads, head_dim = q.shape[1], q.shape[3]
     block_m, block_n = forward_tiles(head_dim, q.device)
@@ -645,7 +665,8 @@ def _forward(q, k, v, out, lse, lse_strides, *, batch, seqlen_q, seqlen_k, attn_
               cu_seqlens_k if cu_seqlens_k is not None else dummy,
               cache_seqlens if cache_seqlens is not None else dummy,
               *st(q), *st(k), *st(v), *st(out), *lse_strides, *split_strides, *ms, *kps, *bs,
-              heads, heads // k.shape[1], seqlen_q, seqlen_k, k_chunk, scale * LOG2E, dropout_p, seed,
+              heads, heads // k.shape[1], seqlen_q, seqlen_k, k_chunk, scale * LOG2E, dropout_p,
+              dummy if seed is None else seed,
               rng_shape[0], rng_shape[1]),
         HEAD_DIM=head_dim, BLOCK_D=_block_d(head_dim), BLOCK_M=block_m, BLOCK_N=block_n, MASK_KIND=kind,
         HAS_KPM=key_padding_mask is not None, IS_CAUSAL=is_causal, CAUSAL_BOTTOM_RIGHT=bottom_right,
@@ -656,7 +677,7 @@ def _forward(q, k, v, out, lse, lse_strides, *, batch, seqlen_q, seqlen_k, attn_
 
 def _backward(grad_out, q, k, v, out, lse, lse_strides, dq, dk, dv, *, batch, seqlen_q, seqlen_k, attn_mask=None,
               key_padding_mask=None, cu_seqlens_q=None, cu_seqlens_k=None, dropout_p=0.0, is_causal=False, scale,
-              seed=0, rng_shape):
+              seed=None, rng_shape):
     """Launches delta = rowsum(dO * O), then the dK/dV and dQ kernels, on 4-D views like :func:`_forward`.
     ``out``/``grad_out`` are contiguous in the row order of ``lse``; dk/dv share strides."""
     heads, hkv, head_dim = q.shape[1], k.shape[1], q.shape[3]
@@ -664,8 +685,9 @@ def _backward(grad_out, q, k, v, out, lse, lse_strides, dq, dk, dv, *, batch, se
     delta = torch.empty(lse.shape, dtype=torch.float32, device=q.device)
     rows = lse.numel()
     block_r = 16 if interpreting() else 64
-    _delta_kernel[(triton.cdiv(rows, block_r),)](out, grad_out, delta, rows, HEAD_DIM=head_dim, BLOCK_D=block_d,
-                                                 BLOCK_R=block_r)
+    with on_device(out):
+        _delta_kernel[(triton.cdiv(rows, block_r),)](out, grad_out, delta, rows, HEAD_DIM=head_dim, BLOCK_D=block_d,
+                                                     BLOCK_R=block_r)
     block_m, block_n = backward_tiles(head_dim, q.device)
     dummy = q
     mask, ms, kind, kpm, kps = _mask_args(attn_mask, key_padding_mask, dummy)
@@ -686,14 +708,16 @@ def _backward(grad_out, q, k, v, out, lse, lse_strides, dq, dk, dv, *, batch, se
         (batch * hkv, _row_blocks(seqlen_k, block_n, "k")),
         args=(q, k, v, do_view, lse, delta, dk, dv, mask, kpm, bmap, cu_q, cu_k, *strides,
               *st(dk), *lse_strides, *ms, *kps, *bs,
-              heads, hkv, heads // hkv, seqlen_q, seqlen_k, scale * LOG2E, scale, dropout_p, seed,
+              heads, hkv, heads // hkv, seqlen_q, seqlen_k, scale * LOG2E, scale, dropout_p,
+              dummy if seed is None else seed,
               rng_shape[0], rng_shape[1]),
         **common)
     _dq_launcher()(
         (batch * heads, _row_blocks(seqlen_q, block_m, "q")),
         args=(q, k, v, do_view, lse, delta, dq, mask, kpm, bmap, cu_q, cu_k, *strides,
               *st(dq), *lse_strides, *ms, *kps, *bs,
-              heads, heads // hkv, seqlen_q, seqlen_k, scale * LOG2E, scale, dropout_p, seed,
+              heads, heads // hkv, seqlen_q, seqlen_k, scale * LOG2E, scale, dropout_p,
+              dummy if seed is None else seed,
               rng_shape[0], rng_shape[1]),
         **common)
 
@@ -721,7 +745,7 @@ def attention_forward(q, k, v, attn_mask, key_padding_mask, dropout_p, is_causal
         return out.zero_(), lse.fill_(float("-inf"))
     _forward(q, k, v, out, lse, lse.stride(), batch=batch, seqlen_q=sq, seqlen_k=sk, attn_mask=attn_mask,
              key_padding_mask=key_padding_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
-             seed=_seed_value(seed), rng_shape=(sq, sk))
+             seed=seed, rng_shape=(sq, sk))
     return out, lse
 
 
@@ -737,7 +761,7 @@ def attention_backward(grad_out, q, k, v, out, lse, attn_mask, key_padding_mask,
         return dq.zero_(), dk.zero_(), dv.zero_()
     _backward(grad_out.contiguous(), q, k, v, out.contiguous(), lse, lse.stride(), dq, dk, dv, batch=batch,
               seqlen_q=sq, seqlen_k=sk, attn_mask=attn_mask, key_padding_mask=key_padding_mask, dropout_p=dropout_p,
-              is_causal=is_causal, scale=scale, seed=_seed_value(seed), rng_shape=(sq, sk))
+              is_causal=is_causal, scale=scale, seed=seed, rng_shape=(sq, sk))
     return dq, dk, dv
 
 
@@ -762,7 +786,7 @@ def varlen_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen
     q4, k4, v4, out4 = _packed4(q), _packed4(k), _packed4(v), _packed4(out)
     _forward(q4, k4, v4, out4, lse, (0, 1, heads), batch=batch, seqlen_q=max_seqlen_q, seqlen_k=max_seqlen_k,
              cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, dropout_p=dropout_p, is_causal=is_causal,
-             scale=scale, seed=_seed_value(seed), rng_shape=(total_q, k.shape[0]))
+             scale=scale, seed=seed, rng_shape=(total_q, k.shape[0]))
     return out, lse
 
 
@@ -781,7 +805,7 @@ def varlen_backward(grad_out, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max
     _backward(grad_out.contiguous(), _packed4(q), _packed4(k), _packed4(v), out4, lse, (0, 1, heads),
               _packed4(dq), _packed4(dk), _packed4(dv), batch=batch, seqlen_q=max_seqlen_q, seqlen_k=max_seqlen_k,
               cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, dropout_p=dropout_p, is_causal=is_causal,
-              scale=scale, seed=_seed_value(seed), rng_shape=(q.shape[0], k.shape[0]))
+              scale=scale, seed=seed, rng_shape=(q.shape[0], k.shape[0]))
     return dq, dk, dv
 
 
@@ -823,8 +847,9 @@ def decode_forward(q, k_cache, v_cache, cache_seqlens, is_causal, scale):
              split_strides=(part.stride(0), part_lse.stride(0)), **common)
     lse = torch.empty((rows,), dtype=torch.float32, device=q.device)
     block_r = 16 if interpreting() else 32
-    _combine_kernel[(triton.cdiv(rows, block_r),)](part, part_lse, out, lse, splits, part.stride(0),
-                                                    part_lse.stride(0), rows, HEAD_DIM=head_dim,
-                                                    BLOCK_D=_block_d(head_dim), BLOCK_R=block_r)
+    with on_device(out):
+        _combine_kernel[(triton.cdiv(rows, block_r),)](part, part_lse, out, lse, splits, part.stride(0),
+                                                        part_lse.stride(0), rows, HEAD_DIM=head_dim,
+                                                        BLOCK_D=_block_d(head_dim), BLOCK_R=block_r)
     return out
 

@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from .. import _outputs
-from ._config import interpreting
+from ._config import interpreting, on_device
 
 
 @triton.jit
@@ -216,9 +216,10 @@ def forward(x, residual, weight, bias, eps: float, rms: bool):
     kernel = _forward_fused_kernel
     if block > _fused_limit(backward=False):
         block, kernel = (1024 if interpreting() else 4096), _forward_looped_kernel
-    kernel[(m,)](x, residual, weight, bias, y, h, mean, rstd, n, eps, HAS_RESIDUAL=has_residual,
-                 HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, RMS=rms, BLOCK_N=block,
-                 num_warps=_num_warps(block))
+    with on_device(x):
+        kernel[(m,)](x, residual, weight, bias, y, h, mean, rstd, n, eps, HAS_RESIDUAL=has_residual,
+                     HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, RMS=rms, BLOCK_N=block,
+                     num_warps=_num_warps(block))
     return y, h, mean, rstd
 
 
@@ -258,12 +259,14 @@ def backward(dy, dh, h, mean, rstd, weight, has_bias: bool, rms: bool):
         block = 1024 if interpreting() else 4096
         c1 = _outputs.empty((m,), dtype=torch.float32, device=h.device)
         c2 = _outputs.empty((m,), dtype=torch.float32, device=h.device)
-        _backward_row_sums_kernel[(m,)](dy, h, weight, mean, rstd, c1, c2, n, HAS_WEIGHT=has_weight, RMS=rms,
-                                        BLOCK_N=block, num_warps=_num_warps(block))
-    _backward_kernel[(groups, triton.cdiv(n, block))](
-        dy, dh, h, weight, mean, rstd, c1, c2, dx, partial_dw, partial_db, m, n, rows_per_program,
-        HAS_DH=dh is not None, HAS_WEIGHT=has_weight, HAS_BIAS=has_bias, RMS=rms, SUMS_GIVEN=sums_given,
-        BLOCK_N=block, num_warps=_num_warps(block))
+        with on_device(h):
+            _backward_row_sums_kernel[(m,)](dy, h, weight, mean, rstd, c1, c2, n, HAS_WEIGHT=has_weight, RMS=rms,
+                                            BLOCK_N=block, num_warps=_num_warps(block))
+    with on_device(h):
+        _backward_kernel[(groups, triton.cdiv(n, block))](
+            dy, dh, h, weight, mean, rstd, c1, c2, dx, partial_dw, partial_db, m, n, rows_per_program,
+            HAS_DH=dh is not None, HAS_WEIGHT=has_weight, HAS_BIAS=has_bias, RMS=rms, SUMS_GIVEN=sums_given,
+            BLOCK_N=block, num_warps=_num_warps(block))
     # The second reduction of the partial sums: a fixed order, so the result is the same on every run.
     dweight = partial_dw.sum(0).to(param_dtype) if has_weight else h.new_empty(0, dtype=param_dtype)
     dbias = partial_db.sum(0).to(param_dtype) if has_bias else h.new_empty(0, dtype=param_dtype)

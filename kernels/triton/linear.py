@@ -1,8 +1,10 @@
 """A Triton GEMM with fused epilogues, the building block of ``kernels.linear`` and ``kernels.feed_forward``.
 
 Forward, ``linear_forward``: ``out = residual + dropout(act(x @ w.T + b))`` in one kernel. ``x`` is ``(M, K)``, ``w`` is
-``(N, K)`` (``nn.Linear`` layout) or, for the gated activations, ``(2N, K)`` packing ``[gate; up]``: the program then
-keeps two accumulators (the gate and the up tile of the same output columns) that share the loads of ``x``, and writes
+``(N, K)`` (``nn.Linear`` layout, any strides: a GPT-2 ``Conv1D`` weight ``(K, N)`` comes as its transposed view) or,
+for the gated activations, the gate projection ``(N, K)`` with a separate up projection ``w_up`` ``(N, K)`` (a
+packed ``(2N, K)`` ``[gate; up]`` weight is passed as its two row halves, views): the program then keeps two
+accumulators (the gate and the up tile of the same output columns) that share the loads of ``x``, and writes
 ``act(gate) * up``. With ``save_pre`` the pre-activation ``x @ w.T + b`` (``(M, N)`` or ``(M, 2N)``) is written as a
 second output, for the backward.
 
@@ -24,8 +26,14 @@ so the same call works under ``torch.compile``. ``from kernels.feed_forward impo
 the mask.
 
 Numerics: inputs are loaded in their dtype, products accumulate in fp32 (``tl.dot``; TF32 for fp32 inputs only when
-torch allows TF32 matmuls), the epilogue runs in fp32 and outputs are written in the input dtype. Autotuned on the GPU
-(configurations for sm_80 and sm_90); one fixed small configuration under the interpreter.
+torch allows TF32 matmuls), the epilogue runs in fp32 and outputs are written in the input dtype.
+
+Configurations. Autotuned on the GPU, keyed on ``N``, ``K``, the switches and a bucket of ``M`` (the next power of two,
+capped at ``M_BUCKET_CAP``: a new token count re-uses its bucket's choice instead of benchmarking every candidate
+again), over candidates pruned per call (:func:`_prune`): tensor-core tiles for 16-bit and TF32 inputs, smaller
+FMA tiles for fp32 with TF32 off (``input_precision="ieee"``), no tile taller than the bucket, no more shared memory
+than sm_90 has. ``KERNELS_TRITON_ONE_CONFIG=1`` replaces autotuning by one known-good configuration; the
+interpreter uses one small configuration.
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ import triton.language as tl
 
 from .. import _outputs
 from ..reference import GATED_ACTIVATIONS as GATED
-from ._config import interpreting
+from ._config import interpreting, on_device, one_config
 
 # Activation codes shared by the kernels (constexpr) and the launchers; a gated one applies its code to the gate.
 ACTIVATION_CODES = {None: 0, "relu": 1, "gelu": 2, "gelu_tanh": 3, "silu": 4, "swiglu": 4, "geglu": 2}
@@ -108,14 +116,15 @@ def _tile_ids(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.co
 
 
 @triton.jit
-def _mainloop(a_ptr, b_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, up_offset, offs_m, offs_n,
-              GATED: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-              BLOCK_K: tl.constexpr):
-    """(a @ b)[offs_m, offs_n] in fp32 for a (M, K), b (K, N) given by strides; with GATED also the tile of columns
-    offs_n + up_offset of b, sharing the loads of a."""
+def _mainloop(a_ptr, b_ptr, b_up_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, stride_uk, stride_un,
+              offs_m, offs_n, GATED: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """(a @ b)[offs_m, offs_n] in fp32 for a (M, K), b (K, N) given by strides; with GATED also the same tile of a
+    second matrix b_up (K, N) (its own strides), sharing the loads of a."""
     offs_k = tl.arange(0, BLOCK_K)
     a_ptrs = a_ptr + offs_m[:, None].to(tl.int64) * stride_am + offs_k[None, :] * stride_ak  # (BLOCK_M, BLOCK_K)
     b_ptrs = b_ptr + offs_k[:, None] * stride_bk + offs_n[None, :].to(tl.int64) * stride_bn  # (BLOCK_K, BLOCK_N)
+    u_ptrs = b_up_ptr + offs_k[:, None] * stride_uk + offs_n[None, :].to(tl.int64) * stride_un
     in_m = offs_m[:, None] < M
     in_n = offs_n[None, :] < N
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -127,35 +136,38 @@ def _mainloop(a_ptr, b_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn,
         b = tl.load(b_ptrs, mask=b_mask, other=0.0)
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
         if GATED:
-            b_up = tl.load(b_ptrs + up_offset * stride_bn, mask=b_mask, other=0.0)
+            b_up = tl.load(u_ptrs, mask=b_mask, other=0.0)
             acc_up = tl.dot(a, b_up, acc_up, input_precision=PRECISION)
         a_ptrs += BLOCK_K * stride_ak
         b_ptrs += BLOCK_K * stride_bk
+        u_ptrs += BLOCK_K * stride_uk
     return acc, acc_up
 
 
 @triton.jit
 def _linear_forward_kernel(
-    x_ptr, w_ptr, bias_ptr, residual_ptr, out_ptr, pre_ptr, seed_ptr,
-    M, N, K,
-    stride_xm, stride_xk, stride_wn, stride_wk, stride_rm, stride_rn, stride_om, stride_on, stride_pm, stride_pn,
+    x_ptr, w_ptr, w_up_ptr, bias_ptr, bias_up_ptr, residual_ptr, out_ptr, pre_ptr, seed_ptr,
+    M, N, K, M_BUCKET,
+    stride_xm, stride_xk, stride_wn, stride_wk, stride_un, stride_uk, stride_rm, stride_rn, stride_om, stride_on,
+    stride_pm, stride_pn,
     dropout_p, dropout_scale,
     HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, GATED: tl.constexpr, DROPOUT: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr, SAVE_PRE: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
+    # M_BUCKET (m_bucket(M)) is read by the autotuner's key only.
     pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     # b = w.T: element (k, n) of b is w[n, k].
-    acc, acc_up = _mainloop(x_ptr, w_ptr, M, N, K, stride_xm, stride_xk, stride_wk, stride_wn, N, offs_m, offs_n,
-                            GATED, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
+    acc, acc_up = _mainloop(x_ptr, w_ptr, w_up_ptr, M, N, K, stride_xm, stride_xk, stride_wk, stride_wn, stride_uk,
+                            stride_un, offs_m, offs_n, GATED, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
     in_n = offs_n < N
     mask = (offs_m[:, None] < M) & in_n[None, :]
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_n, mask=in_n, other=0.0).to(tl.float32)[None, :]
         if GATED:
-            acc_up += tl.load(bias_ptr + N + offs_n, mask=in_n, other=0.0).to(tl.float32)[None, :]
+            acc_up += tl.load(bias_up_ptr + offs_n, mask=in_n, other=0.0).to(tl.float32)[None, :]
     rows = offs_m[:, None].to(tl.int64)
     if SAVE_PRE:
         pre_ptrs = pre_ptr + rows * stride_pm + offs_n[None, :] * stride_pn
@@ -175,13 +187,14 @@ def _linear_forward_kernel(
 @triton.jit
 def _linear_act_backward_kernel(
     g_ptr, w_ptr, pre_ptr, grad_pre_ptr, bias_partial_ptr, seed_ptr,
-    M, N, K,
+    M, N, K, M_BUCKET,
     stride_gm, stride_gk, stride_wk, stride_wn, stride_pm, stride_pn, stride_dm, stride_dn,
     dropout_p, dropout_scale,
     FROM_GEMM: tl.constexpr, ACTIVATION: tl.constexpr, GATED: tl.constexpr, DROPOUT: tl.constexpr,
     PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
 ):
+    # M_BUCKET (m_bucket(M)) is read by the autotuner's key only.
     pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -190,8 +203,8 @@ def _linear_act_backward_kernel(
     rows = offs_m[:, None].to(tl.int64)
     # Gradient with respect to the activation's (dropped-out) output h: (BLOCK_M, BLOCK_N).
     if FROM_GEMM:
-        dh, _unused = _mainloop(g_ptr, w_ptr, M, N, K, stride_gm, stride_gk, stride_wk, stride_wn, 0, offs_m, offs_n,
-                                False, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
+        dh, _unused = _mainloop(g_ptr, w_ptr, w_ptr, M, N, K, stride_gm, stride_gk, stride_wk, stride_wn, stride_wk,
+                                stride_wn, offs_m, offs_n, False, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
     else:
         dh = tl.load(g_ptr + rows * stride_gm + offs_n[None, :] * stride_gk, mask=mask, other=0.0).to(tl.float32)
     if DROPOUT:
@@ -219,37 +232,74 @@ def _linear_act_backward_kernel(
 # Configurations
 # ----------------------------------------------------------------------------------------------------------------------
 
-def _gpu_configs():
-    """Candidates for sm_80 (A100: 164 KB smem, 3-4 stages) and sm_90 (H100/H200: 227 KB, 4-5 stages, 8 warps for
-    the 128 x 256 tiles). The gated kernels hold two accumulators, which the smaller tiles keep in registers."""
-    shapes = [
-        (128, 256, 64, 3, 8), (256, 128, 64, 3, 8), (128, 256, 64, 4, 8), (128, 128, 64, 4, 4), (128, 128, 64, 5, 8),
-        (128, 128, 32, 4, 4), (64, 256, 32, 4, 4), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (64, 64, 64, 5, 4),
-    ]
+def _configs(shapes):
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 8}, num_stages=s, num_warps=w)
             for m, n, k, s, w in shapes]
 
 
+# Tensor-core candidates (16-bit inputs, fp32 as TF32) for sm_80 (A100: 164 KB smem, 3-4 stages) and sm_90 (H100/H200:
+# 227 KB, 4-5 stages, 8 warps for the 128 x 256 tiles). (BLOCK_M, BLOCK_N, BLOCK_K, stages, warps).
+TENSOR_CORE_CONFIGS = _configs([
+    (128, 256, 64, 3, 8), (256, 128, 64, 3, 8), (128, 256, 64, 4, 8), (128, 128, 64, 4, 4), (128, 128, 64, 5, 8),
+    (128, 128, 32, 4, 4), (64, 256, 32, 4, 4), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (64, 64, 64, 5, 4),
+])
+# fp32 with TF32 off: input_precision="ieee" dots run on the FMA units, one fp32 accumulator element per product, so
+# tiles are kept at <= 64 accumulators per thread (BLOCK_M * BLOCK_N / (32 * warps)), which the gated kernels' two
+# accumulators double to 128 (no spills), with BLOCK_K = 32 (fp32 operands take twice the shared memory).
+FP32_IEEE_CONFIGS = _configs([
+    (32, 64, 32, 4, 4), (64, 64, 32, 3, 4), (128, 64, 32, 3, 4), (64, 128, 32, 3, 4), (128, 128, 32, 3, 8),
+])
+# KERNELS_TRITON_ONE_CONFIG=1: fits every case above (16-bit, TF32, IEEE fp32, gated), compiles once per specialisation.
+ONE_CONFIG = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8, "num_warps": 4, "num_stages": 3}
 _INTERPRETER_CONFIG = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4}
+M_BUCKET_CAP = 8192  # from 8192 rows on every candidate has more tiles than sm_90 has SMs: one choice serves them all
+SMEM_BYTES = 227 * 1024  # sm_90's shared memory per block (sm_80: 164 KB, where the autotuner skips what fails)
 _TUNED: dict = {}
 
 
-def _prune_gated(configs, named_args, **kwargs):
-    """The gated forward keeps two fp32 accumulators: tiles above 128 x 128 would spill, so they are not tried."""
-    if not kwargs.get("GATED"):
-        return configs
-    return [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 128 * 128]
+def m_bucket(m: int) -> int:
+    """The autotuning key's row count: the next power of two of ``m``, capped at ``M_BUCKET_CAP``."""
+    return min(triton.next_power_of_2(max(m, 1)), M_BUCKET_CAP)
 
 
-def _kernel(jit_fn, key, reset_to_zero=None, prune=None):
-    """The kernel to launch and the configuration to pass: the jit function with the fixed configuration under the
-    interpreter, else the function autotuned over ``_gpu_configs`` per ``key`` (created once)."""
+def _prune(configs, named_args, **kwargs):
+    """The candidates worth compiling for one call (``early_config_prune``): the FMA tiles for fp32 with TF32 off,
+    else the tensor-core tiles; for the gated kernels (two fp32 accumulators) tiles up to 128 x 128; tiles at most
+    max(64, M bucket) rows tall; operand stages within sm_90's shared memory. Never empty."""
+    a = next(arg for arg in named_args.values() if isinstance(arg, torch.Tensor))  # x (forward) or grad (backward)
+    ieee_fp32 = a.dtype == torch.float32 and kwargs.get("PRECISION") == "ieee"
+    family = {id(c) for c in (FP32_IEEE_CONFIGS if ieee_fp32 else TENSOR_CORE_CONFIGS)}
+    tallest = max(64, named_args["M_BUCKET"])
+
+    def fits(c):
+        m, n, k = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]
+        return (m <= tallest and (not kwargs.get("GATED") or m * n <= 128 * 128)
+                and c.num_stages * (m + n) * k * a.element_size() <= SMEM_BYTES)
+
+    candidates = [c for c in configs if id(c) in family]
+    smallest = min(candidates, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])
+    return [c for c in candidates if fits(c)] or [smallest]
+
+
+def _autotuned(jit_fn, reset_to_zero=None):
+    """``jit_fn`` autotuned over both families, keyed on the bucketed M (created once per kernel)."""
+    if jit_fn not in _TUNED:
+        key = ["M_BUCKET", "N", "K", "PRECISION", "ACTIVATION", "GATED",
+               "SAVE_PRE" if jit_fn is _linear_forward_kernel else "FROM_GEMM"]
+        _TUNED[jit_fn] = triton.autotune(TENSOR_CORE_CONFIGS + FP32_IEEE_CONFIGS, key=key,
+                                         reset_to_zero=reset_to_zero,
+                                         prune_configs_by={"early_config_prune": _prune})(jit_fn)
+    return _TUNED[jit_fn]
+
+
+def _kernel(jit_fn, reset_to_zero=None):
+    """The kernel to launch and the configuration to pass: the jit function with a fixed configuration under the
+    interpreter or with KERNELS_TRITON_ONE_CONFIG=1, else the autotuned function."""
     if interpreting():
         return jit_fn, _INTERPRETER_CONFIG
-    if jit_fn not in _TUNED:
-        _TUNED[jit_fn] = triton.autotune(_gpu_configs(), key=key, reset_to_zero=reset_to_zero,
-                                         prune_configs_by={"early_config_prune": prune} if prune else None)(jit_fn)
-    return _TUNED[jit_fn], {}
+    if one_config():
+        return jit_fn, ONE_CONFIG
+    return _autotuned(jit_fn, reset_to_zero), {}
 
 
 def _grid(M, N):
@@ -271,34 +321,47 @@ def _dropout_scale(dropout_p: float) -> float:
 # ----------------------------------------------------------------------------------------------------------------------
 
 def linear_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str | None,
-                   dropout_p: float, seed: torch.Tensor, residual: torch.Tensor | None,
-                   save_pre: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                   dropout_p: float, seed: torch.Tensor, residual: torch.Tensor | None, save_pre: bool,
+                   weight_up: torch.Tensor | None = None,
+                   bias_up: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(out, pre)`` for 2-D ``x`` (M, K) and ``weight`` (N or 2N, K); ``pre`` is empty unless ``save_pre``.
 
-    ``x``, ``weight`` and ``residual`` are read with their strides (no copies).
+    A gated activation takes either ``weight`` ``(2N, K)`` packing ``[gate; up]`` (and ``bias`` ``(2N,)``), or the
+    gate projection ``weight`` ``(N, K)`` with the up projection ``weight_up`` ``(N, K)`` (and ``bias_up``); ``pre``
+    is ``(M, 2N)`` ``[gate, up]`` either way. ``x``, the weights and ``residual`` are read with their strides (no
+    copies).
     """
     gated = activation in GATED
     M, K = x.shape
-    width = weight.shape[0]
-    N = width // 2 if gated else width
+    if gated and weight_up is None:  # packed [gate; up]: its two row halves are views
+        half = weight.shape[0] // 2
+        weight, weight_up = weight[:half], weight[half:]
+        bias, bias_up = (None, None) if bias is None else (bias[:half], bias[half:])
+    N = weight.shape[0]
+    width = 2 * N if gated else N
     out = _outputs.empty((M, N), dtype=x.dtype, device=x.device)
     pre = _outputs.empty((M, width) if save_pre else (0, width), dtype=x.dtype, device=x.device)
     if M == 0 or N == 0:
         return out, pre
-    kernel, config = _kernel(_linear_forward_kernel, ["M", "N", "K", "ACTIVATION", "GATED", "SAVE_PRE"],
-                             prune=_prune_gated)
+    kernel, config = _kernel(_linear_forward_kernel)
     dropout = dropout_p > 0.0
-    bias = bias.contiguous() if bias is not None else None  # the kernel reads the bias with unit stride
+    has_bias = bias is not None
+    # The kernel reads the biases with unit stride; placeholders (never read) stand in for absent tensors.
+    bias = bias.contiguous() if has_bias else out
+    bias_up = bias_up.contiguous() if has_bias and gated else bias
+    w_up = weight_up if gated else weight
     res = residual if residual is not None else out
-    kernel[_grid(M, N)](
-        x, weight, bias if bias is not None else out, res, out, pre, seed,
-        M, N, K,
-        x.stride(0), x.stride(1), weight.stride(0), weight.stride(1), res.stride(0), res.stride(1),
-        out.stride(0), out.stride(1), pre.stride(0), pre.stride(1),
-        float(dropout_p), _dropout_scale(dropout_p),
-        HAS_BIAS=bias is not None, ACTIVATION=ACTIVATION_CODES[activation], GATED=gated, DROPOUT=dropout,
-        HAS_RESIDUAL=residual is not None, SAVE_PRE=save_pre, PRECISION=_precision(x.dtype), **config,
-    )
+    with on_device(x):
+        kernel[_grid(M, N)](
+            x, weight, w_up, bias, bias_up, res, out, pre, seed,
+            M, N, K, m_bucket(M),
+            x.stride(0), x.stride(1), weight.stride(0), weight.stride(1), w_up.stride(0), w_up.stride(1),
+            res.stride(0), res.stride(1),
+            out.stride(0), out.stride(1), pre.stride(0), pre.stride(1),
+            float(dropout_p), _dropout_scale(dropout_p),
+            HAS_BIAS=has_bias, ACTIVATION=ACTIVATION_CODES[activation], GATED=gated, DROPOUT=dropout,
+            HAS_RESIDUAL=residual is not None, SAVE_PRE=save_pre, PRECISION=_precision(x.dtype), **config,
+        )
     return out, pre
 
 
@@ -313,25 +376,25 @@ def linear_act_backward(grad: torch.Tensor, weight: torch.Tensor | None, pre: to
     grad_pre = _outputs.empty((M, width), dtype=pre.dtype, device=pre.device)
     if M == 0 or N == 0:
         return grad_pre, torch.zeros(width, dtype=torch.float32, device=pre.device)
-    kernel, config = _kernel(_linear_act_backward_kernel, ["M", "N", "K", "ACTIVATION", "GATED", "FROM_GEMM"],
-                             reset_to_zero=["bias_partial_ptr"])
+    kernel, config = _kernel(_linear_act_backward_kernel, reset_to_zero=["bias_partial_ptr"])
     from_gemm = weight is not None
     K = grad.shape[1] if from_gemm else N
     w = weight if from_gemm else grad
     # One row of bias partial sums per row block. The block height is the autotuner's choice, so the buffer has rows
     # for the smallest candidate; rows past the chosen configuration's blocks stay zero (the autotuner zeroes the
     # buffer before each trial and before the final launch).
-    smallest = config.get("BLOCK_M") or min(c.kwargs["BLOCK_M"] for c in _gpu_configs())
+    smallest = config.get("BLOCK_M") or min(c.kwargs["BLOCK_M"] for c in TENSOR_CORE_CONFIGS + FP32_IEEE_CONFIGS)
     partial = torch.zeros((triton.cdiv(M, smallest), width), dtype=torch.float32, device=pre.device)
-    kernel[_grid(M, N)](
-        grad, w, pre, grad_pre, partial, seed,
-        M, N, K,
-        grad.stride(0), grad.stride(1), w.stride(0), w.stride(1), pre.stride(0), pre.stride(1),
-        grad_pre.stride(0), grad_pre.stride(1),
-        float(dropout_p), _dropout_scale(dropout_p),
-        FROM_GEMM=from_gemm, ACTIVATION=ACTIVATION_CODES[activation], GATED=gated, DROPOUT=dropout_p > 0.0,
-        PRECISION=_precision(pre.dtype), **config,
-    )
+    with on_device(pre):
+        kernel[_grid(M, N)](
+            grad, w, pre, grad_pre, partial, seed,
+            M, N, K, m_bucket(M),
+            grad.stride(0), grad.stride(1), w.stride(0), w.stride(1), pre.stride(0), pre.stride(1),
+            grad_pre.stride(0), grad_pre.stride(1),
+            float(dropout_p), _dropout_scale(dropout_p),
+            FROM_GEMM=from_gemm, ACTIVATION=ACTIVATION_CODES[activation], GATED=gated, DROPOUT=dropout_p > 0.0,
+            PRECISION=_precision(pre.dtype), **config,
+        )
     return grad_pre, partial.sum(0)
 
 

@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from .. import _outputs
-from ._config import interpreting
+from ._config import interpreting, on_device
 
 
 @triton.jit
@@ -57,7 +57,10 @@ def _forward_kernel(x_ptr, mask_ptr, y_ptr, n_rows, sq, sk, d1, scale, m_s0, m_s
         m = tl.where(m == float("-inf"), 0.0, m)  # fully masked row: exp(-inf - 0) = 0 everywhere
         p = tl.exp(s - m[:, None])
         total = tl.sum(p, 1)
-        inv = 1.0 / tl.where(total > 0.0, total, 1.0)  # a fully masked row has p = 0 and total = 0: zeros, not NaN
+        # A fully masked row has p = 0 and total = 0: zeros, not NaN. A NaN or +inf kept score makes total NaN (the max
+        # may drop a NaN: max.f32 does on a GPU, but exp(nan - m) is NaN) and `total == 0` is false for it: an all-NaN
+        # row, as torch.softmax (`total > 0` kept the unnormalised exps).
+        inv = 1.0 / tl.where(total == 0.0, 1.0, total)
         inside = row_ok[:, None] & (cols[None, :] < sk)
         tl.store(y_ptr + rows_[:, None] * sk + cols[None, :], (p * inv[:, None]).to(y_ptr.dtype.element_ty),
                  mask=inside)
@@ -73,7 +76,7 @@ def _forward_kernel(x_ptr, mask_ptr, y_ptr, n_rows, sq, sk, d1, scale, m_s0, m_s
             total = total * tl.exp(m - m_safe) + tl.sum(tl.exp(s - m_safe[:, None]), 1)
             m = m_new
         m = tl.where(m == float("-inf"), 0.0, m)
-        inv = 1.0 / tl.where(total > 0.0, total, 1.0)
+        inv = 1.0 / tl.where(total == 0.0, 1.0, total)  # as above: zeros for a fully masked row, NaN kept
         for start in range(0, sk, BLOCK):
             s = _scores(x_ptr, mask_ptr, rows_, row_ok, q, mask_row, start + cols, sk, scale, m_sk, HAS_MASK,
                         MASK_BOOL, IS_CAUSAL)
@@ -178,10 +181,11 @@ def forward(x: torch.Tensor, mask: torch.Tensor | None, scale: float, is_causal:
         # bool is read as bytes (same size, same strides)
         mask_arg = mask.view(torch.uint8) if mask.dtype == torch.bool else mask
     rows, block, looped, warps = _config(sk)
-    _forward_kernel[(triton.cdiv(n_rows, rows),)](
-        x, mask_arg, y, n_rows, sq, sk, d1, float(scale), *strides,
-        HAS_MASK=mask is not None, MASK_BOOL=mask is not None and mask.dtype == torch.bool, IS_CAUSAL=bool(is_causal),
-        ROWS=rows, BLOCK=block, LOOPED=looped, num_warps=warps)
+    with on_device(x):
+        _forward_kernel[(triton.cdiv(n_rows, rows),)](
+            x, mask_arg, y, n_rows, sq, sk, d1, float(scale), *strides,
+            HAS_MASK=mask is not None, MASK_BOOL=mask is not None and mask.dtype == torch.bool,
+            IS_CAUSAL=bool(is_causal), ROWS=rows, BLOCK=block, LOOPED=looped, num_warps=warps)
     return y
 
 
@@ -194,6 +198,7 @@ def backward(grad: torch.Tensor, y: torch.Tensor, scale: float) -> torch.Tensor:
     sk = y.shape[-1]
     n_rows = y.numel() // sk
     rows, block, looped, warps = _config(sk)
-    _backward_kernel[(triton.cdiv(n_rows, rows),)](
-        grad, y, dx, n_rows, sk, float(scale), ROWS=rows, BLOCK=block, LOOPED=looped, num_warps=warps)
+    with on_device(y):
+        _backward_kernel[(triton.cdiv(n_rows, rows),)](
+            grad, y, dx, n_rows, sk, float(scale), ROWS=rows, BLOCK=block, LOOPED=looped, num_warps=warps)
     return dx

@@ -7,7 +7,7 @@ import triton
 import triton.language as tl
 
 from .. import _outputs
-from ._config import interpreting
+from ._config import interpreting, on_device
 
 
 @triton.jit
@@ -27,5 +27,6 @@ def residual_add(x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     if n == 0:
         return out
     block = 1024 if interpreting() else 4096
-    _residual_add_kernel[(triton.cdiv(n, block),)](x, residual, out, n, BLOCK=block, num_warps=4)
+    with on_device(x):
+        _residual_add_kernel[(triton.cdiv(n, block),)](x, residual, out, n, BLOCK=block, num_warps=4)
     return out

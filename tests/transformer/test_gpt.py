@@ -72,3 +72,35 @@ def test_generation_limits_and_sampling_arguments():
     assert picks <= {1, 3}
     with pytest.raises(ValueError, match="`temperature`"):
         transformer.next_token(logits, do_sample=True, temperature=0.0)
+
+
+@pytest.mark.parametrize("sampling", [False, True])
+def test_static_cache_generation_gives_the_dynamic_cache_tokens(sampling):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**TINY)).double()
+    idx = torch.randint(0, 64, (3, 4))
+    kwargs = dict(do_sample=sampling, temperature=0.8, top_k=10)
+    dynamic = model.generate(idx, 12, generator=torch.Generator().manual_seed(5), **kwargs)
+    static = model.generate(idx, 12, static_cache=True, generator=torch.Generator().manual_seed(5), **kwargs)
+    assert torch.equal(static, dynamic)
+
+
+def test_decode_step_over_static_caches_matches_the_full_forward():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**TINY)).double().eval()
+    idx = torch.randint(0, 64, (2, 9))
+    full = model(idx)[0]
+    caches = model.new_static_cache(2, 9)
+    steps = [model.decode_step(idx[:, :4], caches)] + [model.decode_step(idx[:, i:i + 1], caches) for i in range(4, 9)]
+    torch.testing.assert_close(torch.stack(steps, dim=1), full[:, 3:])
+    assert all(c.length.tolist() == [9, 9] for c in caches)
+
+
+def test_static_generation_limits():
+    model = GPT(GPTConfig(**TINY))
+    with pytest.raises(ValueError, match="max_seq_len"):
+        model.generate(torch.zeros(1, 40, dtype=torch.long), 10, static_cache=True)
+    with pytest.raises(ValueError, match="`cuda_graph`"):
+        model.generate(torch.zeros(1, 4, dtype=torch.long), 3, cuda_graph=True)
+    with pytest.raises(ValueError, match="`max_len`"):
+        model.new_static_cache(1, 49)

@@ -148,3 +148,56 @@ def test_decoder_cached_steps_match_the_full_decoder():
     cache = model.decoder.new_cache()
     steps = [model.decoder.forward_cached(tgt[:, i:i + 1], memory, cache, padding) for i in range(4)]
     torch.testing.assert_close(torch.cat(steps, dim=1), full)
+
+
+LAYER_BAD_INPUTS = {  # (the argument the error must name, the layer's forward arguments besides src / tgt)
+    "encoder (1, S) src_mask": ("src_mask", dict(src_mask=torch.zeros(1, 5, dtype=torch.bool))),
+    "encoder 1-D src_mask": ("src_mask", dict(src_mask=torch.zeros(5, dtype=torch.bool))),
+    "encoder src_key_padding_mask (B, S + 1)": (
+        "src_key_padding_mask", dict(src_key_padding_mask=torch.zeros(2, 6, dtype=torch.bool))),
+    "decoder memory of another batch": ("memory", dict(memory=torch.randn(3, 4, D))),
+    "decoder memory_mask (L, S + 1)": ("memory_mask", dict(memory_mask=torch.zeros(5, 5, dtype=torch.bool))),
+    "decoder tgt_mask 1-D": ("tgt_mask", dict(tgt_mask=torch.zeros(5, dtype=torch.bool))),
+    "decoder memory_key_padding_mask (S,)": (
+        "memory_key_padding_mask", dict(memory_key_padding_mask=torch.zeros(4, dtype=torch.bool))),
+}
+
+
+@pytest.mark.parametrize("case", list(LAYER_BAD_INPUTS))
+def test_layers_reject_bad_inputs_like_torch_naming_the_argument(case):
+    name, kwargs = LAYER_BAD_INPUTS[case]
+    decoder = case.startswith("decoder")
+    cls = "TransformerDecoderLayer" if decoder else "TransformerEncoderLayer"
+    reference = getattr(nn, cls)(D, H, FF, dropout=0.0, batch_first=True)
+    fused = getattr(transformer, cls)(D, H, FF, dropout=0.0, batch_first=True)
+    call = dict(tgt=torch.randn(2, 5, D), memory=torch.randn(2, 4, D)) if decoder else dict(src=torch.randn(2, 5, D))
+    call.update(kwargs)
+    with pytest.raises(Exception) as torch_error:
+        reference(**call)
+    with pytest.raises(ValueError, match=f"`{name}`") as error:
+        fused(**call)
+    assert isinstance(error.value, type(torch_error.value))
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_subclasses_overriding_torchs_block_methods_compute_like_torchs(norm_first):
+    """torch's tests subclass the layers and override _sa_block / _mha_block / _ff_block: the fused layers keep those
+    methods (torch's signatures) and compose an overridden one as torch does."""
+    def subclass(base):
+        class Scaled(base):
+            def _ff_block(self, x):
+                return 0.5 * super()._ff_block(x)
+        return Scaled
+
+    torch.manual_seed(0)
+    for cls in ("TransformerEncoderLayer", "TransformerDecoderLayer"):
+        reference = subclass(getattr(nn, cls))(D, H, FF, dropout=0.0, norm_first=norm_first).double()
+        fused = subclass(getattr(transformer, cls))(D, H, FF, dropout=0.0, norm_first=norm_first).double()
+        assert fused._custom_blocks and not getattr(transformer, cls)._custom_blocks
+        fused.load_state_dict(reference.state_dict())
+        x, memory = torch.randn(5, 2, D, dtype=torch.float64), torch.randn(4, 2, D, dtype=torch.float64)
+        args = (x, memory) if cls == "TransformerDecoderLayer" else (x,)
+        torch.testing.assert_close(fused(*args), reference(*args))
+        plain = getattr(transformer, cls)(D, H, FF, dropout=0.0, norm_first=norm_first).double()
+        plain.load_state_dict(reference.state_dict())
+        assert not torch.allclose(plain(*args), reference(*args))  # the override does change the result

@@ -210,3 +210,90 @@ def test_cached_attention_matches_full_causal_attention():
     torch.testing.assert_close(torch.cat(steps, dim=1), full)
     causal = torch.ones(6, 6, dtype=torch.bool).triu(1)
     torch.testing.assert_close(full, mha(x, x, x, attn_mask=causal, need_weights=False)[0])
+
+
+# -- argument checks: every input torch's module rejects is rejected, before any kernel runs, naming the argument ---
+
+N, S = 2, 3  # batch, key length (L = 5 queries)
+
+BAD_INPUTS = {  # name -> (the argument the error must name, kwargs of forward with batch_first=True)
+    "1-D attn_mask": ("attn_mask", dict(attn_mask=torch.zeros(S, dtype=torch.bool))),
+    "(1, S) attn_mask with L > 1": ("attn_mask", dict(attn_mask=torch.zeros(1, S, dtype=torch.bool))),
+    "(L, S + 1) attn_mask": ("attn_mask", dict(attn_mask=torch.zeros(L, S + 1))),
+    "4-D attn_mask": ("attn_mask", dict(attn_mask=torch.zeros(N, H, L, S, dtype=torch.bool))),
+    "3-D attn_mask of N heads": ("attn_mask", dict(attn_mask=torch.zeros(N, L, S, dtype=torch.bool))),
+    "int attn_mask": ("attn_mask", dict(attn_mask=torch.zeros(L, S, dtype=torch.int64))),
+    "key_padding_mask (N, S + 1)": ("key_padding_mask", dict(key_padding_mask=torch.zeros(N, S + 1, dtype=torch.bool))),
+    "key_padding_mask (S,)": ("key_padding_mask", dict(key_padding_mask=torch.zeros(S, dtype=torch.bool))),
+    "key_padding_mask (N + 1, S)": ("key_padding_mask", dict(key_padding_mask=torch.zeros(N + 1, S, dtype=torch.bool))),
+    "int key_padding_mask": ("key_padding_mask", dict(key_padding_mask=torch.zeros(N, S, dtype=torch.int32))),
+    "2-D key with 3-D query": ("key", dict(key=torch.randn(S, E))),
+    "key of another batch size": ("key", dict(key=torch.randn(N + 1, S, E), value=torch.randn(N + 1, S, E))),
+    "key of another width": ("key", dict(key=torch.randn(N, S, E + 1), value=torch.randn(N, S, E + 1))),
+    "value of another length": ("value", dict(value=torch.randn(N, S + 1, E))),
+    "query of another width": ("query", dict(query=torch.randn(N, L, E + 2))),
+    "4-D query": ("query", dict(query=torch.randn(1, N, L, E))),
+    "fp64 key with fp32 query": ("key", dict(key=torch.randn(N, S, E, dtype=torch.float64))),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_inputs_rejected_like_torch_before_any_kernel(case, monkeypatch):
+    name, kwargs = BAD_INPUTS[case]
+    torch.manual_seed(0)
+    reference = nn.MultiheadAttention(E, H, batch_first=True)
+    fused = transformer.MultiheadAttention(E, H, batch_first=True)
+    fused.load_state_dict(reference.state_dict())
+    call = dict(query=torch.randn(N, L, E), key=torch.randn(N, S, E), value=torch.randn(N, S, E), need_weights=False)
+    call.update(kwargs)
+    with torch.no_grad(), pytest.raises(Exception):
+        reference.eval()(**call)  # torch's fast path (eval, no grad) rejects it too
+    with pytest.raises(Exception) as torch_error:
+        reference.train()(**call)
+    for op in ("linear", "scaled_dot_product_attention", "masked_softmax"):  # no kernel may run before the check
+        monkeypatch.setattr(kernels, op, lambda *a, **k: pytest.fail("a kernel ran before the arguments were checked"))
+    with pytest.raises(ValueError, match=f"`{name}`") as error:
+        fused(**call)
+    assert isinstance(error.value, type(torch_error.value)), (type(error.value), type(torch_error.value))
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_unbatched_inputs_checked_like_torch(batch_first):
+    mha = transformer.MultiheadAttention(E, H, batch_first=batch_first)
+    q, kv = torch.randn(L, E), torch.randn(S, E)
+    mha(q, kv, kv, attn_mask=torch.zeros(H, L, S, dtype=torch.bool), key_padding_mask=torch.zeros(S, dtype=torch.bool))
+    with pytest.raises(AssertionError, match="`key_padding_mask`"):
+        mha(q, kv, kv, key_padding_mask=torch.zeros(1, S, dtype=torch.bool))
+    with pytest.raises(RuntimeError, match="`attn_mask`"):
+        mha(q, kv, kv, attn_mask=torch.zeros(2 * H, L, S, dtype=torch.bool))
+    with pytest.raises(ValueError, match="`key` and `value` to be 2-D"):
+        mha(q, kv[None], kv[None])
+
+
+def test_nested_inputs_and_torchscript_raise_clear_errors():
+    mha = transformer.MultiheadAttention(E, H, batch_first=True)
+    nested = torch.nested.nested_tensor([torch.randn(2, E), torch.randn(4, E)])
+    with pytest.raises(ValueError, match="`query` is a nested tensor.*to_padded_tensor"):
+        mha(nested, nested, nested)
+    with pytest.raises(RuntimeError, match="torch.jit.script of transformer.multihead_attention.MultiheadAttention"):
+        torch.jit.script(mha)
+    with pytest.raises(RuntimeError, match="torch.jit.script of .*MultiheadAttention"):
+        torch.jit.script(nn.Sequential(nn.Linear(E, E), mha))  # inside a model too
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_fp16_in_proj_bias_with_fp64_inputs_is_cast(batch_first):
+    """torch's batch-first path accepts biases in another dtype than the inputs; ours does in both layouts."""
+    torch.manual_seed(0)
+    reference = nn.MultiheadAttention(E, H, batch_first=True).double()
+    fused = transformer.MultiheadAttention(E, H, batch_first=batch_first).double()
+    fused.load_state_dict(reference.state_dict())
+    for module in (reference, fused):
+        module.in_proj_bias.data = module.in_proj_bias.data.half()
+    x = torch.randn(2, L, E, dtype=torch.float64, requires_grad=True)
+    expected = reference(x, x, x, need_weights=False)[0]
+    y = x if batch_first else x.transpose(0, 1)
+    got = fused(y, y, y, need_weights=False)[0]
+    torch.testing.assert_close(got if batch_first else got.transpose(0, 1), expected)
+    got.sum().backward()
+    assert fused.in_proj_bias.grad.dtype == torch.float16

@@ -6,6 +6,7 @@
 #include <c10/util/Exception.h>
 
 #include <initializer_list>
+#include <optional>
 #include <sstream>
 #include <string>
 
@@ -68,6 +69,19 @@ inline void check_like_q(const at::Tensor& t, const char* name, const at::Tensor
   check_same_shape(t, name, q, "q");
   check_same_dtype(t, name, q, "q");
   check_same_device(t, name, q, "q");
+}
+
+// The Philox seed of an attention op with dropout: a one-element int64 tensor on the device of `like` (drawn from that
+// device's generator by the caller, so that a captured CUDA graph draws a new seed on every replay and the kernels read
+// it from memory, with no host sync). Required when dropout_p > 0, not read otherwise.
+inline void check_dropout_seed(const std::optional<at::Tensor>& seed, double dropout_p, const at::Tensor& like,
+                               const char* like_name) {
+  if (!(dropout_p > 0.0)) return;
+  TORCH_CHECK_VALUE(seed.has_value(), "argument `seed` is None; dropout_p = ", dropout_p, " needs a one-element int64 "
+                    "seed tensor");
+  TORCH_CHECK_VALUE(seed->numel() == 1 && seed->scalar_type() == at::kLong, "argument `seed` must be a one-element "
+                    "int64 tensor, got dtype ", seed->scalar_type(), " and ", seed->numel(), " elements");
+  check_same_device(*seed, "seed", like, like_name);
 }
 
 }  // namespace kernels

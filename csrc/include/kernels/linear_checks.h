@@ -15,6 +15,17 @@
 
 namespace kernels {
 
+// Checks residual (M, N) against `like` (dtype, device); returns it made contiguous (undefined when absent).
+inline at::Tensor check_linear_residual(const std::optional<at::Tensor>& residual, const at::Tensor& like,
+                                        const char* like_name, int64_t M, int64_t N) {
+  if (!residual.has_value()) return at::Tensor();
+  check_same_dtype(*residual, "residual", like, like_name);
+  check_same_device(*residual, "residual", like, like_name);
+  TORCH_CHECK_VALUE(residual->dim() == 2 && residual->size(0) == M && residual->size(1) == N,
+                    "argument `residual` has shape ", residual->sizes(), "; expected (", M, ", ", N, ")");
+  return residual->contiguous();
+}
+
 // Checks x (M, K), weight (width, K), bias (width,) and residual (M, N) with N = width, or width / 2 for a gated
 // activation; returns the residual made contiguous (undefined when absent).
 inline at::Tensor check_linear_forward(const at::Tensor& x, const at::Tensor& weight,
@@ -37,12 +48,19 @@ inline at::Tensor check_linear_forward(const at::Tensor& x, const at::Tensor& we
     TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == width, "argument `bias` has shape ", bias->sizes(),
                       "; expected (", width, ")");
   }
-  if (!residual.has_value()) return at::Tensor();
-  check_same_dtype(*residual, "residual", x, "x");
-  check_same_device(*residual, "residual", x, "x");
-  TORCH_CHECK_VALUE(residual->dim() == 2 && residual->size(0) == M && residual->size(1) == N,
-                    "argument `residual` has shape ", residual->sizes(), "; expected (", M, ", ", N, ")");
-  return residual->contiguous();
+  return check_linear_residual(residual, x, "x", M, N);
+}
+
+// Checks pre (M, width) and residual (M, N) of linear_epilogue, N = width or width / 2 for a gated activation;
+// returns the residual made contiguous (undefined when absent).
+inline at::Tensor check_linear_epilogue(const at::Tensor& pre, const std::optional<at::Tensor>& residual,
+                                        const ActivationSpec& spec, std::initializer_list<at::ScalarType> dtypes) {
+  check_dim(pre, "pre", 2);
+  check_dtype(pre, "pre", dtypes);
+  const int64_t width = pre.size(1);
+  TORCH_CHECK_VALUE(!spec.gated || width % 2 == 0, "argument `pre` has ", width, " columns; a gated activation "
+                    "packs [gate, up] and needs an even number");
+  return check_linear_residual(residual, pre, "pre", pre.size(0), spec.gated ? width / 2 : width);
 }
 
 // linear_weight_grad's checks (grad (M, N), x (M, K), same dtype and device) and its plain computation: an ATen GEMM

@@ -14,7 +14,7 @@ from benchmarks.ceilings import Ceilings, exceeds_ceiling, fraction_text, measur
 from benchmarks.report import ceilings_line, terminal_table, write_markdown
 from benchmarks.runner import Result
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENV = {"device_name": "test cpu", "threads": 2, "torch": "x", "triton": "y", "git_commit": "0123456789abcdef"}
 
 
