@@ -21,7 +21,7 @@ except ImportError:  # pragma: no cover - older triton
     pytest.skip("this triton has no ahead-of-time compile API", allow_module_level=True)
 
 POINTERS = {"Lse": "*fp32", "Delta": "*fp32", "Kpm": "*u8", "BlockMap": "*i8", "CuSeqQ": "*i32", "CuSeqK": "*i32",
-            "SeqLensK": "*i32", "Mask": "*u8"}
+            "SeqLensK": "*i32", "Mask": "*u8", "Seed": "*i64"}
 FLOATS = {"qk_scale", "sm_scale", "dropout_p"}
 INTS = {"H", "HKV", "GROUP"}
 

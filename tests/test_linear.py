@@ -384,9 +384,10 @@ def _compile_for_gpu(arch: int) -> None:
     tiles = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 8}
     # Forward: gated SwiGLU in bf16 with every epilogue, and erf GELU in fp32 with TF32.
     for element, precision, activation, gated in (("bf16", "ieee", 4, True), ("fp32", "tf32", 2, False)):
-        pointers = {name: f"*{element}" for name in ("x_ptr", "w_ptr", "bias_ptr", "residual_ptr", "out_ptr", "pre_ptr")}
-        scalars = ["M", "N", "K", "M_BUCKET", "stride_xm", "stride_xk", "stride_wn", "stride_wk", "stride_rm",
-                   "stride_rn", "stride_om", "stride_on", "stride_pm", "stride_pn"]
+        pointers = {name: f"*{element}" for name in ("x_ptr", "w_ptr", "w_up_ptr", "bias_ptr", "bias_up_ptr",
+                                                      "residual_ptr", "out_ptr", "pre_ptr")}
+        scalars = ["M", "N", "K", "M_BUCKET", "stride_xm", "stride_xk", "stride_wn", "stride_wk", "stride_un",
+                   "stride_uk", "stride_rm", "stride_rn", "stride_om", "stride_on", "stride_pm", "stride_pn"]
         compile_kernel(launcher._linear_forward_kernel, {**pointers, "seed_ptr": "*i64"}, scalars,
                        dict(HAS_BIAS=True, ACTIVATION=activation, GATED=gated, DROPOUT=True, HAS_RESIDUAL=True,
                             SAVE_PRE=True, PRECISION=precision, **tiles))

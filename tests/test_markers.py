@@ -13,9 +13,15 @@ import types
 import pytest
 import torch
 
-import conftest
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFTEST = os.path.join(ROOT, "tests", "conftest.py")
+
+
+@pytest.fixture
+def conftest(pytestconfig):
+    """tests/conftest.py as pytest loaded it (`import conftest` may find tests/benchmarks/conftest.py instead)."""
+    return next(plugin for plugin in pytestconfig.pluginmanager.get_plugins()
+                if getattr(plugin, "__file__", None) == CONFTEST)
 # A parameter id naming a CUDA device: "cuda" / "cuda:1" as one dash-separated part of the id.
 CUDA_ID = re.compile(r"(^|-)cuda(:\d+)?(-|$)")
 
@@ -31,7 +37,7 @@ class _Item:
         self.keywords[mark.name] = True
 
 
-def test_is_cuda_device():
+def test_is_cuda_device(conftest):
     # A loop, not a parametrisation: parameters naming CUDA would put this test in the GPU tier.
     cases = [("cuda", True), ("cuda:1", True), (torch.device("cuda", 0), True), (("cuda", "triton"), True),
              (["cpu", torch.device("cuda")], True), ("cpu", False), (torch.device("cpu"), False),
@@ -39,7 +45,7 @@ def test_is_cuda_device():
     assert [conftest.is_cuda_device(value) for value, _ in cases] == [cuda for _, cuda in cases]
 
 
-def test_hook_marks_every_cuda_parametrised_case():
+def test_hook_marks_every_cuda_parametrised_case(conftest):
     cases = {
         "device": _Item({"device": "cuda"}),
         "pair": _Item({"case": ("cuda", "native"), "dtype": torch.float16}),
