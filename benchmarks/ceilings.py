@@ -34,6 +34,7 @@ class Ceilings:
     matmul_size: int  # the size that gave matmul_tflops
     threads: int | None = None  # torch.get_num_threads() while measuring (None in records older than the field)
     matmul_tflops_by_size: dict[str, float] = field(default_factory=dict)  # str(size) -> TFLOP/s (JSON keys)
+    statistic: str = "median"  # of the timed calls: "best" since best-of-repeats; older records hold medians
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -60,7 +61,7 @@ def _best_seconds(fn: Callable[[], Any], device: torch.device, *, repeats: int, 
     return best
 
 
-def measure_ceilings(device: torch.device, quick: bool = False, *, repeats: int = 10) -> Ceilings:
+def measure_ceilings(device: torch.device, quick: bool = False, *, repeats: int = 30) -> Ceilings:
     """Measures both ceilings on ``device`` with the current thread count: best of ``repeats`` calls per size."""
     device = torch.device(device)
     kind = "cuda" if device.type == "cuda" else "cpu"
@@ -87,6 +88,7 @@ def measure_ceilings(device: torch.device, quick: bool = False, *, repeats: int 
         matmul_size=int(best_size),
         threads=torch.get_num_threads() if kind == "cpu" else None,
         matmul_tflops_by_size=by_size,
+        statistic="best",
     )
 
 

@@ -49,8 +49,8 @@ def skipped(results: list[Result]) -> list[str]:
 def ceilings_line(ceilings: Ceilings, env: dict) -> str:
     threads = env["threads"] if ceilings.threads is None else ceilings.threads
     return (f"{env['device_name']} ({threads} threads): copy bandwidth {ceilings.bandwidth_gbs:.4g} GB/s, "
-            f"{ceilings.matmul_dtype} matmul {ceilings.matmul_tflops:.4g} TFLOP/s (best of repeats, n = "
-            f"{ceilings.matmul_size}); torch {env['torch']}, triton {env['triton']}, "
+            f"{ceilings.matmul_dtype} matmul {ceilings.matmul_tflops:.4g} TFLOP/s ({ceilings.statistic} of the "
+            f"calls, n = {ceilings.matmul_size}); torch {env['torch']}, triton {env['triton']}, "
             f"commit {(env['git_commit'] or '?')[:12]}")
 
 

@@ -60,8 +60,8 @@ def masked_softmax(x, mask=None, scale=1.0, is_causal=False):
     if mask is not None:
         if mask.dtype == torch.bool:
             scores = scores.masked_fill(~mask, float("-inf"))
-        else:
-            scores = scores + mask
+        else:  # added; a -inf hides its position whatever the score is (a NaN there does not reach the row)
+            scores = torch.where(torch.isneginf(mask), float("-inf"), scores + mask)
     if is_causal:
         sq, sk = x.shape[-2], x.shape[-1]
         scores = scores.masked_fill(~causal_mask(sq, sk, x.device), float("-inf"))

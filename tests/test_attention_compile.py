@@ -59,9 +59,10 @@ def compile_all(capability: int, kernels_to_build=("forward", "dkdv", "dq")) -> 
     """Compiles the forward, dK/dV and dQ kernels in their richest variant (bool mask + padding + causal + dropout,
     head dim 80 padded to 128, bf16) for ``sm_<capability>`` and prints their resources. Needs the kernels as
     JIT functions, i.e. a process without TRITON_INTERPRET."""
-    from kernels.triton import attention as module
+    from kernels.triton import attention_backward, attention_forward
 
-    for name, fn in (("forward", module._forward_kernel), ("dkdv", module._dkdv_kernel), ("dq", module._dq_kernel)):
+    for name, fn in (("forward", attention_forward._forward_kernel), ("dkdv", attention_backward._dkdv_kernel),
+                     ("dq", attention_backward._dq_kernel)):
         if name not in kernels_to_build:
             continue
         constexprs = dict(HEAD_DIM=80, BLOCK_D=128, BLOCK_M=64, BLOCK_N=64, MASK_KIND=1, HAS_KPM=True,

@@ -141,8 +141,8 @@ def _packed(lengths_q, lengths_k, heads, kv_heads, d, dtype, requires_grad=True)
 # Dense: every head dim against the reference
 # ----------------------------------------------------------------------------------------------------------------------
 
-# Sizes straddle the 64-row query tiles and every key tile (128 keys at D = 32, 64 at 64..128, 16 at 256; the
-# backward's 16/32/64-row and 16/32/64-key steps); the second has more queries than keys.
+# Sizes straddle the 64-row query tiles (32 in the forward at D = 256) and every key tile (64 keys up to D = 128, 16
+# at 256; the backward's 16/32-row and 16/32/64-key steps); the second has more queries than keys.
 DENSE_SHAPES = [(2, 4, 2, 130, 203), (1, 2, 1, 97, 45)]
 MASKS = ["none", "causal", "padding", "bool", "float", "causal+padding+bool"]
 
@@ -164,7 +164,7 @@ def test_head_dims_long_sequences(dtype, d):
     check_against_reference(dense, dense_reference, q, k, v, is_causal=True)
 
 
-@pytest.mark.parametrize("d", NEW_HEAD_DIMS)
+@pytest.mark.parametrize("d", HEAD_DIMS)
 def test_head_dims_dropout(d):
     b, h, sq, sk, p, seed = 2, 2, 70, 150, 0.25, 123456789
     q, k, v = _dense_inputs(b, h, h, sq, sk, d, torch.float16)
@@ -195,6 +195,51 @@ def test_head_dims_fully_masked_rows(d):
     out.backward(torch.randn_like(out))
     assert torch.equal(q.grad[:, :, 3], torch.zeros_like(q.grad[:, :, 3]))
     assert not out.isnan().any() and not k.grad.isnan().any()
+
+
+@pytest.mark.parametrize("d", [32, 64, 256])
+def test_all_padding_key_tiles_are_skipped(d):
+    """Batch entry 0: keys 0..199 are padding (whole tiles of the forward and the dQ kernel, three whole 64-key blocks
+    of the dK/dV kernel, skipped); batch entry 1: every key is padding (fully masked rows: zero outputs and zero
+    gradients, every tile skipped)."""
+    b, h, sq, sk = 2, 2, 90, 300
+    q, k, v = _dense_inputs(b, h, h, sq, sk, d, torch.bfloat16)
+    padding = torch.rand(b, sk, device="cuda") < 0.2
+    padding[0, :200] = True
+    padding[1] = True
+    check_against_reference(dense, dense_reference, q, k, v, key_padding_mask=padding)
+    out = dense(q, k, v, key_padding_mask=padding)
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), torch.randn_like(out))
+    assert not out[1].any() and not dq[1].any() and not dk[1].any() and not dv[1].any()
+    assert not dk[0, :, :200].any() and not dv[0, :, :200].any()
+
+
+def _mask_layouts(kind, b, h, sq, sk, dtype):
+    """Masks (bool or additive) whose layouts take the paired loads (even strides, aligned) or defeat them."""
+    def draw(*shape):
+        x = torch.rand(*shape, device="cuda")
+        return x < 0.8 if kind == "bool" else torch.where(x < 0.8, torch.randn_like(x), -torch.inf).to(dtype)
+
+    return {
+        "paired": draw(b, h, sq, sk),                                 # key stride 1, even strides, aligned
+        "odd-row-stride": draw(sq, sk + 1)[:, :sk],                   # rows sk + 1 apart (odd)
+        "misaligned": draw(sq * sk + 1)[1:].view(sq, sk),             # the first key at an odd address
+        "transposed": draw(b, sk, sq).transpose(1, 2)[:, None],       # key stride sq, broadcast over heads
+    }
+
+
+@pytest.mark.parametrize("d", [64, 256])
+@pytest.mark.parametrize("kind", ["bool", "float"])
+def test_mask_layouts_paired_and_scalar_loads(d, kind):
+    """The forward and the dQ kernel read a row's mask entries for keys (2j, 2j + 1) in one load when the layout
+    allows it and one by one otherwise: both give the reference's answer (Sk even, so the paired case pairs)."""
+    b, h, sq, sk = 2, 2, 77, 130
+    for name, mask in _mask_layouts(kind, b, h, sq, sk, torch.float16).items():
+        q, k, v = _dense_inputs(b, h, h, sq, sk, d, torch.float16)
+        try:
+            check_against_reference(dense, dense_reference, q, k, v, mask, is_causal=name == "misaligned")
+        except AssertionError as error:
+            raise AssertionError(f"mask layout {name}: {error}") from error
 
 
 def test_head_dim_256_backward_is_deterministic():
@@ -302,7 +347,7 @@ def test_varlen_equals_dense_op_per_sequence(d, is_causal):
         close(dv[cols], gv[0].transpose(0, 1), msg=lambda m: f"sequence {i}: dv: {m}")
 
 
-@pytest.mark.parametrize("d", NEW_HEAD_DIMS)
+@pytest.mark.parametrize("d", [32, 64, 96, 256])  # 64: the varlen dK/dV variant whose keep bits once spilled
 def test_varlen_dropout_same_keep_mask(d):
     """The counter of (h, i, j) is (h*Tq + i)*Tk + j over the packed rows: the dense keep-mask of a (1, H, Tq, Tk)
     problem, cut into the sequences' blocks."""

@@ -6,7 +6,8 @@ fully masked rows give zeros. Where the rule and SDPA agree, the rows that come 
 backend on the CPU in fp32; where SDPA lets a masked NaN through (its math backend adds the mask to a NaN score), the
 expectation is written out. Products with an exact zero inside the tensor-core matmuls stay IEEE (0 * NaN = NaN, as
 in SDPA's math backend): a NaN in V at a hidden key reaches the forward rows of its key tile, one in K at a hidden
-key reaches dq, one in Q of a hidden row reaches dk.
+key reaches dq, one in Q of a hidden row reaches dk. Padding keys are the exception that is free to make: their K
+and V rows are zero-filled as they are loaded, so nothing of theirs reaches anything.
 
 The ops are called through the test-local autograd wrapper of tests/test_attention_native_cuda.py.
 """
@@ -89,6 +90,21 @@ def test_unmasked_non_finite_reaches_the_rows_as_in_sdpa(d, case):
     ours, theirs = _run(*inputs), _sdpa_math(*inputs)
     _assert_nan_rows_as_sdpa(ours[:2] if case in ("q+inf", "k-inf") else ours, theirs)
     assert not _nan_rows(ours[0])[:, 1].any(), "head 1 holds no non-finite value"
+
+
+@pytest.mark.parametrize("d", [64, 256])
+def test_nan_at_padding_keys_reaches_nothing(d):
+    """NaN in K and V at a padding key: out and every gradient equal, bit for bit, the run with finite values there
+    (their rows are zero-filled as they are loaded), and the padding key's gradients are zero."""
+    q, k, v = _inputs(d)
+    padding = torch.zeros(B, SK, dtype=torch.bool, device="cuda")
+    padding[:, KEY] = True
+    poisoned = _run(q, _planted(k, (0, 0, KEY), NAN), _planted(v, (0, 0, KEY), NAN), key_padding_mask=padding)
+    clean = _run(q, k, v, key_padding_mask=padding)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), poisoned, clean):
+        assert not a.isnan().any(), f"{name} holds NaN"
+        torch.testing.assert_close(a, b, atol=0, rtol=0, msg=lambda m: f"{name}: {m}")
+    assert not poisoned[2][0, 0, KEY].any() and not poisoned[3][0, 0, KEY].any(), "a padding key gets zero gradients"
 
 
 @pytest.mark.parametrize("d", [64, 256])

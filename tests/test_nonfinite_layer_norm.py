@@ -12,8 +12,9 @@ import torch.nn.functional as F
 import kernels
 from kernels.testing import available_devices, backends_for
 
-BACKENDS = [(d, b) for d in available_devices() for b in ["torch"] + backends_for("layer_norm", d)]
-IDS = [f"{d}-{b}" for d, b in BACKENDS]
+# CUDA cases belong to the GPU tier (marker `gpu`).
+BACKENDS = [pytest.param(d, b, id=f"{d}-{b}", marks=[pytest.mark.gpu] if d == "cuda" else [])
+            for d in available_devices() for b in ["torch"] + backends_for("layer_norm", d)]
 NAN, INF = float("nan"), float("inf")
 VALUES = pytest.mark.parametrize("value", [NAN, INF, -INF], ids=["nan", "inf", "-inf"])
 # Row lengths: rows held on chip, and (Triton under the interpreter, native) looped / chunked rows.
@@ -57,7 +58,7 @@ def _compare(device, backend, rms, x, residual=None, weight=None, bias=None, dy=
 
 
 @pytest.mark.interpret
-@pytest.mark.parametrize("device,backend", BACKENDS, ids=IDS)
+@pytest.mark.parametrize("device,backend", BACKENDS)
 @pytest.mark.parametrize("rms", [False, True], ids=["layer", "rms"])
 @pytest.mark.parametrize("n", LENGTHS)
 @VALUES
@@ -72,7 +73,7 @@ def test_in_x(device, backend, rms, n, value):
 
 
 @pytest.mark.interpret
-@pytest.mark.parametrize("device,backend", BACKENDS, ids=IDS)
+@pytest.mark.parametrize("device,backend", BACKENDS)
 @pytest.mark.parametrize("rms", [False, True], ids=["layer", "rms"])
 @VALUES
 def test_in_residual(device, backend, rms, value):
@@ -84,7 +85,7 @@ def test_in_residual(device, backend, rms, value):
 
 
 @pytest.mark.interpret
-@pytest.mark.parametrize("device,backend", BACKENDS, ids=IDS)
+@pytest.mark.parametrize("device,backend", BACKENDS)
 @pytest.mark.parametrize("rms", [False, True], ids=["layer", "rms"])
 @pytest.mark.parametrize("where", ["weight", "bias"])
 @VALUES
@@ -99,7 +100,7 @@ def test_in_parameters(device, backend, rms, where, value):
 
 
 @pytest.mark.interpret
-@pytest.mark.parametrize("device,backend", BACKENDS, ids=IDS)
+@pytest.mark.parametrize("device,backend", BACKENDS)
 @pytest.mark.parametrize("rms", [False, True], ids=["layer", "rms"])
 @pytest.mark.parametrize("n", LENGTHS)
 def test_nan_in_grad(device, backend, rms, n):

@@ -14,14 +14,16 @@ import torch
 
 from kernels import reference
 from kernels.testing import assert_close, available_devices, backends_for
-from kernels.triton import _config, attention, layer_norm, linear, masked_softmax, residual_add
+from kernels.triton import (_config, attention, attention_backward, attention_common, attention_forward, layer_norm,
+                            linear, masked_softmax, residual_add)
 
 interpreter = pytest.importorskip("triton.runtime.interpreter")
 under_interpreter = pytest.mark.skipif(not _config.interpreting(), reason="reads the Triton interpreter's launches")
 on_gpu = pytest.mark.skipif("cuda" not in available_devices() or "triton" not in backends_for("attention", "cuda"),
                             reason="no CUDA device or no Triton")
 
-LAUNCHER_MODULES = (attention, layer_norm, linear, masked_softmax, residual_add)
+LAUNCHER_MODULES = (attention_common, attention_forward, attention_backward, layer_norm, linear, masked_softmax,
+                    residual_add)
 
 
 class _Guards:

@@ -89,8 +89,8 @@ inline typename Vec<T>::mask bool_lanes(const bool* m) {
 
 // s[0 : width] = scores of query row i against keys k0 + [0, width) (indices within the sequence), in base-2 units:
 // scaled by scale2 = scale * log2 e; a padding key (`key_bias` < 0 when given: 0, or -inf), causality, the keys past
-// `keys` (the sequence's length) and a bool mask *replace* the score by -inf (so a NaN there does not reach the row);
-// an additive mask is added (times log2 e; -inf + NaN = NaN, as SDPA).
+// `keys` (the sequence's length), a bool mask and a -inf in an additive mask *replace* the score by -inf (so a NaN or
+// Inf there does not reach the row); other additive values are added (times log2 e).
 // Returns the row's maximum. One vectorised pass over the visible keys when the mask is absent or is a unit-stride
 // bool or T mask (the usual layouts); other masks (strided, or of another float type) are applied by a scalar pass.
 template <typename T>
@@ -141,9 +141,13 @@ T mask_row(T* s, int64_t width, int64_t i, int64_t k0, T scale2, const T* key_bi
           [&](V x, int64_t j) { return bool_lanes<T>(m + j) != 0 ? x : V{} + kNegInf; },
           [&](T x, int64_t j) { return m[j] ? x : kNegInf; });
     }
-    const T* m = reinterpret_cast<const T*>(mask_row_start);  // additive, in natural-log units
-    return pass([&](V x, int64_t j) { return x + load(m + j) * log2e; },
-                [&](T x, int64_t j) { return x + m[j] * log2e; });
+    const T* m = reinterpret_cast<const T*>(mask_row_start);  // additive, in natural-log units; -inf hides
+    return pass(
+        [&](V x, int64_t j) {
+          const V add = load(m + j);
+          return add == kNegInf ? V{} + kNegInf : x + add * log2e;
+        },
+        [&](T x, int64_t j) { return m[j] == kNegInf ? kNegInf : x + m[j] * log2e; });
   }
   pass([](V x, int64_t) { return x; }, [](T x, int64_t) { return x; });
   AT_DISPATCH_FLOATING_TYPES_AND3(at::kBool, at::kHalf, at::kBFloat16, masks.mask_type, "attention_mask", [&] {
@@ -153,7 +157,8 @@ T mask_row(T* s, int64_t width, int64_t i, int64_t k0, T scale2, const T* key_bi
       if constexpr (std::is_same_v<scalar_t, bool>) {
         s[j] = m[j * st] ? s[j] : kNegInf;  // a select: a random mask would mispredict a branch per hidden key
       } else {
-        s[j] += static_cast<T>(m[j * st]) * log2e;
+        const T add = static_cast<T>(m[j * st]);
+        s[j] = add == kNegInf ? kNegInf : s[j] + add * log2e;
       }
     }
   });

@@ -78,7 +78,8 @@ void forward_row(const scalar_t* __restrict__ x, const void* mask, int64_t strid
     const scalar_t* __restrict__ add = static_cast<const scalar_t*>(mask);
 #pragma omp simd reduction(max : max)
     for (int64_t j = 0; j < n; ++j) {
-      const acc_t s = scale * static_cast<acc_t>(x[j]) + static_cast<acc_t>(add[j * step]);
+      const acc_t a = static_cast<acc_t>(add[j * step]);
+      const acc_t s = a == kNegInf<acc_t> ? kNegInf<acc_t> : scale * static_cast<acc_t>(x[j]) + a;  // -inf hides
       buf[j] = s;
       max = std::max(max, s);
     }

@@ -123,6 +123,11 @@ inline Params make_params(const at::Tensor& q, const at::Tensor& k, const at::Te
   if (mask.has_value()) {
     p.mask = mask->const_data_ptr();
     for (int i = 0; i < 4; ++i) p.mask_stride[i] = mask->stride(i);
+    // Keys (2j, 2j + 1) in one load: contiguous keys, even strides (but where the size is 1, only index 0 is
+    // read), and the base aligned to two entries.
+    bool pairs = mask->stride(3) == 1 && reinterpret_cast<uintptr_t>(p.mask) % (2 * mask->element_size()) == 0;
+    for (int i = 0; i < 3; ++i) pairs = pairs && (mask->size(i) == 1 || mask->stride(i) % 2 == 0);
+    p.mask_pairs = pairs;
   }
   if (key_padding_mask.has_value()) {
     p.padding = key_padding_mask->const_data_ptr<bool>();

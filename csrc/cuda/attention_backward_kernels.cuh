@@ -1,5 +1,5 @@
-// The fused masked attention backward kernels on CUDA tensor cores (mma.sync m16n8k16, sm_80+), fp16 and bf16, head dims 32, 64,
-// 96, 128 and 256, deterministic (no atomics): three kernels, recomputing P = exp2(S - lse) from the forward's
+// The fused masked attention backward kernels on CUDA tensor cores (mma.sync m16n8k16, sm_80+), fp16 and bf16, head
+// dims 32, 64, 96, 128 and 256, deterministic (no atomics): three kernels, recomputing P = exp2(S - lse) from the forward's
 // log-sum-exp. The same kernels serve packed sequences (csrc/cuda/varlen_attention.cu, Params::spans_q).
 //   1. delta = rowsum(dO * O) per query row (fp32).
 //   2. dK, dV: one CTA per (64-key block, b, kv head); each warp owns 16 keys and walks every query block of every
@@ -7,11 +7,17 @@
 //      dS = P * (dP - delta), dP = dO V^T (dropout: P and dP pass through the keep-mask of the forward). At D = 256
 //      the two accumulators do not fit together: two passes, one for dV and one for dK (AttentionTiles).
 //   3. dQ: one CTA per (64-row query block, b, h), walking the key blocks: dQ += dS K (at D = 256 two CTAs per
-//      block, each accumulating half of dQ's columns).
+//      block, each accumulating half of dQ's columns). K and V tiles are double-buffered: the copies of the next
+//      step's tiles overlap this step's work, as in the forward.
+// Key tiles that are all padding are skipped: by the dQ kernel step by step, and by the dK/dV kernel as a whole
+// (a key block of padding only gets zero gradients without walking any query tile); the K / V rows of padding keys
+// are zero-filled as they are loaded. A hidden key's score is -inf whatever q.k is, so P = 0 there in every finite
+// row: a NaN in K at a masked key reaches no gradient through the scores (it can through dQ += dS K, 0 * NaN). In a
+// NaN row (lse NaN) P and dS are NaN at every key of the row's tiles, as SDPA's math backend gives NaN dk / dv.
 // The query rows per step of kernel 2 and the keys per step of kernel 3 shrink as D grows (AttentionTiles in
 // attention_common.cuh), so nothing spills.
 // Scores are computed transposed in kernel 2 (S^T = K Q^T), so the accumulators of P^T / dS^T are directly the A
-// operands of the next products (the layout trick of the forward, attention_forward.cu).
+// operands of the next products (the layout trick of the forward, attention_forward_kernel.cuh).
 //
 // Included by the files attention_backward_d<D>_<dtype>.cu, each instantiating launch_attention_backward_for for one
 // dtype and head dim; the op itself is in attention_backward.cu.
@@ -65,9 +71,20 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_backward_kv_ke
   if (n0 >= seq.sk) return;  // varlen: a sequence shorter than max_seqlen_k (the whole CTA leaves, before any barrier)
   const int key_a = n0 + warp * 16 + g, key_b = key_a + 8;  // this thread's two keys
 
-  load_tile<scalar_t, D, kBlockM>(k_tile, k_rows<scalar_t>(p, seq, hkv), p.k_stride[2], n0, seq.sk);
-  if constexpr (kDK) load_tile<scalar_t, D, kBlockM>(v_tile, v_rows<scalar_t>(p, seq, hkv), p.v_stride[2], n0, seq.sk);
-  cp_async_commit();
+  // Causality hides this key block from query rows < n0; when all its keys are padding, no query row sees them: the
+  // CTA walks no query tile and writes zero gradients.
+  int m_start = p.causal ? (n0 / BQ) * BQ : 0;
+  if (p.padding != nullptr && !any_key_visible<kBlockM>(p, seq, n0)) m_start = seq.sq;
+  if (m_start < seq.sq) {  // (no copy may outlive the CTA: none is issued when no step waits for it)
+    const bool* padding = key_padding(p, seq);  // padding keys' K / V rows zero-filled: dP^T = 0 there, even for NaN
+    load_tile<scalar_t, D, kBlockM>(k_tile, k_rows<scalar_t>(p, seq, hkv), p.k_stride[2], n0, seq.sk, padding,
+                                    p.padding_stride[1]);
+    if constexpr (kDK) {
+      load_tile<scalar_t, D, kBlockM>(v_tile, v_rows<scalar_t>(p, seq, hkv), p.v_stride[2], n0, seq.sk, padding,
+                                      p.padding_stride[1]);
+    }
+    cp_async_commit();
+  }
 
   float dk[D / 8][4], dv[D / 8][4];  // the one a pass does not accumulate is dead code, removed by the compiler
 #pragma unroll
@@ -76,10 +93,6 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_backward_kv_ke
     for (int e = 0; e < 4; ++e) dk[i][e] = dv[i][e] = 0.f;
   }
 
-  // Causality hides this key block from query rows < n0.
-  const int m_start = p.causal ? (n0 / BQ) * BQ : 0;
-  if (m_start >= seq.sq) cp_async_wait<0>();  // no query row sees these keys (causal Sk > Sq, varlen): no copy may
-                                              // outlive the CTA, which writes zero gradients
   for (int h = hkv * group; h < (hkv + 1) * group; ++h) {
     const scalar_t* q = q_rows<scalar_t>(p, seq, h);
     const scalar_t* go = static_cast<const scalar_t*>(p.grad_out) + out_row(p, seq, h, 0) * D;
@@ -129,10 +142,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_backward_kv_ke
         for (int e = 0; e < 4; ++e) {
           const int key = e < 2 ? key_a : key_b, qi = nt * 8 + 2 * t + e % 2, row = m0 + qi;
           const float x = masked_score<scalar_t, kMask, kVarlen>(p, seq, h, row, key, s[nt][e]);
-          // Hidden keys give P = dS = 0 exactly, even in a NaN row (lse NaN) or with a NaN dP (a NaN in V at a hidden
-          // key); rows past the sequence have lse +inf, so P = 0 there too.
-          const bool visible = x != -INFINITY;
-          const float pr = visible ? exp2f(x - lse_s[qi]) : 0.f;
+          const float pr = exp2f(x - lse_s[qi]);  // 0 for hidden keys and rows past the sequence (lse +inf)
           float grad = dp[nt][e];
           s[nt][e] = pr;
           if constexpr (kDropout) {
@@ -140,7 +150,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_backward_kv_ke
             s[nt][e] = kept ? pr * p.keep_scale : 0.f;
             grad = kept ? grad * p.keep_scale : 0.f;
           }
-          if constexpr (kDK) dp[nt][e] = visible ? pr * (grad - delta_s[qi]) : 0.f;
+          if constexpr (kDK) dp[nt][e] = pr * (grad - delta_s[qi]);
         }
       }
       // dV += P^T dO and dK += dS^T Q: the accumulators of query tiles (2kk, 2kk + 1) are the A fragment.
@@ -198,14 +208,15 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_backward_kv_ke
 
 // 3. dQ.
 template <typename scalar_t, int D, MaskKind kMask, bool kDropout, bool kVarlen>
-__global__ void __launch_bounds__(kThreads) attention_backward_q_kernel(const Params p) {
+__global__ void __launch_bounds__(kThreads, kDropout ? kMinBlocks : 0) attention_backward_q_kernel(const Params p) {
   constexpr int BN = AttentionTiles<D>::kBackwardBlockK;
   constexpr int DO = AttentionTiles<D>::kOutputCols;  // this CTA's columns of dQ: d0 .. d0 + DO - 1
   extern __shared__ __align__(16) unsigned char smem_raw[];
+  // Shared memory: the Q and dO tiles, then two buffers of (K tile, V tile): step j computes with buffer j % 2 while
+  // the tiles of step j + 1 are copied into the other.
   scalar_t* q_tile = reinterpret_cast<scalar_t*>(smem_raw);
   scalar_t* do_tile = q_tile + kBlockM * D;
-  scalar_t* k_tile = do_tile + kBlockM * D;
-  scalar_t* v_tile = k_tile + BN * D;
+  scalar_t* kv_buffers = do_tile + kBlockM * D;
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int b = blockIdx.x / p.heads, h = blockIdx.x % p.heads, hkv = h / (p.heads / p.kv_heads);
@@ -227,14 +238,28 @@ __global__ void __launch_bounds__(kThreads) attention_backward_q_kernel(const Pa
 
   const scalar_t* k = k_rows<scalar_t>(p, seq, hkv);
   const scalar_t* v = v_rows<scalar_t>(p, seq, hkv);
-  const int n_end = p.causal ? min(seq.sk, m0 + kBlockM) : seq.sk;
-  for (int n0 = 0; n0 < n_end; n0 += BN) {
-    __syncthreads();
-    load_tile<scalar_t, D, BN>(k_tile, k, p.k_stride[2], n0, seq.sk);
-    load_tile<scalar_t, D, BN>(v_tile, v, p.v_stride[2], n0, seq.sk);
+  const bool* padding = key_padding(p, seq);
+  // Copies key tile n0 of K and V into buffer `buffer` (padding keys' rows zero-filled: dQ += dS K never meets a NaN
+  // of theirs), one cp.async group (S and dP need both at once).
+  const auto load_kv = [&](int buffer, int n0) {
+    scalar_t* k_tile = kv_buffers + buffer * 2 * BN * D;
+    load_tile<scalar_t, D, BN>(k_tile, k, p.k_stride[2], n0, seq.sk, padding, p.padding_stride[1]);
+    load_tile<scalar_t, D, BN>(k_tile + BN * D, v, p.v_stride[2], n0, seq.sk, padding, p.padding_stride[1]);
     cp_async_commit();
-    cp_async_wait<0>();
-    __syncthreads();
+  };
+  // Keys past the CTA's last row are hidden from all its rows (causal); tiles of padding only are skipped.
+  const int n_end = p.causal ? min(seq.sk, m0 + kBlockM) : seq.sk;
+  int n0 = next_key_tile<BN>(p, seq, 0, n_end);
+  if (n0 < n_end) load_kv(0, n0);
+  // Pipeline: groups Q + dO, KV_0, KV_1, ...: at the top of step j only KV_j may be pending (KV_{j+1} is issued after
+  // the barrier that also tells every thread is done with its buffer, read at step j - 1).
+  for (int buffer = 0; n0 < n_end; buffer ^= 1) {
+    const scalar_t* k_tile = kv_buffers + buffer * 2 * BN * D;
+    const scalar_t* v_tile = k_tile + BN * D;
+    cp_async_wait<0>();  // Q, dO and this step's K and V have landed (this thread's copies)
+    __syncthreads();     // ... every thread's
+    const int n_next = next_key_tile<BN>(p, seq, n0 + BN, n_end);
+    if (n_next < n_end) load_kv(buffer ^ 1, n_next);  // prefetch step j + 1's tiles while this one is computed
 
     // S = Q K^T and dP = dO V^T (this warp's 16 rows x BN keys).
     float s[BN / 8][4], dp[BN / 8][4];
@@ -263,18 +288,21 @@ __global__ void __launch_bounds__(kThreads) attention_backward_q_kernel(const Pa
 #pragma unroll
     for (int nt = 0; nt < BN / 8; ++nt) {
 #pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        masked_score_pair<scalar_t, kMask, kVarlen>(p, seq, h, half ? row_b : row_a, n0 + nt * 8 + 2 * t,
+                                                    s[nt][2 * half], s[nt][2 * half + 1]);
+      }
+#pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int half = e / 2, row = half ? row_b : row_a, col = n0 + nt * 8 + 2 * t + e % 2;
-        const float x = masked_score<scalar_t, kMask, kVarlen>(p, seq, h, row, col, s[nt][e]);
-        const bool visible = x != -INFINITY;  // hidden: P = dS = 0 exactly (see the dK/dV kernel)
-        const float pr = visible ? exp2f(x - lse2[half]) : 0.f;
+        const float pr = exp2f(s[nt][e] - lse2[half]);  // 0 for hidden keys (x = -inf) of a finite row
         float grad = dp[nt][e];
         if constexpr (kDropout) {  // unrolled: the dQ kernel has registers to spare (the dK/dV kernel does not)
           const bool keep = row < seq.sq && col < seq.sk &&
                             dropout_keep(dropout_seed(p), dropout_offset(p, seq, h, row, col), p.dropout_p);
           grad = keep ? grad * p.keep_scale : 0.f;
         }
-        dp[nt][e] = visible ? pr * (grad - delta[half]) : 0.f;
+        dp[nt][e] = pr * (grad - delta[half]);
       }
     }
     // dQ += dS K (columns d0 .. d0 + DO - 1)
@@ -294,8 +322,9 @@ __global__ void __launch_bounds__(kThreads) attention_backward_q_kernel(const Pa
         mma<scalar_t>(dq[nn / 8 + 1], a, bk[2], bk[3]);
       }
     }
+    n0 = n_next;
   }
-  cp_async_wait<0>();
+  cp_async_wait<0>();  // no copy outlives the CTA (the Q and dO tiles when every key tile was skipped)
   const float scale = p.scale_log2 / kLog2e;
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
@@ -331,7 +360,7 @@ void launch_backward(const Params& p, cudaStream_t stream) {
   }
   launch_attention_kernel(attention_backward_q_kernel<scalar_t, D, kMask, kDropout, kVarlen>,
                           dim3(p.batch * p.heads, (p.max_sq + kBlockM - 1) / kBlockM, Tiles::kOutputSplit),
-                          (2 * kBlockM + 2 * Tiles::kBackwardBlockK) * D * e, D, p, stream);
+                          (2 * kBlockM + 4 * Tiles::kBackwardBlockK) * D * e, D, p, stream);
 }
 
 }  // namespace

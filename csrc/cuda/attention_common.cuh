@@ -39,35 +39,47 @@ constexpr int kThreads = kWarps * 32;
 // The forward and dK/dV kernels declare __launch_bounds__(kThreads, kMinBlocks): with an explicit minimum of one CTA
 // per SM, ptxas gives a kernel every register it needs instead of capping a light one at an occupancy step (80, 96,
 // 128 or 168 registers) with a few bytes of spills, as it did for the D = 32 dK/dV kernel without it. The dQ kernel
-// goes without: there the minimum makes ptxas schedule more aggressively and spill at D = 128 and 256.
+// takes it with dropout only (0: no minimum; with dropout, ptxas held the varlen D = 64 and 128 variants to 128 and
+// 168 registers with spills); without dropout the minimum made ptxas schedule more aggressively and spill at D = 128
+// and 256.
 constexpr int kMinBlocks = 1;
 constexpr int kBlockM = 16 * kWarps;  // query rows per CTA (forward, dQ), keys per CTA (dK/dV)
 
 enum class MaskKind { kNone, kBool, kAdditive };
 
-// Tile sizes per head dim D (4 warps each; kBlockM fixed). Shared memory per CTA, 2-byte elements:
-//   forward (kBlockM + 2 * kForwardBlockN) * D * 2   ->  D = 32: 20 KB, 64: 24 KB, 96: 36 KB, 128: 48 KB, 256: 48 KB
-//   dK/dV   (2 * kBlockM + 2 * kBackwardBlockQ) * D * 2 -> 10, 32, 36, 40, 80 KB
-//   dQ      (2 * kBlockM + 2 * kBackwardBlockK) * D * 2 -> 16, 32, 36, 48, 80 KB
+// Tile sizes per head dim D (4 warps each). Shared memory per CTA, 2-byte elements, with the K / V tiles of the
+// forward and the dQ kernel double-buffered (the next tile is copied while this one is computed):
+//   forward kForwardRows * D * 2 + 4 * kForwardBlockN * D * 2 (+ the S exchange at D = 256, 4 KB)
+//                                                      ->  D = 32: 20 KB, 64: 40 KB, 96: 60 KB, 128: 80 KB, 256: 52 KB
+//   dK/dV   (2 * kBlockM + 2 * kBackwardBlockQ) * D * 2 -> 10, 24, 36, 40, 80 KB
+//   dQ      (2 * kBlockM + 4 * kBackwardBlockK) * D * 2 -> 24, 32, 48, 64, 96 KB
 // all within the opt-in limit of sm_86/sm_89 (99 KB), so every sm_80+ device runs every head dim; above 48 KB the
 // launch raises the CTA's dynamic shared memory limit (launch_attention_kernel).
 template <int D>
 struct AttentionTiles {
   static_assert(D == 32 || D == 64 || D == 96 || D == 128 || D == 256, "unsupported head dim");
-  // Output columns per CTA of the forward (O) and of the dQ kernel: at D = 256 a thread's share of O or dQ would
-  // take 128 fp32 registers and spill, so two CTAs (blockIdx.z) share each tile, each accumulating D / 2 columns;
-  // both compute the scores in full (S = Q K^T, and dP = dO V^T for dQ), i.e. 1.5x the forward's flops.
+  // Query rows per forward CTA. A thread's share of O is D / 2 fp32 registers for a warp's 16 rows: at D = 256 that
+  // (128) spills, so there the 4 warps pair up on 32 rows: the two warps of 16 rows each compute half of S's dot
+  // products (over 128 of the 256 dims), exchange them through shared memory, and accumulate half of O's columns.
+  // S is computed once, at the cost of twice the K / V tile loads per query row (as 64-row CTAs with split columns
+  // would need too).
+  static constexpr int kForwardRows = D > 128 ? 32 : 64;
+  static constexpr int kForwardColumnSplit = kWarps * 16 / kForwardRows;  // warps sharing a 16-row group
+  // dQ columns per CTA of the dQ kernel: at D = 256 two CTAs (blockIdx.z) share each 64-row block, each accumulating
+  // D / 2 columns; both compute the scores in full (S = Q K^T and dP = dO V^T).
   static constexpr int kOutputSplit = D > 128 ? 2 : 1;
   static constexpr int kOutputCols = D / kOutputSplit;
-  // Keys per forward tile. O takes kOutputCols / 2 registers and the scores kForwardBlockN / 2: wide tiles (fewer
-  // barriers) at small D, 16 keys at D = 256, where the 16 steps of Q K^T over D leave the least room (32 keys
-  // spill on sm_90 with an additive mask and dropout).
-  static constexpr int kForwardBlockN = D <= 32 ? 128 : D <= 128 ? 64 : 16;
+  // Keys per forward tile. O takes D / kForwardColumnSplit / 2 registers and the scores kForwardBlockN / 2: 64 keys
+  // up to D = 128 (128 at D = 32 spilled once the tiles were double-buffered), 16 at D = 256 (32 spilled on sm_90
+  // with an additive mask and dropout when each warp computed S over all 256 dims).
+  static constexpr int kForwardBlockN = D <= 128 ? 64 : 16;
   // Query rows per step of the dK/dV kernel: its two accumulators take D registers, S^T and dP^T kBackwardBlockQ.
-  // (16 at D = 32 too: about 110 registers there.)
-  static constexpr int kBackwardBlockQ = D == 64 ? 64 : D == 96 ? 32 : 16;
-  // Keys per step of the dQ kernel: dQ takes kOutputCols / 2 registers, S and dP kBackwardBlockK.
-  static constexpr int kBackwardBlockK = D <= 64 ? 64 : D <= 128 ? 32 : 16;
+  // (16 at D = 32 too: about 110 registers there; 32 at D = 64, where 64 rows reached 255 registers and spilled
+  // with an additive mask once a -inf in it hid its key.)
+  static constexpr int kBackwardBlockQ = D == 64 || D == 96 ? 32 : 16;
+  // Keys per step of the dQ kernel: dQ takes kOutputCols / 2 registers, S and dP kBackwardBlockK (32 at D = 64:
+  // with 64 and double-buffered K / V tiles, ptxas held every variant to 168 registers and spilled).
+  static constexpr int kBackwardBlockK = D <= 32 ? 64 : D <= 128 ? 32 : 16;
   // At D = 256, dK and dV (256 fp32 registers together) cannot both live in registers: two passes of the dK/dV
   // kernel, one accumulating dV, one dK (recomputing S^T; 5 instead of 4 matrix products per step).
   static constexpr bool kSplitKeyGrads = D > 128;
@@ -102,6 +114,8 @@ struct Params {
   float dropout_p, keep_scale;
   const int64_t* seed;         // the Philox seed, one int64 in device memory (read only when dropout_p > 0)
   bool causal;
+  bool mask_pairs;             // the mask's key stride is 1 and the address of every even key is 2-element aligned:
+                               // the entries of keys (2j, 2j + 1) come in one load (masked_score_pair)
 };
 
 // Launchers of the whole forward (out, lse) and backward (delta, dK/dV, dQ) on `stream`, for a checked problem
@@ -210,14 +224,17 @@ __host__ __device__ __forceinline__ int swizzle(int row, int col) {  // element 
 }
 
 // Loads rows [row0, row0 + R) of a (rows x D) matrix (row stride `stride` elements) into a swizzled tile; rows past
-// `rows` are zeros.
+// `rows` are zeros, and so are the rows `padding` flags when given (K and V rows of padding keys, padding[key *
+// padding_stride]): whatever a padding key holds, NaN included, never enters a product, not even as 0 * NaN.
 template <typename scalar_t, int D, int R>
-__device__ __forceinline__ void load_tile(scalar_t* tile, const scalar_t* src, int64_t stride, int row0, int rows) {
+__device__ __forceinline__ void load_tile(scalar_t* tile, const scalar_t* src, int64_t stride, int row0, int rows,
+                                          const bool* padding = nullptr, int64_t padding_stride = 0) {
   constexpr int kChunks = R * D / 8;
 #pragma unroll
   for (int c = threadIdx.x; c < kChunks; c += kThreads) {
     const int row = c / (D / 8), col = (c % (D / 8)) * 8;
-    const bool valid = row0 + row < rows;
+    bool valid = row0 + row < rows;
+    if (padding != nullptr && valid) valid = !padding[(row0 + row) * padding_stride];
     const scalar_t* from = src + (valid ? (row0 + row) * stride + col : 0);
     cp_async_16(tile + swizzle<D>(row, col), from, valid);
   }
@@ -258,6 +275,12 @@ __device__ __forceinline__ const scalar_t* k_rows(const Params& p, const Sequenc
 template <typename scalar_t, bool kVarlen>
 __device__ __forceinline__ const scalar_t* v_rows(const Params& p, const Sequence<kVarlen>& s, int hkv) {
   return static_cast<const scalar_t*>(p.v) + s.b * p.v_stride[0] + hkv * p.v_stride[1] + s.k0 * p.v_stride[2];
+}
+
+// The key padding flags of the sequence's keys (padding[key * p.padding_stride[1]]), or null without padding.
+template <bool kVarlen>
+__device__ __forceinline__ const bool* key_padding(const Params& p, const Sequence<kVarlen>& s) {
+  return p.padding == nullptr ? nullptr : p.padding + s.b * p.padding_stride[0];
 }
 
 // Index of query row `row` of head h among the rows (of D elements) of out / grad_out / dq / delta.
@@ -302,6 +325,79 @@ __device__ __forceinline__ float masked_score(const Params& p, const Sequence<kV
     }
   }
   return hidden ? -INFINITY : x;
+}
+
+// masked_score for the two adjacent keys col and col + 1 (col even) of one row, x0 and x1 holding q.k on entry and
+// the scores on return: the pairs the forward and the dQ kernel hold (columns 2t, 2t + 1 of an mma tile). With
+// Params::mask_pairs the two mask entries come in one 2-byte (bool) or 4-byte (fp16 / bf16) load, else one by one;
+// the mask and padding of a pair are read only when one of its keys is still visible (one test per pair: loads issued
+// for every pair up front took registers enough to spill).
+template <typename scalar_t, MaskKind kMask, bool kVarlen>
+__device__ __forceinline__ void masked_score_pair(const Params& p, const Sequence<kVarlen>& s, int h, int row, int col,
+                                                  float& x0, float& x1) {
+  bool hide0 = col >= s.sk || (p.causal && col > row);
+  bool hide1 = col + 1 >= s.sk || (p.causal && col + 1 > row);
+  x0 *= p.scale_log2;
+  x1 *= p.scale_log2;
+  const bool* padding = key_padding(p, s);
+  if (padding != nullptr && !(hide0 && hide1)) {
+    hide0 = hide0 || padding[col * p.padding_stride[1]];
+    hide1 = hide1 || padding[min(col + 1, s.sk - 1) * p.padding_stride[1]];
+  }
+  if constexpr (kMask != MaskKind::kNone) {
+    if (!(hide0 && hide1) && row < s.sq) {
+      using Entry = std::conditional_t<kMask == MaskKind::kBool, bool, scalar_t>;
+      const Entry* mask = static_cast<const Entry*>(p.mask) + s.b * p.mask_stride[0] + h * p.mask_stride[1] +
+                          static_cast<int64_t>(row) * p.mask_stride[2];
+      Entry m0, m1;
+      if (p.mask_pairs && col + 1 < s.sk) {
+        if constexpr (kMask == MaskKind::kBool) {
+          const uint16_t both = *reinterpret_cast<const uint16_t*>(mask + col);  // little-endian: key col low byte
+          m0 = (both & 0xffu) != 0;
+          m1 = (both >> 8) != 0;
+        } else {
+          const uint32_t both = *reinterpret_cast<const uint32_t*>(mask + col);
+          const uint16_t lo = static_cast<uint16_t>(both), hi = static_cast<uint16_t>(both >> 16);
+          m0 = *reinterpret_cast<const scalar_t*>(&lo);
+          m1 = *reinterpret_cast<const scalar_t*>(&hi);
+        }
+      } else {  // col < s.sk here (the pair is not hidden whole); col + 1 may be past the keys
+        m0 = mask[col * p.mask_stride[3]];
+        m1 = mask[min(col + 1, s.sk - 1) * p.mask_stride[3]];
+      }
+      if constexpr (kMask == MaskKind::kBool) {
+        hide0 = hide0 || !m0;
+        hide1 = hide1 || !m1;
+      } else {
+        const float bias0 = to_float(m0), bias1 = to_float(m1);
+        hide0 = hide0 || bias0 == -INFINITY;
+        hide1 = hide1 || bias1 == -INFINITY;
+        x0 += bias0 * kLog2e;
+        x1 += bias1 * kLog2e;
+      }
+    }
+  }
+  x0 = hide0 ? -INFINITY : x0;
+  x1 = hide1 ? -INFINITY : x1;
+}
+
+// Whether any of keys n0 .. n0 + kKeys - 1 of the sequence is a key and not padding. A barrier (__syncthreads_or):
+// every thread of the CTA calls it with the same n0.
+template <int kKeys, bool kVarlen>
+__device__ __forceinline__ bool any_key_visible(const Params& p, const Sequence<kVarlen>& s, int n0) {
+  static_assert(kKeys <= kThreads, "one thread per key");
+  const int j = n0 + threadIdx.x;
+  return __syncthreads_or(threadIdx.x < kKeys && j < s.sk && !key_padding(p, s)[j * p.padding_stride[1]]);
+}
+
+// The first tile of kKeys keys at or after n0 (a tile start) with a key that is not padding; n_end or past it when
+// none is left. The CTA skips tiles whose keys are all padding: one barrier per tile tested, none without padding.
+template <int kKeys, bool kVarlen>
+__device__ __forceinline__ int next_key_tile(const Params& p, const Sequence<kVarlen>& s, int n0, int n_end) {
+  if (p.padding != nullptr) {
+    while (n0 < n_end && !any_key_visible<kKeys>(p, s, n0)) n0 += kKeys;
+  }
+  return n0;
 }
 
 // The Philox counter of (row, col) of head h: dense ((b*H + h)*Sq + row)*Sk + col; varlen (h*Tq + q0 + row)*Tk +
@@ -378,11 +474,11 @@ void launch_attention_kernel(Kernel kernel, dim3 grid, int smem, int64_t head_di
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// Grids put (batch x heads) on x (up to 2^31 - 1 CTAs) and the row blocks on y, whose limit is 65535 blocks of 64
-// rows: longer sequences are refused with the argument named.
-inline void check_row_blocks(int64_t rows, const char* name) {
-  TORCH_CHECK_VALUE((rows + kBlockM - 1) / kBlockM <= 65535, "argument `", name, "` has ", rows,
-                    " rows per sequence; the CUDA kernel supports up to ", 65535 * kBlockM);
+// Grids put (batch x heads) on x (up to 2^31 - 1 CTAs) and the row blocks on y, whose limit is 65535 blocks of
+// `block` rows (64; 32 in the forward at D = 256): longer sequences are refused with the argument named.
+inline void check_row_blocks(int64_t rows, const char* name, int64_t block = kBlockM) {
+  TORCH_CHECK_VALUE((rows + block - 1) / block <= 65535, "argument `", name, "` has ", rows,
+                    " rows per sequence; the CUDA kernel supports up to ", 65535 * block, " at this head dim");
 }
 
 }  // namespace

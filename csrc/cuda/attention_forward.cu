@@ -38,9 +38,9 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_cuda(const at::Tensor& q_in
 
 void launch_attention_forward(const Params& p, MaskKind mask, at::ScalarType dtype, int64_t head_dim,
                               cudaStream_t stream) {
-  check_row_blocks(p.max_sq, "q");
   dispatch_head_dim(head_dim, [&](auto d) {
     constexpr int D = decltype(d)::value;
+    check_row_blocks(p.max_sq, "q", AttentionTiles<D>::kForwardRows);
     dtype == at::kHalf ? launch_attention_forward_for<__half, D>(p, mask, stream)
                        : launch_attention_forward_for<__nv_bfloat16, D>(p, mask, stream);
   });

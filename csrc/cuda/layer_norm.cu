@@ -7,7 +7,8 @@
 // When the row fits (kPacks > 0 packs per thread, at most 8), it is held in registers: sum -> mean, centred sum of
 // squares -> rstd (two-pass, exact for zero-variance rows), then the output. Longer rows (kPacks == 0) loop over
 // their packs three times; the second and third passes re-read h (written by the same thread in the first pass when
-// there is a residual, else x). Rows whose length or pointers do not allow 16-byte packs take the looped kernel with
+// there is a residual, else x), each thread summing in two levels (TwoLevelSum: rows up to 16M elements keep the
+// statistics within the tolerance rule). Rows whose length or pointers do not allow 16-byte packs take the looped kernel with
 // one element per pack.
 //
 // Backward (deterministic, no atomics): G blocks each own a contiguous range of rows. Per row, the block reduces
@@ -68,6 +69,24 @@ __device__ __forceinline__ float2 block_sum2(float a, float b, float* shared) {
   b = lane < warps ? shared[32 + lane] : 0.f;
   return make_float2(warp_sum(a), warp_sum(b));
 }
+
+// A thread's running fp32 sum over the packs of a looped row, in two levels: `part` takes kFlush packs, then moves into
+// `total`. One accumulator over a 16M-element row (32K values per thread at 512 threads) loses about sqrt(32K) ulps
+// of its total; two levels lose about sqrt(kFlush) + sqrt(32K / kFlush). NaN and Inf pass through unchanged.
+struct TwoLevelSum {
+  static constexpr int kFlush = 64;
+  float total = 0.f, part = 0.f;
+  int count = 0;
+  __device__ __forceinline__ void add(float x) {
+    part += x;
+    if (++count == kFlush) {
+      total += part;
+      part = 0.f;
+      count = 0;
+    }
+  }
+  __device__ __forceinline__ float value() const { return total + part; }
+};
 
 template <typename scalar_t, int kVec>
 __device__ __forceinline__ void load_pack(const scalar_t* base, int64_t pack, float (&out)[kVec]) {
@@ -162,20 +181,24 @@ __global__ void __launch_bounds__(kMaxThreads, 1) layer_norm_forward_kernel(
     // Looped: the passes after the first re-read h (this thread wrote its packs of h) or x.
     const scalar_t* source = residual != nullptr ? hr : xr;
     float v[kVec];
-    float sum = 0.f;
+    TwoLevelSum sum;
     for (int64_t pack = threadIdx.x; pack < packs; pack += blockDim.x) {
       load_h<scalar_t, kVec>(xr, rr, hr, pack, v);
+      float pack_sum = 0.f;
 #pragma unroll
-      for (int k = 0; k < kVec; ++k) sum += v[k];
+      for (int k = 0; k < kVec; ++k) pack_sum += v[k];
+      sum.add(pack_sum);
     }
-    if (!rms) mu = block_sum2(sum, 0.f, shared).x / n;
-    float squares = 0.f;
+    if (!rms) mu = block_sum2(sum.value(), 0.f, shared).x / n;
+    TwoLevelSum squares;
     for (int64_t pack = threadIdx.x; pack < packs; pack += blockDim.x) {
       load_pack<scalar_t, kVec>(source, pack, v);
+      float pack_squares = 0.f;
 #pragma unroll
-      for (int k = 0; k < kVec; ++k) squares += (v[k] - mu) * (v[k] - mu);
+      for (int k = 0; k < kVec; ++k) pack_squares += (v[k] - mu) * (v[k] - mu);
+      squares.add(pack_squares);
     }
-    r = rsqrtf(block_sum2(squares, 0.f, shared).x / n + eps);
+    r = rsqrtf(block_sum2(squares.value(), 0.f, shared).x / n + eps);
     for (int64_t pack = threadIdx.x; pack < packs; pack += blockDim.x) {
       load_pack<scalar_t, kVec>(source, pack, v);
       write_y<scalar_t, kVec>(weight, bias, yr, pack, v, mu, r);
@@ -285,11 +308,14 @@ __global__ void __launch_bounds__(kMaxThreads) layer_norm_backward_kernel(
     for (int64_t row = first; row < last; ++row) {
       const float mu = mean != nullptr ? mean[row] : 0.f, r = rstd[row];
       float xhat[kVec], g[kVec], dyv[kVec];
-      float sum_gx = 0.f, sum_g = 0.f;
+      TwoLevelSum sum_gx, sum_g;
       for (int64_t pack = threadIdx.x; pack < packs; pack += blockDim.x) {
-        gradient_terms<scalar_t, kVec>(h + row * n, dy + row * n, weight, pack, mu, r, xhat, dyv, g, sum_gx, sum_g);
+        float pack_gx = 0.f, pack_g = 0.f;
+        gradient_terms<scalar_t, kVec>(h + row * n, dy + row * n, weight, pack, mu, r, xhat, dyv, g, pack_gx, pack_g);
+        sum_gx.add(pack_gx);
+        sum_g.add(pack_g);
       }
-      const float2 sums = block_sum2(sum_gx, sum_g, shared);
+      const float2 sums = block_sum2(sum_gx.value(), sum_g.value(), shared);
       const float c1 = sums.x / n, c2 = mean != nullptr ? sums.y / n : 0.f;
       for (int64_t pack = threadIdx.x; pack < packs; pack += blockDim.x) {
         float unused_gx = 0.f, unused_g = 0.f;

@@ -73,7 +73,8 @@ __device__ __forceinline__ float row_reduce(float v, Op op, float* scratch) {
   return v;
 }
 
-// fp32 score of column j of a row: scale * x + mask, -inf where masked (bool mask, causal limit, outside the row).
+// fp32 score of column j of a row: scale * x + mask, -inf where masked (bool mask, a -inf additive value, causal
+// limit, outside the row) whatever x is.
 template <typename scalar_t, MaskKind kKind>
 __device__ __forceinline__ float score(const scalar_t* __restrict__ x, const void* __restrict__ mask_row,
                                        int64_t stride_k, int j, int n, float scale) {
@@ -82,7 +83,8 @@ __device__ __forceinline__ float score(const scalar_t* __restrict__ x, const voi
   if constexpr (kKind == MaskKind::kBool) {
     if (!static_cast<const bool*>(mask_row)[j * stride_k]) s = -INFINITY;
   } else if constexpr (kKind == MaskKind::kAdditive) {
-    s += static_cast<float>(static_cast<const scalar_t*>(mask_row)[j * stride_k]);
+    const float add = static_cast<float>(static_cast<const scalar_t*>(mask_row)[j * stride_k]);
+    s = add == -INFINITY ? -INFINITY : s + add;  // a -inf hides the position (a NaN score there does not count)
   }
   return s;
 }

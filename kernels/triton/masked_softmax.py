@@ -33,8 +33,10 @@ def _scores(x_ptr, mask_ptr, rows_, row_ok, q, mask_row, cols, sk, scale, m_sk,
         m_ptrs = mask_ptr + mask_row[:, None] + cols[None, :].to(tl.int64) * m_sk
         if MASK_BOOL:
             keep = keep & (tl.load(m_ptrs, mask=inside, other=0) != 0)
-        else:
-            s = s + tl.load(m_ptrs, mask=inside, other=0.0).to(tl.float32)
+        else:  # additive; a -inf hides the position whatever x is (a NaN score there does not count)
+            add = tl.load(m_ptrs, mask=inside, other=0.0).to(tl.float32)
+            s = s + add
+            keep = keep & (add != float("-inf"))
     if IS_CAUSAL:  # top-left aligned: query q sees keys j <= q
         keep = keep & (cols[None, :] <= q[:, None])
     return tl.where(keep, s, float("-inf"))

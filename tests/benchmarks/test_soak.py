@@ -1,6 +1,8 @@
 """Soak: a small GPT on the native CPU kernels, dropout on, trained 200 steps (the 1000-step run is
 ``python -m benchmarks.soak``, figures in benchmarks/NOTES.md): memory flat, loss finite, and a mid-run checkpoint
-(model, optimizer, torch's generator) resumed in a fresh model reproduces the next 20 steps bit for bit."""
+(model, optimizer, torch's generator) resumed in a fresh model reproduces the next 20 steps bit for bit. On one
+thread, as every test here (tests/benchmarks/conftest.py): OpenMP threads spinning on a loaded 2-core machine made a
+step of this model 7x slower."""
 
 import pytest
 import torch
@@ -11,18 +13,8 @@ from benchmarks import soak
 pytestmark = pytest.mark.skipif(not kernels._extension.native_available("cpu"), reason="kernels._C is not built")
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: this model's ops are tiny, and OpenMP threads spinning on a loaded 2-core machine made a
-    step 7x slower (0.31 s against 0.044 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.slow
-def test_200_steps_flat_memory_finite_loss_and_a_bit_exact_resume(one_thread):
+def test_200_steps_flat_memory_finite_loss_and_a_bit_exact_resume():
     result = soak.soak(200, rss_from=50, checkpoint_at=100, resumed=20)
     assert result.all_finite, [loss for loss in result.losses if not loss == loss]
     assert sum(result.losses[-20:]) < 0.7 * sum(result.losses[:20])  # it learns (with dropout on)
@@ -30,7 +22,7 @@ def test_200_steps_flat_memory_finite_loss_and_a_bit_exact_resume(one_thread):
     assert result.resumed_losses_equal and result.resumed_parameters_equal, result.summary()
 
 
-def test_the_checkpoint_restores_the_dropout_generator(one_thread):
+def test_the_checkpoint_restores_the_dropout_generator():
     """Negative control: a checkpoint without torch's generator state does not replay the dropout masks."""
     torch.manual_seed(0)
     model, optimizer = soak.new_run()

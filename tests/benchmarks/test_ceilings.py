@@ -14,7 +14,7 @@ from benchmarks.ceilings import Ceilings, exceeds_ceiling, fraction_text, measur
 from benchmarks.report import ceilings_line, terminal_table, write_markdown
 from benchmarks.runner import Result
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENV = {"device_name": "test cpu", "threads": 2, "torch": "x", "triton": "y", "git_commit": "0123456789abcdef"}
 
 
@@ -43,7 +43,8 @@ def test_measured_with_the_run_thread_count_over_several_sizes(monkeypatch, thre
     assert result.matmul_tflops == max(result.matmul_tflops_by_size.values()) > 0
     assert result.matmul_tflops_by_size[str(result.matmul_size)] == result.matmul_tflops
     assert result.bandwidth_gbs > 0 and result.copy_bytes == 1024 * 1024 and result.matmul_dtype == "float32"
-    assert f"({threads} threads)" in ceilings_line(result, ENV)
+    assert result.statistic == "best"
+    assert f"({threads} threads)" in ceilings_line(result, ENV) and "best of the calls" in ceilings_line(result, ENV)
 
 
 def test_fraction_text_flags_anything_above_100_percent():
@@ -76,3 +77,4 @@ def test_records_written_before_the_new_fields_still_load():
         with open(path) as handle:
             ceilings = Ceilings(**json.load(handle)["ceilings"])
         assert ceilings.matmul_tflops > 0 and ceilings.bandwidth_gbs > 0
+        assert ceilings.statistic in ("median", "best")
