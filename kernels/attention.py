@@ -264,7 +264,7 @@ def _native_kv_cache(q, k_cache, v_cache, cache_seqlens, is_causal, scale):
     if is_causal and sq > 1:
         mask = kv_cache_mask(sq, smax, cache_seqlens, batch, True, q.device).expand(batch, heads, sq, smax)
     elif cache_seqlens is not None:
-        padding = torch.arange(smax, device=q.device) >= cache_seqlens[:, None]  # (B, Smax), True = padding
+        padding = torch.arange(smax, device=q.device) >= cache_seqlens.unsqueeze(1)  # (B, Smax), True = padding
     return _native.scaled_dot_product_attention(q, k_cache, v_cache, mask, 0.0, False, scale, True,
                                                 key_padding_mask=padding)
 

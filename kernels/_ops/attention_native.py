@@ -97,8 +97,12 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
                      dropout_p):
     """The ``native`` backend of ``kernels.varlen_attention`` (arguments validated by the caller). The offsets reach
     the kernels as int32; dropout draws its seed as the dense op does."""
-    out, _ = _varlen_forward(q, k, v, cu_seqlens_q.to(torch.int32), cu_seqlens_k.to(torch.int32), max_seqlen_q,
-                             max_seqlen_k, is_causal, scale, dropout_p, draw_seed(dropout_p, q.device))
+    if cu_seqlens_q.dtype != torch.int32:  # a no-op .to still costs ~0.5 us
+        cu_seqlens_q = cu_seqlens_q.to(torch.int32)
+    if cu_seqlens_k.dtype != torch.int32:
+        cu_seqlens_k = cu_seqlens_k.to(torch.int32)
+    out, _ = _varlen_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, is_causal, scale,
+                             dropout_p, draw_seed(dropout_p, q.device))
     return out
 
 
@@ -106,19 +110,29 @@ def varlen_unsupported(q=None, k=None, v=None, **_) -> str | None:
     """Why the native backend cannot serve a varlen call, or None: the dense limits, on (T, H, D) tensors."""
     if q is None or k is None or v is None:
         return None
-    return unsupported(*(t.transpose(0, 1).unsqueeze(0) for t in (q, k, v)))
+    reason = _head_dims_unsupported(q, v)
+    if reason is None and q.is_cuda:
+        return _cuda_unsupported(q, k, v)
+    return reason
 
 
-def unsupported(q=None, k=None, v=None, attn_mask=None, **_) -> str | None:
-    """Why the native backend cannot serve a call, or None (the registry's ``check=``)."""
-    if q is None or k is None or v is None:
-        return None
+def _head_dims_unsupported(q, v) -> str | None:
     head_dim = q.shape[-1]
     if v.shape[-1] != head_dim:
         return (f"argument `v` has head dim {v.shape[-1]} and `q` {head_dim}; backend 'native' needs equal "
                 "head dims")
     if head_dim > 256:
         return f"argument `q` has head dim {head_dim}; backend 'native' supports head dims up to 256"
+    return None
+
+
+def unsupported(q=None, k=None, v=None, attn_mask=None, **_) -> str | None:
+    """Why the native backend cannot serve a call, or None (the registry's ``check=``)."""
+    if q is None or k is None or v is None:
+        return None
+    reason = _head_dims_unsupported(q, v)
+    if reason is not None:
+        return reason
     if q.dim() != 4:
         return f"argument `q` has {q.dim()} dimensions; backend 'native' takes (B, H, S, D) tensors"
     if attn_mask is not None and attn_mask.requires_grad:
