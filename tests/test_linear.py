@@ -154,6 +154,16 @@ def test_native_cpu_linear_without_activation_is_f_linear(dtype):
                  torch_out=reference.linear(x, conv_weight.t(), bias, activation="gelu"))
 
 
+@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("rows, d_out", [(1, 512), (64, 64), (65, 64)])  # GELU of 512, 4096 and 4160 elements
+def test_gelu_on_both_sides_of_the_small_size_path(backend, rows, d_out):
+    """Native CPU: a lone GELU of <= 4096 elements runs in the epilogue loop, above in at::gelu_out; both match."""
+    x, weight, bias = _inputs(rows, 16, d_out, "gelu")
+    check_against_reference(_run(backend), reference.linear, x, weight, bias, activation="gelu")
+    with torch.no_grad():
+        check_against_reference(_run(backend), reference.linear, x, weight, bias, activation="gelu")
+
+
 def test_bad_inputs():
     x, weight, bias = _inputs(4, 8, 6, None)
     with pytest.raises(TypeError, match="`x`"):
