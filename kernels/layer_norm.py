@@ -88,6 +88,8 @@ def _check_tensor(value, name: str, x: torch.Tensor, shape: tuple) -> None:
 def _normalized_shape(normalized_shape) -> tuple:
     if type(normalized_shape) is int:  # the common cases first, without the numbers ABC checks
         return (normalized_shape,)
+    if type(normalized_shape) is tuple and len(normalized_shape) == 1 and type(normalized_shape[0]) is int:
+        return normalized_shape  # (N,): no generator (~0.4 us)
     if type(normalized_shape) in (tuple, torch.Size) and all(type(s) is int for s in normalized_shape):
         return tuple(normalized_shape)
     if isinstance(normalized_shape, numbers.Integral):
