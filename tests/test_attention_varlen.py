@@ -202,3 +202,30 @@ def test_gpu_decode_long_cache(case):
     expected = reference.scaled_dot_product_attention(q.float(), k.float(), v.float(), keep, enable_gqa=True)
     torch_bf16 = reference.scaled_dot_product_attention(q, k, v, keep, enable_gqa=True)
     assert_close(out, expected, torch_out=torch_bf16)
+
+
+def _kv_cache_calls():
+    q, k, v = torch.randn(2, 4, 1, 8), torch.randn(2, 2, 6, 8), torch.randn(2, 2, 6, 8)
+    lengths = torch.tensor([3, 6])
+    return [
+        (q, k, v, None), (q, k, v, lengths), (q, k, v, lengths.int()),
+        (q, k, v, lengths.float()), (q, k, v, lengths[:1]), (q, k, v, [3, 6]),  # bad cache_seqlens
+        (q, k[:, :, :, :4], v, None), (q, k, v[:, :, :5], None), (q, k[:1], v[:1], None),
+        (q, k[:, :1].expand(2, 3, 6, 8), v[:, :1].expand(2, 3, 6, 8), None),  # 3 heads do not divide 4
+        (q, k.double(), v.double(), None), (q.int(), k.int(), v.int(), None), (q[0], k[0], v[0], None),
+        (q[..., :0], k[..., :0], v[..., :0], None), (torch.nn.Parameter(q), k, v, None), (q, k, "v", None),
+    ]
+
+
+@pytest.mark.parametrize("index", range(len(_kv_cache_calls())))
+def test_kv_cache_common_case_shortcut_only_takes_valid_calls(index):
+    """The shortcut of the common decoding call never accepts a call that the full checks refuse."""
+    from kernels.attention import _check_kv_cache_args, _kv_cache_common_case
+
+    call = _kv_cache_calls()[index]
+    try:
+        _check_kv_cache_args(*call)
+    except (TypeError, ValueError):
+        assert not _kv_cache_common_case(*call)
+    else:
+        assert _kv_cache_common_case(*call) == (index < 3)  # the first three are the common case
