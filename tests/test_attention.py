@@ -616,7 +616,7 @@ def _common_case_calls():
 def test_common_case_fast_path_agrees_with_the_full_checks(index):
     """The fast path of the common call gives the arguments the full normalisation gives, or declines (None) and
     leaves the call, and its error, to the full checks."""
-    from kernels.attention import _common_case, normalize_attention_args
+    from kernels._attention_args import _common_case, normalize_attention_args
 
     call = _common_case_calls()[index]
     full = dict(attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False, key_padding_mask=None)

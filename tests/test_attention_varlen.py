@@ -220,7 +220,7 @@ def _kv_cache_calls():
 @pytest.mark.parametrize("index", range(len(_kv_cache_calls())))
 def test_kv_cache_common_case_shortcut_only_takes_valid_calls(index):
     """The shortcut of the common decoding call never accepts a call that the full checks refuse."""
-    from kernels.attention import _check_kv_cache_args, _kv_cache_common_case
+    from kernels._attention_args import _check_kv_cache_args, _kv_cache_common_case
 
     call = _kv_cache_calls()[index]
     try:
