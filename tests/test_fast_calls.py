@@ -1,0 +1,175 @@
+"""kernels._ops._fast / kernels._C.fast: the public functions' common calls in one C++ call.
+
+A fast call must give exactly what the Python path gives (the same op, bit for bit, gradients included), take only
+the calls it can serve (None for anything else, so the Python path raises its own errors), and follow the registry
+(backend asked for, auto order, torch.compile and torch-function modes)."""
+
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+
+import kernels
+from kernels import _backend
+from kernels._ops import _fast
+
+pytestmark = pytest.mark.skipif(_fast._FAST is None, reason="kernels._C is not built")
+
+NORMS = {
+    "layer_norm": (kernels.layer_norm, lambda x, n, w, b, eps, r: _fast.layer_norm(x, n, w, b, eps, r)),
+    "rms_norm": (lambda x, n, w, b, eps, **kw: kernels.rms_norm(x, n, w, eps, **kw),
+                 lambda x, n, w, b, eps, r: _fast.rms_norm(x, n, w, eps, r)),
+}
+
+
+def _inputs(shape, dtype=torch.float32, grad=False, residual=False):
+    generator = torch.Generator().manual_seed(0)
+    n = shape[-1]
+    tensors = [torch.randn(shape, generator=generator, dtype=dtype), torch.randn(n, generator=generator, dtype=dtype),
+               torch.randn(n, generator=generator, dtype=dtype)]
+    if residual:
+        tensors.append(torch.randn(shape, generator=generator, dtype=dtype))
+    return [t.requires_grad_(grad) for t in tensors]
+
+
+def _python_path(monkeypatch):
+    monkeypatch.setattr(_fast, "usable", lambda backend: False)
+
+
+@pytest.mark.parametrize("op", NORMS)
+@pytest.mark.parametrize("shape", [(5, 48), (2, 3, 40), (7,), (2, 1, 3, 16)])
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_the_fast_call_is_the_python_path_bit_for_bit(monkeypatch, op, shape, residual, dtype):
+    public, fast = NORMS[op]
+    x, w, b, *r = _inputs(shape, dtype, grad=True, residual=residual)
+    r = r[0] if r else None
+    b = b if op == "layer_norm" else None
+    eps = 1e-5 if op == "layer_norm" else None  # rms_norm: None is the dtype's machine epsilon, as F.rms_norm
+    assert fast(x, shape[-1], w, b, eps, r) is not None  # this call is the common one
+
+    def run():
+        out = public(x, (shape[-1],), w, b, eps, residual=r)
+        y, h = out if residual else (out, None)
+        loss = (y.float() * torch.linspace(-1, 1, y.numel()).view(y.shape)).sum()
+        if h is not None:
+            loss = loss + h.float().square().sum()
+        grads = torch.autograd.grad(loss, [t for t in (x, w, b, r) if t is not None and t.requires_grad])
+        return (y, h, *grads)
+
+    fast_results = run()
+    _python_path(monkeypatch)
+    for got, expected in zip(fast_results, run()):
+        if expected is None:
+            assert got is None
+        else:
+            assert got.shape == expected.shape and torch.equal(got, expected)
+
+
+def test_non_contiguous_input_and_no_parameters():
+    x = torch.randn(4, 6, 32).transpose(0, 1)  # (6, 4, 32), not contiguous
+    out = _fast.layer_norm(x, (32,), None, None, 1e-5, None)
+    torch.testing.assert_close(out, torch.nn.functional.layer_norm(x, (32,)))
+    assert out.shape == x.shape
+
+
+@pytest.mark.parametrize("case", [
+    "subclass", "two_dims", "bool_dim", "eps_nan", "eps_negative", "eps_string", "eps_bool", "eps_tensor",
+    "eps_huge_int", "weight_shape", "weight_dtype", "bias_list", "residual_shape", "residual_dtype", "half_on_cpu",
+    "int_x", "empty", "wrong_last_dim",
+])
+def test_any_other_call_takes_the_python_path(case):
+    x, w, b = _inputs((3, 8))
+    args = {"x": x, "n": 8, "w": w, "b": b, "eps": 1e-5, "r": None}
+
+    class Sub(torch.Tensor):
+        pass
+
+    changes = {
+        "subclass": {"x": x.as_subclass(Sub)}, "two_dims": {"n": (3, 8), "w": None, "b": None},
+        "bool_dim": {"n": True}, "eps_nan": {"eps": float("nan")}, "eps_negative": {"eps": -1e-5},
+        "eps_string": {"eps": "1e-5"}, "eps_bool": {"eps": True}, "eps_tensor": {"eps": torch.tensor(1e-5)},
+        "eps_huge_int": {"eps": 10 ** 400}, "weight_shape": {"w": torch.randn(1, 8)},
+        "weight_dtype": {"w": w.double()}, "bias_list": {"b": [0.0] * 8}, "residual_shape": {"r": torch.randn(8)},
+        "residual_dtype": {"r": x.double()}, "half_on_cpu": {"x": x.half(), "w": w.half(), "b": b.half()},
+        "int_x": {"x": x.int()}, "empty": {"x": x[:0]}, "wrong_last_dim": {"n": 4, "w": None, "b": None},
+    }
+    args.update(changes[case])
+    assert _fast.layer_norm(args["x"], args["n"], args["w"], args["b"], args["eps"], args["r"]) is None
+
+
+def test_eps_none_is_refused_for_layer_norm_and_the_dtype_epsilon_for_rms_norm():
+    x, w, _ = _inputs((3, 8))
+    assert _fast.layer_norm(x, 8, w, None, None, None) is None
+    torch.testing.assert_close(_fast.rms_norm(x, 8, w, None, None), torch.nn.functional.rms_norm(x, (8,), w),
+                               rtol=0, atol=0)
+
+
+def test_errors_of_bad_arguments_are_the_python_paths():
+    x, w, b = _inputs((3, 8))
+    with pytest.raises(ValueError, match="argument `eps`"):
+        kernels.layer_norm(x, (8,), w, b, -1.0)
+    with pytest.raises(ValueError, match="argument `weight` has shape"):
+        kernels.layer_norm(x, (8,), w[:4], b)
+    with pytest.raises(ValueError, match="argument `residual` has dtype"):
+        kernels.rms_norm(x, (8,), w, residual=x.double())
+
+
+@pytest.mark.parametrize("backend, fast", [("auto", True), ("native", True), ("torch", False), ("triton", False),
+                                           ("bogus", False)])
+def test_usable_for_the_backends_that_run_natively(backend, fast):
+    assert _fast.usable(backend) is fast
+
+
+def test_usable_follows_use_backend_and_the_default():
+    with kernels.use_backend("torch"):
+        assert not _fast.usable("auto")
+        assert _fast.usable("native")
+    default = _backend.get_default_backend()
+    _backend.set_default_backend("torch")
+    try:
+        assert not _fast.usable("auto")
+    finally:
+        _backend.set_default_backend(default)
+    assert _fast.usable("auto")
+
+
+def test_not_usable_under_a_torch_function_mode():
+    seen = []
+
+    class Record(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            seen.append(func)
+            return func(*args, **(kwargs or {}))
+
+    x, w, b = _inputs((3, 8))
+    with Record():
+        assert not _fast.usable("auto")
+        kernels.layer_norm(x, (8,), w, b)
+    assert seen  # the mode saw the Python path's torch calls
+
+
+def test_the_served_table_follows_the_auto_order():
+    x, w, b = _inputs((3, 8))
+    order = _backend._REGISTRY["layer_norm"].auto_order["cpu"]
+    _backend.set_auto_order("layer_norm", "cpu", ())
+    try:
+        assert _fast.layer_norm(x, 8, w, b, 1e-5, None) is None  # "auto" would run torch: no fast call
+        assert _fast.rms_norm(x, 8, w, 1e-5, None) is not None  # another op's table is its own
+    finally:
+        _backend.set_auto_order("layer_norm", "cpu", order)
+    assert _fast.layer_norm(x, 8, w, b, 1e-5, None) is not None
+
+
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+def test_the_served_dtypes_are_the_registry_native_ones(op):
+    native = _backend.implementations(op)["native"].dtypes["cpu"]
+    for dtype in _fast._FLOATING:
+        x = torch.randn(2, 8, dtype=dtype)
+        served = NORMS[op][1](x, 8, None, None, 1e-5, None) is not None
+        assert served == (dtype in native), dtype
+
+
+def test_compiled_calls_trace_the_registered_op_without_a_graph_break():
+    x, w, b = _inputs((3, 8))
+    compiled = torch.compile(lambda x: kernels.layer_norm(x, (8,), w, b), backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x), kernels.layer_norm(x, (8,), w, b), rtol=0, atol=0)
