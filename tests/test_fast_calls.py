@@ -173,3 +173,42 @@ def test_compiled_calls_trace_the_registered_op_without_a_graph_break():
     x, w, b = _inputs((3, 8))
     compiled = torch.compile(lambda x: kernels.layer_norm(x, (8,), w, b), backend="eager", fullgraph=True)
     torch.testing.assert_close(compiled(x), kernels.layer_norm(x, (8,), w, b), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("shape", [(5, 24), (2, 3, 24), (24,)])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_linear_fast_call_is_f_linear_with_its_gradients(monkeypatch, shape, with_bias):
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=generator, requires_grad=True)
+    weight = torch.randn(24, 40, generator=generator).t().requires_grad_()  # (40, 24), a transposed view
+    bias = torch.randn(40, generator=generator, requires_grad=True) if with_bias else None
+    assert _fast.linear(x, weight, bias, None) is not None
+
+    def run():
+        out = kernels.linear(x, weight, bias)
+        leaves = [t for t in (x, weight, bias) if t is not None]
+        return (out, *torch.autograd.grad(out.square().sum(), leaves))
+
+    fast_results = run()
+    _python_path(monkeypatch)
+    for got, expected in zip(fast_results, run()):
+        assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("case", ["activation", "subclass", "weight_1d", "weight_width", "weight_dtype", "bias_shape",
+                                  "bias_tuple", "half_on_cpu", "int_x", "weight_pair"])
+def test_linear_any_other_call_takes_the_python_path(case):
+    x, weight, bias = torch.randn(3, 8), torch.randn(5, 8), torch.randn(5)
+
+    class Sub(torch.Tensor):
+        pass
+
+    args = {"x": x, "w": weight, "b": bias, "activation": None}
+    args.update({
+        "activation": {"activation": "gelu"}, "subclass": {"x": x.as_subclass(Sub)}, "weight_1d": {"w": weight[0]},
+        "weight_width": {"w": torch.randn(5, 7)}, "weight_dtype": {"w": weight.double()},
+        "bias_shape": {"b": bias[:4]}, "bias_tuple": {"b": (bias, bias)},
+        "half_on_cpu": {"x": x.half(), "w": weight.half(), "b": bias.half()}, "int_x": {"x": x.int()},
+        "weight_pair": {"w": (weight, weight)},
+    }[case])
+    assert _fast.linear(args["x"], args["w"], args["b"], args["activation"]) is None

@@ -1,4 +1,4 @@
-// kernels._C.fast: the common calls of kernels.layer_norm / kernels.rms_norm in one C++ call
+// kernels._C.fast: the common calls of kernels.layer_norm / rms_norm / linear in one C++ call
 // (csrc/include/kernels/fast_calls.h says what and why).
 #include <kernels/autograd.h>
 #include <kernels/fast_calls.h>
@@ -20,8 +20,8 @@ namespace py = pybind11;
 using Optional = std::optional<at::Tensor>;
 
 // The ops with a fast call, by their registry names.
-enum FastOp : size_t { kLayerNorm, kRmsNorm, kFastOps };
-constexpr std::array<const char*, kFastOps> kFastOpNames = {"layer_norm", "rms_norm"};
+enum FastOp : size_t { kLayerNorm, kRmsNorm, kLinear, kFastOps };
+constexpr std::array<const char*, kFastOps> kFastOpNames = {"layer_norm", "rms_norm", "linear"};
 
 // Per op and device type, the dtypes that backend "auto" runs natively (from kernels._backend). Read and written
 // under the GIL only.
@@ -157,6 +157,33 @@ py::object norm(FastOp op, py::handle x_obj, py::handle shape_obj, py::handle we
   return py::make_tuple(y, h);
 }
 
+// kernels.linear(x, weight, bias) without activation, on the CPU: what the native backend runs there is at::linear
+// (F.linear: the platform BLAS, torch's autograd). On CUDA native runs its own composite op (cuBLASLt epilogues):
+// the Python path. None for any other call.
+py::object linear(py::handle x_obj, py::handle weight_obj, py::handle bias_obj, py::handle activation) {
+  const at::Tensor* x_ptr = plain_tensor(x_obj);
+  const at::Tensor* weight_ptr = plain_tensor(weight_obj);
+  Optional bias;
+  if (x_ptr == nullptr || weight_ptr == nullptr || !activation.is_none() || !optional_tensor(bias_obj, bias)) {
+    return py::none();
+  }
+  const at::Tensor &x = *x_ptr, &weight = *weight_ptr;
+  if (!x.is_cpu() || !served[kLinear].has(x) || x.dim() < 1 || weight.dim() != 2 || weight.size(1) != x.size(-1) ||
+      weight.scalar_type() != x.scalar_type() || !weight.is_cpu()) {
+    return py::none();
+  }
+  if (bias && !(bias->dim() == 1 && bias->size(0) == weight.size(0) && bias->scalar_type() == x.scalar_type() &&
+                bias->is_cpu())) {
+    return py::none();
+  }
+  at::Tensor out;
+  {
+    py::gil_scoped_release no_gil;
+    out = at::linear(x, weight, bias);
+  }
+  return py::cast(out);
+}
+
 }  // namespace
 
 void define_fast_calls(py::module& module) {
@@ -173,6 +200,7 @@ void define_fast_calls(py::module& module) {
         return norm(kRmsNorm, x, normalized_shape, weight, py::none(), eps, residual);
       },
       "kernels.rms_norm's common call, or None");
+  module.def("linear", &linear, "kernels.linear's common call on the CPU, or None");
   module.def("ops", [] { return std::vector<std::string>(kFastOpNames.begin(), kFastOpNames.end()); },
              "The registry names of the ops with a fast call");
 }

@@ -50,9 +50,10 @@ if _FAST is not None:
     _OPS = frozenset(_FAST.ops())
     layer_norm = _FAST.layer_norm  # (x, normalized_shape, weight, bias, eps, residual)
     rms_norm = _FAST.rms_norm  # (x, normalized_shape, weight, eps, residual)
+    linear = _FAST.linear  # (x, weight, bias, activation)
     _backend.on_change(_serve)
     for _op in _OPS:
         _serve(_op)
 else:
     _OPS = frozenset()
-    layer_norm = rms_norm = _not_common
+    layer_norm = rms_norm = linear = _not_common
