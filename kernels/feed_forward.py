@@ -339,6 +339,10 @@ def feed_forward(x, w1, b1, w2, b2, *, activation="gelu", dropout_p=0.0, residua
     to the activation output with probability ``dropout_p`` (pass 0 in evaluation); see the module docstring for its
     counter-based RNG. Weights may be strided views (a GPT-2 ``Conv1D`` weight as ``weight.t()``): nothing is copied.
     """
+    if _fast.usable(backend):  # inference's common call, checked and run in C++ (None: any other call)
+        out = _fast.feed_forward(x, w1, b1, w2, b2, activation, dropout_p, residual)
+        if out is not None:
+            return out
     _check_tensor(x, "x")
     _check_tensor(w2, "w2")
     for value, name in ((b2, "b2"), (residual, "residual")):

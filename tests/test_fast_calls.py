@@ -212,3 +212,61 @@ def test_linear_any_other_call_takes_the_python_path(case):
         "weight_pair": {"w": (weight, weight)},
     }[case])
     assert _fast.linear(args["x"], args["w"], args["b"], args["activation"]) is None
+
+
+def _ff_inputs(shape, activation, with_bias=True, residual=True):
+    generator = torch.Generator().manual_seed(0)
+    d, ffn, d_out = shape[-1], 24, 10
+    width = 2 * ffn if activation in ("swiglu", "geglu") else ffn
+
+    def randn(*s):
+        return torch.randn(*s, generator=generator)
+
+    return (randn(*shape), randn(width, d), randn(width) if with_bias else None, randn(d_out, ffn),
+            randn(d_out) if with_bias else None, randn(*shape[:-1], d_out) if residual else None)
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu", "gelu_tanh", "silu", "swiglu", "geglu"])
+@pytest.mark.parametrize("shape", [(5, 16), (2, 3, 16), (16,)])
+@pytest.mark.parametrize("with_bias, residual", [(True, True), (False, False)])
+def test_feed_forward_fast_call_is_the_python_path_without_autograd(monkeypatch, activation, shape, with_bias,
+                                                                     residual):
+    x, w1, b1, w2, b2, r = _ff_inputs(shape, activation, with_bias, residual)
+    with torch.no_grad():
+        assert _fast.feed_forward(x, w1, b1, w2, b2, activation, 0.0, r) is not None
+        fast = kernels.feed_forward(x, w1, b1, w2, b2, activation=activation, residual=r)
+        _python_path(monkeypatch)
+        python = kernels.feed_forward(x, w1, b1, w2, b2, activation=activation, residual=r)
+    assert fast.shape == python.shape and torch.equal(fast, python)
+
+
+@pytest.mark.parametrize("case", ["grad", "dropout", "dropout_bool", "pair", "activation_callable", "activation_none",
+                                  "ungated_w1", "w2_width", "b1_shape", "residual_shape", "residual_dtype",
+                                  "half_on_cpu", "subclass"])
+def test_feed_forward_any_other_call_takes_the_python_path(case):
+    x, w1, b1, w2, b2, r = _ff_inputs((3, 16), "swiglu")
+
+    class Sub(torch.Tensor):
+        pass
+
+    args = {"x": x, "w1": w1, "b1": b1, "w2": w2, "b2": b2, "activation": "swiglu", "dropout_p": 0.0, "r": r}
+    args.update({
+        "grad": {"w1": w1.requires_grad_()}, "dropout": {"dropout_p": 0.1}, "dropout_bool": {"dropout_p": False},
+        "pair": {"w1": (w1[:24], w1[24:]), "b1": None}, "activation_callable": {"activation": torch.nn.functional.silu},
+        "activation_none": {"activation": None}, "ungated_w1": {"w1": w1[:24], "b1": b1[:24]},
+        "w2_width": {"w2": w2[:, :20]}, "b1_shape": {"b1": b1[:5]}, "residual_shape": {"r": r[:, :4]},
+        "residual_dtype": {"r": r.double()}, "half_on_cpu": {k: v.half() for k, v in (("x", x), ("w1", w1), ("b1", b1),
+                                                                                     ("w2", w2), ("b2", b2), ("r", r))},
+        "subclass": {"r": r.as_subclass(Sub)},
+    }[case])
+    assert _fast.feed_forward(args["x"], args["w1"], args["b1"], args["w2"], args["b2"], args["activation"],
+                              args["dropout_p"], args["r"]) is None
+
+
+def test_feed_forward_fast_call_under_inference_mode():
+    x, w1, b1, w2, b2, r = _ff_inputs((2, 3, 16), "gelu")
+    with torch.inference_mode():
+        out = kernels.feed_forward(x, w1, b1, w2, b2, activation="gelu", residual=r)
+    with torch.no_grad():
+        torch.testing.assert_close(out, kernels.feed_forward(x, w1, b1, w2, b2, activation="gelu", residual=r,
+                                                             backend="torch"))

@@ -1,4 +1,4 @@
-// kernels._C.fast: the common calls of kernels.layer_norm / rms_norm / linear in one C++ call
+// kernels._C.fast: the common calls of kernels.layer_norm / rms_norm / linear / feed_forward in one C++ call
 // (csrc/include/kernels/fast_calls.h says what and why).
 #include <kernels/autograd.h>
 #include <kernels/fast_calls.h>
@@ -20,8 +20,8 @@ namespace py = pybind11;
 using Optional = std::optional<at::Tensor>;
 
 // The ops with a fast call, by their registry names.
-enum FastOp : size_t { kLayerNorm, kRmsNorm, kLinear, kFastOps };
-constexpr std::array<const char*, kFastOps> kFastOpNames = {"layer_norm", "rms_norm", "linear"};
+enum FastOp : size_t { kLayerNorm, kRmsNorm, kLinear, kFeedForward, kFastOps };
+constexpr std::array<const char*, kFastOps> kFastOpNames = {"layer_norm", "rms_norm", "linear", "feed_forward"};
 
 // Per op and device type, the dtypes that backend "auto" runs natively (from kernels._backend). Read and written
 // under the GIL only.
@@ -184,6 +184,67 @@ py::object linear(py::handle x_obj, py::handle weight_obj, py::handle bias_obj, 
   return py::cast(out);
 }
 
+// The activation names of kernels.reference.ACTIVATIONS: (name, gated) for a str among them; nullopt otherwise.
+std::optional<std::pair<std::string, bool>> activation_of(py::handle obj) {
+  if (!PyUnicode_CheckExact(obj.ptr())) return std::nullopt;
+  std::string name = obj.cast<std::string>();
+  for (const char* plain : {"relu", "gelu", "gelu_tanh", "silu"}) {
+    if (name == plain) return std::make_pair(std::move(name), false);
+  }
+  if (name == "swiglu" || name == "geglu") return std::make_pair(std::move(name), true);
+  return std::nullopt;
+}
+
+// kernels.feed_forward(x, w1, b1, w2, b2, activation=..., dropout_p=0, residual=...) when no gradient is needed
+// (inference: the composite op's eager path, kernels::linear_forward twice) on a (device, dtype) that "auto" runs
+// natively; None for any other call (a gradient, dropout, a (gate, up) weight pair, any argument the checks refuse).
+py::object feed_forward(py::handle x_obj, py::handle w1_obj, py::handle b1_obj, py::handle w2_obj, py::handle b2_obj,
+                        py::handle activation_obj, py::handle dropout_obj, py::handle residual_obj) {
+  const at::Tensor* x_ptr = plain_tensor(x_obj);
+  const at::Tensor* w1_ptr = plain_tensor(w1_obj);
+  const at::Tensor* w2_ptr = plain_tensor(w2_obj);
+  Optional b1, b2, residual;
+  const bool no_dropout = (PyFloat_CheckExact(dropout_obj.ptr()) && PyFloat_AS_DOUBLE(dropout_obj.ptr()) == 0.0) ||
+                          (PyLong_CheckExact(dropout_obj.ptr()) && PyLong_AsLong(dropout_obj.ptr()) == 0);
+  const auto activation = activation_of(activation_obj);
+  if (x_ptr == nullptr || w1_ptr == nullptr || w2_ptr == nullptr || !no_dropout || !activation ||
+      !optional_tensor(b1_obj, b1) || !optional_tensor(b2_obj, b2) || !optional_tensor(residual_obj, residual)) {
+    return py::none();
+  }
+  const at::Tensor &x = *x_ptr, &w1 = *w1_ptr, &w2 = *w2_ptr;
+  if (!served[kFeedForward].has(x) || x.dim() < 1 || w1.dim() != 2 || w2.dim() != 2 || w1.size(1) != x.size(-1)) {
+    return py::none();
+  }
+  const int64_t width = w1.size(0), ffn = activation->second ? width / 2 : width, d_out = w2.size(0);
+  const auto like_x = [&](const at::Tensor& t) { return t.scalar_type() == x.scalar_type() && t.device() == x.device(); };
+  const auto bias_ok = [&](const Optional& b, int64_t n) { return !b || (b->dim() == 1 && b->size(0) == n && like_x(*b)); };
+  if ((activation->second && width % 2 != 0) || w2.size(1) != ffn || !like_x(w1) || !like_x(w2) || !bias_ok(b1, width) ||
+      !bias_ok(b2, d_out)) {
+    return py::none();
+  }
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+  out_shape.back() = d_out;
+  if (residual && !(residual->sizes() == at::IntArrayRef(out_shape) && like_x(*residual))) return py::none();
+  if (autograd::needs_graph(x, w1, b1, w2, b2, residual)) return py::none();  // the autograd of the Python path
+  at::Tensor out;
+  {
+    py::gil_scoped_release no_gil;
+    using Pair = std::tuple<at::Tensor, at::Tensor>;
+    static const auto linear_forward =
+        autograd::typed_op<Pair(const at::Tensor&, const at::Tensor&, const Optional&, std::optional<c10::string_view>,
+                                double, const at::Tensor&, const Optional&, bool)>("kernels::linear_forward");
+    const at::Tensor seed = at::zeros({1}, x.options().dtype(at::kLong));  // read only with dropout
+    // (..., d) -> (M, d) rows; h = act(x @ w1.T + b1): (M, ffn); out = residual + h @ w2.T + b2: (M, d_out).
+    const bool rows = x.dim() == 2;
+    const at::Tensor h = std::get<0>(linear_forward.call(rows ? x : x.reshape({-1, x.size(-1)}), w1, b1,
+                                                         activation->first, 0.0, seed, std::nullopt, false));
+    const Optional residual_rows = residual && !rows ? Optional(residual->reshape({-1, d_out})) : residual;
+    out = std::get<0>(linear_forward.call(h, w2, b2, std::nullopt, 0.0, seed, residual_rows, false));
+    if (!rows) out = out.view(out_shape);
+  }
+  return py::cast(out);
+}
+
 }  // namespace
 
 void define_fast_calls(py::module& module) {
@@ -201,6 +262,7 @@ void define_fast_calls(py::module& module) {
       },
       "kernels.rms_norm's common call, or None");
   module.def("linear", &linear, "kernels.linear's common call on the CPU, or None");
+  module.def("feed_forward", &feed_forward, "kernels.feed_forward's common call without autograd, or None");
   module.def("ops", [] { return std::vector<std::string>(kFastOpNames.begin(), kFastOpNames.end()); },
              "The registry names of the ops with a fast call");
 }

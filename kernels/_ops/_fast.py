@@ -51,9 +51,10 @@ if _FAST is not None:
     layer_norm = _FAST.layer_norm  # (x, normalized_shape, weight, bias, eps, residual)
     rms_norm = _FAST.rms_norm  # (x, normalized_shape, weight, eps, residual)
     linear = _FAST.linear  # (x, weight, bias, activation)
+    feed_forward = _FAST.feed_forward  # (x, w1, b1, w2, b2, activation, dropout_p, residual)
     _backend.on_change(_serve)
     for _op in _OPS:
         _serve(_op)
 else:
     _OPS = frozenset()
-    layer_norm = rms_norm = linear = _not_common
+    layer_norm = rms_norm = linear = feed_forward = _not_common
