@@ -22,6 +22,8 @@ from ._ops import _fast, _scalars
 
 _ALL = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _CUDA = (torch.float16, torch.bfloat16, torch.float32)
+# rms_norm's eps=None: the epsilon of the statistics' dtype (fp32 for 16-bit inputs), as F.rms_norm.
+_DEFAULT_RMS_EPS = {torch.float64: torch.finfo(torch.float64).eps, torch.float32: torch.finfo(torch.float32).eps}
 
 
 def _flattened(forward, rms: bool):
@@ -134,7 +136,8 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, residua
 def rms_norm(x, normalized_shape, weight=None, eps=None, *, residual=None, backend="auto"):
     """RMS normalisation over the trailing ``normalized_shape`` dimensions (optionally after ``x + residual``).
 
-    ``eps=None`` means ``torch.finfo(x.dtype).eps``, as in ``F.rms_norm``. Returns ``F.rms_norm(x, ...)``, or
+    ``eps=None`` means the machine epsilon of the dtype the statistics are computed in, as ``F.rms_norm``:
+    ``torch.finfo(torch.float32).eps`` for fp16/bf16/fp32 inputs, ``torch.finfo(torch.float64).eps`` for fp64. Returns ``F.rms_norm(x, ...)``, or
     ``(F.rms_norm(x + residual, ...), x + residual)`` with ``residual``.
     """
     if _fast.usable(backend):
@@ -142,6 +145,6 @@ def rms_norm(x, normalized_shape, weight=None, eps=None, *, residual=None, backe
         if out is not None:
             return out
     shape = _validate(x, normalized_shape, weight, None, residual)
-    eps = torch.finfo(x.dtype).eps if eps is None else _scalars.eps(eps)
+    eps = _DEFAULT_RMS_EPS.get(x.dtype, _DEFAULT_RMS_EPS[torch.float32]) if eps is None else _scalars.eps(eps)
     implementation = _backend.select("rms_norm", backend, device=x.device, dtype=x.dtype)
     return implementation.fn(x, shape, weight, eps, residual=residual)

@@ -29,7 +29,8 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, residua
 
 
 def rms_norm(x, normalized_shape, weight=None, eps=None, *, residual=None):
-    """``F.rms_norm`` (``eps=None`` means ``torch.finfo(x.dtype).eps``); with ``residual`` returns ``(rms_norm(h), h)``."""
+    """``F.rms_norm`` (``eps=None``: the epsilon of fp32, or of fp64 for fp64 inputs); with ``residual`` returns
+    ``(rms_norm(h), h)``."""
     if residual is None:
         return F.rms_norm(x, _shape(normalized_shape), weight, eps)
     h = x + residual

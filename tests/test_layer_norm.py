@@ -176,6 +176,18 @@ def test_default_eps(op, backend):
     torch.testing.assert_close(out, expected)
 
 
+@pytest.mark.parametrize("backend", _backends("rms_norm"))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_rms_norm_default_eps_is_that_of_the_statistics_dtype(backend, dtype):
+    """eps=None is F.rms_norm's: fp32's epsilon for 16-bit inputs (not the input dtype's: 0.0078 for bf16 would
+    change rows of small magnitude 2.7x), fp64's for fp64."""
+    if dtype not in {"torch": (dtype,), **{b: _dtypes(b) for b in ("native", "triton")}}[backend]:
+        pytest.skip(f"backend {backend!r} is not tested in {dtype} on the CPU")
+    x = torch.full((3, 16), 1e-2, dtype=dtype) * torch.linspace(0.5, 1.5, 16, dtype=dtype)
+    x[1] *= 1e-3 if dtype == torch.float64 else 1.0
+    torch.testing.assert_close(kernels.rms_norm(x, (16,), backend=backend), torch.nn.functional.rms_norm(x, (16,)))
+
+
 @pytest.mark.parametrize("op,backend", CASES)
 def test_gradient_of_h_only(op, backend):
     """Pre-norm layers use h as the next residual: a loss on h alone must reach x and residual unchanged."""

@@ -49,7 +49,7 @@ class LayerNorm(NotScriptable, nn.LayerNorm):
 
 class RMSNorm(NotScriptable, nn.RMSNorm):
     """``nn.RMSNorm(normalized_shape, eps=None, elementwise_affine=True, device=None, dtype=None)`` with the fused
-    kernels (``eps=None``: ``torch.finfo(input.dtype).eps``, as torch)."""
+    kernels (``eps=None``: the epsilon of fp32, or of fp64 for fp64 inputs, as torch)."""
 
     def __init__(self, *args, backend: str = "auto", **kwargs):
         super().__init__(*args, **kwargs)

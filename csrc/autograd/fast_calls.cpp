@@ -63,14 +63,13 @@ int64_t one_dimension(py::handle obj) {
   return overflow != 0 || n < 1 ? -1 : static_cast<int64_t>(n);
 }
 
-// eps as the Python path takes it: a float or int, finite and >= 0; None for RMS norm: the dtype's machine epsilon
-// (torch.finfo(dtype).eps, as F.rms_norm). nullopt for anything else.
+// eps as the Python path takes it: a float or int, finite and >= 0; None for RMS norm: the machine epsilon of the
+// statistics' dtype (fp32's for 16-bit inputs, fp64's for fp64, as F.rms_norm). nullopt for anything else.
 std::optional<double> epsilon(py::handle obj, bool rms, at::ScalarType dtype) {
   std::optional<double> value;
   if (rms && obj.is_none()) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "rms_norm_default_eps", [&] {
-      value = static_cast<double>(std::numeric_limits<scalar_t>::epsilon());
-    });
+    value = dtype == at::kDouble ? std::numeric_limits<double>::epsilon()
+                                 : static_cast<double>(std::numeric_limits<float>::epsilon());
   } else {
     value = real_number(obj);
   }
