@@ -1,0 +1,185 @@
+// Fused CPU attention, forward, for few query rows per sequence (decoding: one new token, or a few, over a cache).
+// The tiled kernel (attention_forward.cpp) packs each (sequence, key/value head)'s K and V into blocked buffers and
+// allocates its scratch per call, which a decoding step (a handful of scores per head) cannot amortise. Here K and V
+// are read in place, one key row at a time, and every scratch array lives on the stack: no heap allocation besides
+// the outputs.
+//
+// Work: a task is (sequence, key/value head, tile of up to kDecodeRows query rows); the rows of a tile are the
+// (query head, query row) pairs of the heads that share the key/value head (GQA), so each key row read serves them
+// all. Keys are taken in chunks of kDecodeKeys with the same online softmax, masks (mask_row) and NaN rule as the
+// tiled kernel. Small calls run on the calling thread (no parallel region); a call runs the same arithmetic whatever
+// the thread count, so its result does not depend on it.
+#include <ATen/OpMathType.h>
+
+#include <kernels/philox.h>
+
+#include "attention_common.h"
+
+namespace kernels {
+namespace cpu_attention {
+namespace {
+
+constexpr int64_t kDecodeRows = 4;   // query rows per tile: their scores and outputs stay in L1
+constexpr int64_t kDecodeKeys = 64;  // keys per chunk of the online softmax
+// Below this many multiply-adds (q k^T and p v) per thread a parallel region costs more than it saves.
+constexpr int64_t kDecodeWorkPerThread = int64_t{1} << 16;
+
+// sum of a[d] * b[d] over n elements (n a multiple of the vector width), two accumulators for latency.
+template <typename T>
+inline T dot(const T* a, const T* b, int64_t n) {
+  using V = typename Vec<T>::type;
+  constexpr int W = Vec<T>::kWidth;
+  V x = V{}, y = V{};
+  int64_t d = 0;
+  for (; d + 2 * W <= n; d += 2 * W) {
+    x += load(a + d) * load(b + d);
+    y += load(a + d + W) * load(b + d + W);
+  }
+  if (d < n) x += load(a + d) * load(b + d);
+  x += y;
+  T sum = x[0];
+  for (int l = 1; l < W; ++l) sum += x[l];
+  return sum;
+}
+
+// A key or value row as n (a multiple of the vector width, >= dim) elements of T: in place when the tensor holds T
+// with unit stride and no padding is needed, else converted into `scratch` (zero padded).
+template <typename T, typename scalar_t>
+inline const T* row_as(const scalar_t* src, int64_t stride_d, int64_t dim, int64_t n, bool in_place, T* scratch) {
+  if constexpr (std::is_same_v<T, scalar_t>) {
+    if (in_place) return src;
+  }
+  for (int64_t d = 0; d < dim; ++d) scratch[d] = static_cast<T>(src[d * stride_d]);
+  std::fill(scratch + dim, scratch + n, T(0));
+  return scratch;
+}
+
+template <typename scalar_t>
+void decode_tile(const Problem& p, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out,
+                 at::Tensor& lse, int64_t si, int64_t hkv, int64_t first_row, int64_t rows) {
+  using T = at::opmath_type<scalar_t>;
+  constexpr T kNegInf = -std::numeric_limits<T>::infinity();
+  const Sequence& seq = p.seqs[si];
+  const int64_t dim = p.dim, dv = round_up(dim, Vec<T>::kWidth);
+  const T scale2 = static_cast<T>(p.scale * kLog2e);
+  const float drop = static_cast<float>(p.dropout_p);
+  const T keep_scale = static_cast<T>(1.0 / (1.0 - p.dropout_p));
+
+  // Row r of the tile: query head h[r], query row i[r] (within the sequence); its query (dv, zero padded) in qt.
+  alignas(64) T qt[kDecodeRows * kDecodeMaxDim];
+  alignas(64) T o[kDecodeRows * kDecodeMaxDim];
+  alignas(64) T s[kDecodeRows * kDecodeKeys];
+  alignas(64) T kv_row[kDecodeMaxDim];
+  alignas(64) T bias[kDecodeKeys];
+  int64_t h[kDecodeRows], i[kDecodeRows];
+  Masks masks[kDecodeRows];
+  T m[kDecodeRows], l[kDecodeRows];
+  int64_t last_key = 0;  // the keys any row of the tile may see: [0, last_key)
+  for (int64_t r = 0; r < rows; ++r) {
+    h[r] = hkv * p.group() + (first_row + r) / seq.q_len;
+    i[r] = (first_row + r) % seq.q_len;
+    masks[r] = p.masks(seq, h[r]);
+    pack_rows<T, scalar_t>(q, seq.batch, h[r], seq.q_begin + i[r], 1, dim, dv, qt + r * dv);
+    std::fill(o + r * dv, o + (r + 1) * dv, T(0));
+    m[r] = kNegInf;
+    l[r] = T(0);
+    last_key = std::max(last_key, p.causal ? std::min(seq.k_len, i[r] + 1) : seq.k_len);
+  }
+
+  // The key and value rows of this (sequence, head) pair: row j at base + j * stride_s (tensor calls hoisted: each
+  // costs more than a key's dot product).
+  const scalar_t* k_base = row_ptr<scalar_t>(k, seq.batch, hkv, seq.k_begin);
+  const scalar_t* v_base = row_ptr<scalar_t>(v, seq.batch, hkv, seq.k_begin);
+  const int64_t k_stride_s = k.stride(2), k_stride_d = k.stride(3), v_stride_s = v.stride(2), v_stride_d = v.stride(3);
+  const bool k_in_place = std::is_same_v<T, scalar_t> && k_stride_d == 1 && dim == dv;
+  const bool v_in_place = std::is_same_v<T, scalar_t> && v_stride_d == 1 && dim == dv;
+  const bool* padding =
+      p.padding.has_value() ? p.padding->const_data_ptr<bool>() + seq.batch * p.padding->stride(0) : nullptr;
+  const int64_t padding_stride = p.padding.has_value() ? p.padding->stride(1) : 0;
+  for (int64_t k0 = 0; k0 < last_key; k0 += kDecodeKeys) {
+    const int64_t n = std::min(kDecodeKeys, last_key - k0), width = round_up(n, panel<T>());
+    // s = q k^T for keys k0 + [0, n): each key row read once for every row of the tile.
+    for (int64_t j = 0; j < n; ++j) {
+      const T* key = row_as<T>(k_base + (k0 + j) * k_stride_s, k_stride_d, dim, dv, k_in_place, kv_row);
+      for (int64_t r = 0; r < rows; ++r) s[r * kDecodeKeys + j] = dot(qt + r * dv, key, dv);
+    }
+    if (padding != nullptr) {
+      for (int64_t j = 0; j < n; ++j) bias[j] = padding[(seq.k_begin + k0 + j) * padding_stride] ? kNegInf : T(0);
+    }
+    // Scale, mask and the online softmax per row, as the tiled kernel (attention_forward.cpp).
+    for (int64_t r = 0; r < rows; ++r) {
+      T* row = s + r * kDecodeKeys;
+      const bool plain = plain_row(i[r], k0, width, seq.k_len, padding != nullptr, scale2, masks[r]);
+      const T block_max =
+          plain ? row_max(row, width) * scale2
+                : mask_row<T>(row, width, i[r], k0, scale2, padding != nullptr ? bias : nullptr, seq.k_len, masks[r]);
+      if (block_max == kNegInf && !any_nan(row, width)) {
+        std::fill(row, row + width, T(0));
+        continue;
+      }
+      const T m_new = std::max(m[r], block_max);
+      const T alpha = std::exp2(m[r] - m_new);
+      l[r] = l[r] * alpha + exp2_scaled(row, width, plain ? scale2 : T(1), m_new);
+      m[r] = m_new;
+      if (alpha != T(1)) {
+        for (int64_t d = 0; d < dv; ++d) o[r * dv + d] *= alpha;
+      }
+      if (drop > 0.f) {
+        for (int64_t j = 0; j < n; ++j) {
+          if (!dropout_keep(p.seed, p.dropout_offset(seq, h[r], i[r], k0 + j), drop)) row[j] = T(0);
+        }
+      }
+    }
+    // o += p v: each value row read once for every row of the tile.
+    for (int64_t j = 0; j < n; ++j) {
+      const T* value = row_as<T>(v_base + (k0 + j) * v_stride_s, v_stride_d, dim, dv, v_in_place, kv_row);
+      for (int64_t r = 0; r < rows; ++r) {
+        const T weight = s[r * kDecodeKeys + j];
+        T* acc = o + r * dv;
+        for (int64_t d = 0; d < dv; d += Vec<T>::kWidth) store(acc + d, load(acc + d) + weight * load(value + d));
+      }
+    }
+  }
+  // Normalise and write, as the tiled kernel: a row with no visible key gives zeros and lse = +inf; a NaN sum a NaN
+  // row and lse.
+  for (int64_t r = 0; r < rows; ++r) {
+    const T inv = l[r] != T(0) ? keep_scale / l[r] : T(0);
+    unpack_rows<T, scalar_t>(o + r * dv, dv, 1, dim, inv, out, seq.batch, h[r], seq.q_begin + i[r]);
+    lse.mutable_data_ptr<T>()[seq.batch * lse.stride(0) + h[r] * lse.stride(1) + (seq.q_begin + i[r]) * lse.stride(2)] =
+        l[r] != T(0) ? (m[r] + std::log2(l[r])) * static_cast<T>(kLn2) : std::numeric_limits<T>::infinity();
+  }
+}
+
+}  // namespace
+
+bool use_decode_kernel(const Problem& p) { return p.max_q <= kDecodeQueries && p.dim <= kDecodeMaxDim; }
+
+template <typename scalar_t>
+void decode_kernel(const Problem& p, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out,
+                   at::Tensor& lse) {
+  const int64_t seqs = static_cast<int64_t>(p.seqs.size());
+  const int64_t tiles = (p.group() * p.max_q + kDecodeRows - 1) / kDecodeRows;
+  const int64_t tasks = seqs * p.kv_heads * tiles;
+  if (tasks == 0 || p.max_q == 0) return;
+  // Work of one task (an upper bound: the longest sequence); the grain keeps small calls on this thread.
+  int64_t max_keys = 0;
+  for (const Sequence& seq : p.seqs) max_keys = std::max(max_keys, seq.k_len);
+  const int64_t task_work = std::max<int64_t>(2 * kDecodeRows * max_keys * p.dim, 1);
+  const int64_t grain = std::max<int64_t>(kDecodeWorkPerThread / task_work, 1);
+  at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t tile = task % tiles, pair = task / tiles;
+      const int64_t si = pair / p.kv_heads, hkv = pair % p.kv_heads;
+      const int64_t rows_of_pair = p.group() * p.seqs[si].q_len;
+      const int64_t first = tile * kDecodeRows, rows = std::min(kDecodeRows, rows_of_pair - first);
+      if (rows > 0) decode_tile<scalar_t>(p, q, k, v, out, lse, si, hkv, first, rows);
+    }
+  });
+}
+
+template void decode_kernel<float>(const Problem&, const at::Tensor&, const at::Tensor&, const at::Tensor&, at::Tensor&, at::Tensor&);
+template void decode_kernel<double>(const Problem&, const at::Tensor&, const at::Tensor&, const at::Tensor&, at::Tensor&, at::Tensor&);
+template void decode_kernel<c10::BFloat16>(const Problem&, const at::Tensor&, const at::Tensor&, const at::Tensor&, at::Tensor&, at::Tensor&);
+
+}  // namespace cpu_attention
+}  // namespace kernels
