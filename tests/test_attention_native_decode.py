@@ -1,6 +1,6 @@
 """The native CPU attention forward at decoding shapes (csrc/cpu/attention_decode.cpp): calls whose sequences have at
-most 4 query rows (head dim <= 256) read K and V in place instead of packing them into tiles. These tests hold that
-path to the reference at those shapes: every mask kind, GQA, the bottom-right causality of a cache, cache slices and
+most 4 query rows (head dim <= 256; more than 8 rows per key/value head only over <= 64 keys) read K and V in place
+instead of packing them into tiles. These tests hold that path to the reference at those shapes: every mask kind, GQA, the bottom-right causality of a cache, cache slices and
 other strides, dtypes, dropout, fully masked rows, the NaN rule (README "Non-finite values") and thread counts. The
 backward is the tiled one (it reads the lse the decoding forward writes); the gradients are checked too.
 """
@@ -60,8 +60,8 @@ SHAPES = [
     (1, 4, 4, 1, 41, 32),
     (1, 1, 1, 1, 1, 16),
     (2, 4, 2, 1, 64, 40),
-    (2, 8, 2, 3, 65, 64),
-    (1, 6, 1, 4, 130, 20),
+    (2, 8, 2, 2, 65, 64),  # 8 rows per key/value head: two tiles
+    (1, 6, 1, 4, 60, 20),  # 24 rows per key/value head over few keys
     (3, 2, 2, 2, 17, 128),
     (1, 2, 1, 1, 100, 256),
     (2, 2, 2, 4, 3, 80),  # more queries than keys

@@ -386,7 +386,8 @@ template <typename scalar_t>
 void forward_kernel(Problem& p, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out,
                     at::Tensor& lse);
 // The forward of few query rows (decoding), K and V read in place (attention_decode.cpp): calls whose sequences have
-// at most kDecodeQueries query rows and head dim at most kDecodeMaxDim; forward_kernel hands them over.
+// at most kDecodeQueries query rows and head dim at most kDecodeMaxDim, and few rows per key/value head or few keys
+// (use_decode_kernel); forward_kernel hands them over.
 constexpr int64_t kDecodeQueries = 4;
 constexpr int64_t kDecodeMaxDim = 256;
 bool use_decode_kernel(const Problem& p);

@@ -182,7 +182,18 @@ void decode_tile(const Problem& p, const at::Tensor& q, const at::Tensor& k, con
 
 }  // namespace
 
-bool use_decode_kernel(const Problem& p) { return p.max_q <= kDecodeQueries && p.dim <= kDecodeMaxDim; }
+// Reading K and V in place beats packing them while the rows that share a key/value head (GQA group x query rows)
+// fit in two tiles: beyond that each tile reads every key again, and the tiled kernel's packed blocks and BLAS
+// products win once the keys outnumber a chunk (measured, 1 thread: 32 rows over 128 keys 1.4x slower here, 8 rows
+// over 1024 keys 0.77x the tiled kernel's time; benchmarks/NOTES.md).
+bool use_decode_kernel(const Problem& p) {
+  if (p.max_q > kDecodeQueries || p.dim > kDecodeMaxDim) return false;
+  if (p.group() * p.max_q <= 2 * kDecodeRows) return true;
+  for (const Sequence& seq : p.seqs) {
+    if (seq.k_len > kDecodeKeys) return false;
+  }
+  return true;
+}
 
 template <typename scalar_t>
 void decode_kernel(const Problem& p, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out,
