@@ -1,8 +1,9 @@
 """The native CPU attention forward at decoding shapes (csrc/cpu/attention_decode.cpp): calls whose sequences have at
 most 4 query rows (head dim <= 256; more than 8 rows per key/value head only over <= 64 keys) read K and V in place
-instead of packing them into tiles. These tests hold that path to the reference at those shapes: every mask kind, GQA, the bottom-right causality of a cache, cache slices and
-other strides, dtypes, dropout, fully masked rows, the NaN rule (README "Non-finite values") and thread counts. The
-backward is the tiled one (it reads the lse the decoding forward writes); the gradients are checked too.
+instead of packing them into tiles. These tests hold that path to the reference at those shapes: every mask kind,
+GQA, the bottom-right causality of a cache, cache slices and other strides, dtypes, dropout, fully masked rows, the
+NaN rule (README "Non-finite values") and thread counts. The backward is the tiled one (it reads the lse the decoding
+forward writes); the gradients are checked too.
 """
 
 from __future__ import annotations
