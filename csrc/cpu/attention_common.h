@@ -27,11 +27,16 @@
 // too few pairs for the threads; a task packs its K and V once and serves every query head that shares them (GQA).
 // The backward's tasks are (sequence, key/value head) pairs, their keys split into chunks when there are few pairs
 // (a fixed rule, not the thread count): a task owns the dK/dV of its keys and the dQ of the heads it serves, or with
-// several chunks a partial dQ sum of its own, added in chunk order afterwards. No two tasks write the same element and
+// several chunks a partial dQ sum of its own, added in chunk order afterwards. No two tasks write the same element,
+// and no result depends on the thread count.
+//
+// Decoding (a few query rows per sequence, attention_decode.cpp): packing K and V would cost more than the products,
+// so that forward reads them in place, key row by key row, with its scratch on the stack; its tasks are (sequence,
+// key/value head, tile of 4 query rows of the heads sharing it), and small calls stay on the calling thread.
 //
 // This header holds what the kernels share: the masks of a row, the call's sequences and key ranges (Problem), the
-// packing of tiles and the task scheduler. attention_forward.cpp / attention_backward.cpp hold the kernels,
-// attention.cpp the dense entry points, attention_varlen.cpp the packed-sequence ones.
+// packing of tiles and the task scheduler. attention_forward.cpp, attention_decode.cpp and attention_backward.cpp
+// hold the kernels, attention.cpp the dense entry points, attention_varlen.cpp the packed-sequence ones.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -379,7 +384,7 @@ at::ScalarType lse_type(const at::Tensor& q);
 void check_backward_inputs(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& out,
                            const at::Tensor& lse, at::IntArrayRef lse_shape);
 
-// --- the kernels (attention_forward.cpp, attention_decode.cpp, attention_backward.cpp), for float, double, BFloat16 ---
+// --- the kernels (attention_forward.cpp, attention_decode.cpp, attention_backward.cpp): float, double, BFloat16 ---
 
 // q, k, v, out, lse: (B', H, S', D) / (B', H, S') views (varlen: B' = 1); out and lse are written through strides.
 template <typename scalar_t>
