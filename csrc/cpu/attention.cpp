@@ -78,14 +78,7 @@ Problem make_problem(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
     TORCH_CHECK_VALUE(mask->sizes() == at::IntArrayRef(expected), "argument `mask` has shape ", mask->sizes(),
                       "; expected ", at::IntArrayRef(expected), " (a broadcast view; stride 0 where broadcast)");
   }
-  if (key_padding_mask.has_value()) {
-    check_dim(*key_padding_mask, "key_padding_mask", 2);
-    check_same_device(*key_padding_mask, "key_padding_mask", q, "q");
-    check_dtype(*key_padding_mask, "key_padding_mask", {at::kBool});
-    const std::array<int64_t, 2> expected{batch, sk};
-    TORCH_CHECK_VALUE(key_padding_mask->sizes() == at::IntArrayRef(expected), "argument `key_padding_mask` has shape ",
-                      key_padding_mask->sizes(), "; expected ", at::IntArrayRef(expected));
-  }
+  check_key_padding_mask(key_padding_mask, q, batch, sk);
   p.mask = mask;
   p.padding = key_padding_mask;
   p.key_base.push_back(0);
