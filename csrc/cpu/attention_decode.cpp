@@ -1,8 +1,8 @@
 // Fused CPU attention, forward, for few query rows per sequence (decoding: one new token, or a few, over a cache).
 // The tiled kernel (attention_forward.cpp) packs each (sequence, key/value head)'s K and V into blocked buffers and
 // allocates its scratch per call, which a decoding step (a handful of scores per head) cannot amortise. Here K and V
-// are read in place, one key row at a time, and every scratch array lives on the stack: no heap allocation besides
-// the outputs.
+// are read in place, eight key rows at a time (bf16, or rows with a head-dim stride, converted to T as they are
+// read), and every scratch array lives on the stack: no heap allocation besides the outputs.
 //
 // Work: a task is (sequence, key/value head, tile of up to kDecodeRows query rows); the rows of a tile are the
 // (query head, query row) pairs of the heads that share the key/value head (GQA), so each key row read serves them
