@@ -7,8 +7,8 @@
 // Work: a task is (sequence, key/value head, tile of up to kDecodeRows query rows); the rows of a tile are the
 // (query head, query row) pairs of the heads that share the key/value head (GQA), so each key row read serves them
 // all. Keys are taken in chunks of kDecodeKeys with the same online softmax, masks (mask_row) and NaN rule as the
-// tiled kernel. Small calls run on the calling thread (no parallel region); a call runs the same arithmetic whatever
-// the thread count, so its result does not depend on it.
+// tiled kernel. Small calls run on the calling thread (no parallel region), others on torch's threads; every task
+// runs the same arithmetic whatever thread takes it, so the result does not depend on the thread count.
 #include <ATen/OpMathType.h>
 
 #include <kernels/philox.h>
@@ -21,8 +21,8 @@ namespace {
 
 constexpr int64_t kDecodeRows = 4;   // query rows per tile: their scores and outputs stay in L1
 constexpr int64_t kDecodeKeys = 64;  // keys per chunk of the online softmax
-// Below this many multiply-adds (q k^T and p v) per thread a parallel region costs more than it saves.
-constexpr int64_t kDecodeWorkPerThread = int64_t{1} << 16;
+// Up to this many multiply-adds (q k^T and p v) a call runs on the calling thread: a parallel region costs more.
+constexpr int64_t kDecodeSerialWork = int64_t{1} << 17;
 
 constexpr int kDecodeGroup = 8;     // key rows per group: one vector of 8 fp32 scores
 
@@ -202,20 +202,22 @@ void decode_kernel(const Problem& p, const at::Tensor& q, const at::Tensor& k, c
   const int64_t tiles = (p.group() * p.max_q + kDecodeRows - 1) / kDecodeRows;
   const int64_t tasks = seqs * p.kv_heads * tiles;
   if (tasks == 0 || p.max_q == 0) return;
-  // Work of one task (an upper bound: the longest sequence); the grain keeps small calls on this thread.
-  int64_t max_keys = 0;
+  const auto run = [&](int64_t task) {
+    const int64_t tile = task % tiles, pair = task / tiles;
+    const int64_t si = pair / p.kv_heads, hkv = pair % p.kv_heads;
+    const int64_t rows_of_pair = p.group() * p.seqs[si].q_len;
+    const int64_t first = tile * kDecodeRows, rows = std::min(kDecodeRows, rows_of_pair - first);
+    if (rows > 0) decode_tile<scalar_t>(p, q, k, v, out, lse, si, hkv, first, rows);
+  };
+  // Small calls stay on this thread (a parallel region costs ~20 us); larger ones take tasks from a shared counter
+  // (parallel_tasks, as the tiled kernel), so that sequences of unequal lengths stay balanced.
+  int64_t max_keys = 0;  // the work of a task is at most 2 * kDecodeRows * max_keys * dim multiply-adds
   for (const Sequence& seq : p.seqs) max_keys = std::max(max_keys, seq.k_len);
-  const int64_t task_work = std::max<int64_t>(2 * kDecodeRows * max_keys * p.dim, 1);
-  const int64_t grain = std::max<int64_t>(kDecodeWorkPerThread / task_work, 1);
-  at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t tile = task % tiles, pair = task / tiles;
-      const int64_t si = pair / p.kv_heads, hkv = pair % p.kv_heads;
-      const int64_t rows_of_pair = p.group() * p.seqs[si].q_len;
-      const int64_t first = tile * kDecodeRows, rows = std::min(kDecodeRows, rows_of_pair - first);
-      if (rows > 0) decode_tile<scalar_t>(p, q, k, v, out, lse, si, hkv, first, rows);
-    }
-  });
+  if (tasks * 2 * kDecodeRows * max_keys * p.dim <= kDecodeSerialWork) {
+    for (int64_t task = 0; task < tasks; ++task) run(task);
+    return;
+  }
+  parallel_tasks(tasks, [&] { return run; });
 }
 
 template void decode_kernel<float>(const Problem&, const at::Tensor&, const at::Tensor&, const at::Tensor&, at::Tensor&, at::Tensor&);
