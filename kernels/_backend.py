@@ -158,9 +158,10 @@ def on_change(listener: Callable[[str], None]) -> None:
     _LISTENERS.append(listener)
 
 
-def auto_native_dtypes(op: str, device_type: str, dtypes) -> tuple:
+def auto_native_dtypes(op: str, device_type: str, dtypes, *, checked_by_caller: bool = False) -> tuple:
     """Those of ``dtypes`` for which backend ``"auto"`` runs ``op``'s native implementation on ``device_type``
-    whatever the call's other arguments (native is the first fast backend that serves them, with no per-call check)."""
+    whatever the call's other arguments: native is the first fast backend that serves them, and it has no per-call
+    ``check`` -- or the caller makes the same checks itself (``checked_by_caller``)."""
     entry = _REGISTRY.get(op)
     if entry is None:
         return ()
@@ -168,7 +169,7 @@ def auto_native_dtypes(op: str, device_type: str, dtypes) -> tuple:
     for dtype in dtypes:
         for implementation, reason in _plan(op, entry, "auto", device_type, dtype):
             if reason is None:
-                if implementation.backend == "native" and implementation.check is None:
+                if implementation.backend == "native" and (implementation.check is None or checked_by_caller):
                     native.append(dtype)
                 break
     return tuple(native)

@@ -4,7 +4,8 @@
 #include <kernels/fast_calls.h>
 
 #include <torch/csrc/Dtype.h>
-#include <torch/csrc/autograd/python_variable.h>
+
+#include "fast_common.h"
 
 #include <array>
 #include <bitset>
@@ -13,35 +14,19 @@
 #include <optional>
 #include <string>
 
-namespace kernels {
+namespace kernels::fast {
 namespace {
 
-namespace py = pybind11;
-using Optional = std::optional<at::Tensor>;
-
-// The ops with a fast call, by their registry names.
-enum FastOp : size_t { kLayerNorm, kRmsNorm, kLinear, kFeedForward, kFastOps };
-constexpr std::array<const char*, kFastOps> kFastOpNames = {"layer_norm", "rms_norm", "linear", "feed_forward"};
+constexpr std::array<const char*, kFastOps> kFastOpNames = {
+    "layer_norm", "rms_norm", "linear", "feed_forward", "attention", "attention_with_kv_cache", "varlen_attention"};
 
 // Per op and device type, the dtypes that backend "auto" runs natively (from kernels._backend). Read and written
 // under the GIL only.
 using DtypeSet = std::bitset<static_cast<size_t>(at::ScalarType::NumOptions)>;
 struct Served {
   DtypeSet cpu, cuda;
-
-  bool has(const at::Tensor& t) const {
-    const auto dtype = static_cast<size_t>(t.scalar_type());
-    switch (t.device().type()) {
-      case c10::DeviceType::CPU:
-        return cpu.test(dtype);
-      case c10::DeviceType::CUDA:
-        return cuda.test(dtype);
-      default:
-        return false;
-    }
-  }
 };
-std::array<Served, kFastOps> served;
+std::array<Served, kFastOps> table;
 
 FastOp fast_op(const std::string& name) {
   for (size_t i = 0; i < kFastOps; ++i) {
@@ -56,26 +41,12 @@ void serve(const std::string& op, const std::string& device_type, const py::sequ
     TORCH_CHECK_TYPE(THPDtype_Check(dtype.ptr()), "serve(): `dtypes` must hold torch dtypes");
     set.set(static_cast<size_t>(reinterpret_cast<THPDtype*>(dtype.ptr())->scalar_type));
   }
-  Served& entry = served[fast_op(op)];
+  Served& entry = table[fast_op(op)];
   if (device_type == "cpu") {
     entry.cpu = set;
   } else if (device_type == "cuda") {
     entry.cuda = set;
   }  // other device types never take a fast call
-}
-
-// A plain tensor argument: torch.Tensor or nn.Parameter (a subclass may override __torch_function__: not plain).
-const at::Tensor* plain_tensor(py::handle obj) {
-  return THPVariable_CheckExact(obj.ptr()) ? &THPVariable_Unpack(obj.ptr()) : nullptr;
-}
-
-// None or a plain tensor into `out`; false for anything else.
-bool optional_tensor(py::handle obj, Optional& out) {
-  if (obj.is_none()) return true;
-  const at::Tensor* tensor = plain_tensor(obj);
-  if (tensor == nullptr) return false;
-  out = *tensor;
-  return true;
 }
 
 // A one-dimensional normalized_shape -- an int, or a tuple / list / torch.Size of one int -- as N >= 1; else -1.
@@ -95,23 +66,15 @@ int64_t one_dimension(py::handle obj) {
 // eps as the Python path takes it: a float or int, finite and >= 0; None for RMS norm: the dtype's machine epsilon
 // (torch.finfo(dtype).eps, as F.rms_norm). nullopt for anything else.
 std::optional<double> epsilon(py::handle obj, bool rms, at::ScalarType dtype) {
-  double value;
-  if (PyFloat_CheckExact(obj.ptr())) {
-    value = PyFloat_AS_DOUBLE(obj.ptr());
-  } else if (PyLong_CheckExact(obj.ptr())) {
-    value = PyLong_AsDouble(obj.ptr());
-    if (value == -1.0 && PyErr_Occurred()) {
-      PyErr_Clear();  // too large for a double: the Python path says so
-      return std::nullopt;
-    }
-  } else if (rms && obj.is_none()) {
+  std::optional<double> value;
+  if (rms && obj.is_none()) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "rms_norm_default_eps", [&] {
       value = static_cast<double>(std::numeric_limits<scalar_t>::epsilon());
     });
   } else {
-    return std::nullopt;
+    value = real_number(obj);
   }
-  if (!std::isfinite(value) || value < 0.0) return std::nullopt;
+  if (!value || !std::isfinite(*value) || *value < 0.0) return std::nullopt;
   return value;
 }
 
@@ -128,7 +91,7 @@ py::object norm(FastOp op, py::handle x_obj, py::handle shape_obj, py::handle we
   }
   const at::Tensor& x = *x_ptr;
   // The served dtypes are floating ones; empty inputs take the Python path.
-  if (!served[op].has(x) || x.dim() < 1 || x.size(-1) != n || x.numel() == 0) return py::none();
+  if (!served(op, x) || x.dim() < 1 || x.size(-1) != n || x.numel() == 0) return py::none();
   const bool rms = op == kRmsNorm;
   const std::optional<double> eps = epsilon(eps_obj, rms, x.scalar_type());
   const auto like_x = [&](const at::Tensor& t) { return t.scalar_type() == x.scalar_type() && t.device() == x.device(); };
@@ -168,7 +131,7 @@ py::object linear(py::handle x_obj, py::handle weight_obj, py::handle bias_obj, 
     return py::none();
   }
   const at::Tensor &x = *x_ptr, &weight = *weight_ptr;
-  if (!x.is_cpu() || !served[kLinear].has(x) || x.dim() < 1 || weight.dim() != 2 || weight.size(1) != x.size(-1) ||
+  if (!x.is_cpu() || !served(kLinear, x) || x.dim() < 1 || weight.dim() != 2 || weight.size(1) != x.size(-1) ||
       weight.scalar_type() != x.scalar_type() || !weight.is_cpu()) {
     return py::none();
   }
@@ -204,15 +167,13 @@ py::object feed_forward(py::handle x_obj, py::handle w1_obj, py::handle b1_obj, 
   const at::Tensor* w1_ptr = plain_tensor(w1_obj);
   const at::Tensor* w2_ptr = plain_tensor(w2_obj);
   Optional b1, b2, residual;
-  const bool no_dropout = (PyFloat_CheckExact(dropout_obj.ptr()) && PyFloat_AS_DOUBLE(dropout_obj.ptr()) == 0.0) ||
-                          (PyLong_CheckExact(dropout_obj.ptr()) && PyLong_AsLong(dropout_obj.ptr()) == 0);
   const auto activation = activation_of(activation_obj);
-  if (x_ptr == nullptr || w1_ptr == nullptr || w2_ptr == nullptr || !no_dropout || !activation ||
+  if (x_ptr == nullptr || w1_ptr == nullptr || w2_ptr == nullptr || !no_dropout(dropout_obj) || !activation ||
       !optional_tensor(b1_obj, b1) || !optional_tensor(b2_obj, b2) || !optional_tensor(residual_obj, residual)) {
     return py::none();
   }
   const at::Tensor &x = *x_ptr, &w1 = *w1_ptr, &w2 = *w2_ptr;
-  if (!served[kFeedForward].has(x) || x.dim() < 1 || w1.dim() != 2 || w2.dim() != 2 || w1.size(1) != x.size(-1)) {
+  if (!served(kFeedForward, x) || x.dim() < 1 || w1.dim() != 2 || w2.dim() != 2 || w1.size(1) != x.size(-1)) {
     return py::none();
   }
   const int64_t width = w1.size(0), ffn = activation->second ? width / 2 : width, d_out = w2.size(0);
@@ -247,7 +208,24 @@ py::object feed_forward(py::handle x_obj, py::handle w1_obj, py::handle b1_obj, 
 
 }  // namespace
 
-void define_fast_calls(py::module& module) {
+bool served(FastOp op, const at::Tensor& t) {
+  const auto dtype = static_cast<size_t>(t.scalar_type());
+  switch (t.device().type()) {
+    case c10::DeviceType::CPU:
+      return table[op].cpu.test(dtype);
+    case c10::DeviceType::CUDA:
+      return table[op].cuda.test(dtype);
+    default:
+      return false;
+  }
+}
+
+}  // namespace kernels::fast
+
+namespace kernels {
+
+void define_fast_calls(pybind11::module& module) {
+  using namespace fast;
   module.def("serve", &serve, py::arg("op"), py::arg("device_type"), py::arg("dtypes"),
              "Sets the dtypes that backend 'auto' runs natively for `op` on `device_type` (kernels._backend)");
   module.def(
@@ -263,6 +241,7 @@ void define_fast_calls(py::module& module) {
       "kernels.rms_norm's common call, or None");
   module.def("linear", &linear, "kernels.linear's common call on the CPU, or None");
   module.def("feed_forward", &feed_forward, "kernels.feed_forward's common call without autograd, or None");
+  define_attention_fast_calls(module);
   module.def("ops", [] { return std::vector<std::string>(kFastOpNames.begin(), kFastOpNames.end()); },
              "The registry names of the ops with a fast call");
 }
