@@ -3,6 +3,8 @@
 // attention_backward.cpp; layouts and masks: attention_common.h.
 #include <torch/library.h>
 
+#include <array>
+
 #include <kernels/checks.h>
 #include <kernels/outputs.h>
 #include <kernels/philox.h>
@@ -72,18 +74,11 @@ Problem make_problem(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
     check_dim(*mask, "mask", 4);
     check_same_device(*mask, "mask", q, "q");
     check_dtype(*mask, "mask", {at::kBool, at::kFloat, at::kDouble, at::kBFloat16, at::kHalf});
-    const std::vector<int64_t> expected{batch, p.heads, sq, sk};
+    const std::array<int64_t, 4> expected{batch, p.heads, sq, sk};
     TORCH_CHECK_VALUE(mask->sizes() == at::IntArrayRef(expected), "argument `mask` has shape ", mask->sizes(),
                       "; expected ", at::IntArrayRef(expected), " (a broadcast view; stride 0 where broadcast)");
   }
-  if (key_padding_mask.has_value()) {
-    check_dim(*key_padding_mask, "key_padding_mask", 2);
-    check_same_device(*key_padding_mask, "key_padding_mask", q, "q");
-    check_dtype(*key_padding_mask, "key_padding_mask", {at::kBool});
-    const std::vector<int64_t> expected{batch, sk};
-    TORCH_CHECK_VALUE(key_padding_mask->sizes() == at::IntArrayRef(expected), "argument `key_padding_mask` has shape ",
-                      key_padding_mask->sizes(), "; expected ", at::IntArrayRef(expected));
-  }
+  check_key_padding_mask(key_padding_mask, q, batch, sk);
   p.mask = mask;
   p.padding = key_padding_mask;
   p.key_base.push_back(0);

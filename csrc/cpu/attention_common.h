@@ -27,16 +27,22 @@
 // too few pairs for the threads; a task packs its K and V once and serves every query head that shares them (GQA).
 // The backward's tasks are (sequence, key/value head) pairs, their keys split into chunks when there are few pairs
 // (a fixed rule, not the thread count): a task owns the dK/dV of its keys and the dQ of the heads it serves, or with
-// several chunks a partial dQ sum of its own, added in chunk order afterwards. No two tasks write the same element and
+// several chunks a partial dQ sum of its own, added in chunk order afterwards. No two tasks write the same element,
+// and no result depends on the thread count.
+//
+// Decoding (a few query rows per sequence, attention_decode.cpp): packing K and V would cost more than the products,
+// so that forward reads them in place, key row by key row, with its scratch on the stack; its tasks are (sequence,
+// key/value head, tile of 4 query rows of the heads sharing it), and small calls stay on the calling thread.
 //
 // This header holds what the kernels share: the masks of a row, the call's sequences and key ranges (Problem), the
-// packing of tiles and the task scheduler. attention_forward.cpp / attention_backward.cpp hold the kernels,
-// attention.cpp the dense entry points, attention_varlen.cpp the packed-sequence ones.
+// packing of tiles and the task scheduler. attention_forward.cpp, attention_decode.cpp and attention_backward.cpp
+// hold the kernels, attention.cpp the dense entry points, attention_varlen.cpp the packed-sequence ones.
 #pragma once
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <c10/util/SmallVector.h>
 
 #include "attention_tiles.h"
 
@@ -194,8 +200,9 @@ struct Problem {
   int64_t heads, kv_heads, dim, dim_padded;
   int64_t sq_total, sk_total;  // the tensors' sequence dims: the Sq and Sk of the dropout counter
   int64_t max_q = 0;
-  std::vector<Sequence> seqs;
-  std::vector<int64_t> key_base;  // seqs + 1 offsets of each sequence's keys padded to whole blocks
+  // Inline storage for the usual few sequences: a decoding step allocates nothing but its outputs.
+  c10::SmallVector<Sequence, 8> seqs;
+  c10::SmallVector<int64_t, 9> key_base;  // seqs + 1 offsets of each sequence's keys padded to whole blocks
   double scale, dropout_p;
   uint64_t seed;
   bool causal;
@@ -377,12 +384,21 @@ at::ScalarType lse_type(const at::Tensor& q);
 void check_backward_inputs(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& out,
                            const at::Tensor& lse, at::IntArrayRef lse_shape);
 
-// --- the kernels (attention_forward.cpp, attention_backward.cpp), instantiated for float, double and BFloat16 ---
+// --- the kernels (attention_forward.cpp, attention_decode.cpp, attention_backward.cpp): float, double, BFloat16 ---
 
 // q, k, v, out, lse: (B', H, S', D) / (B', H, S') views (varlen: B' = 1); out and lse are written through strides.
 template <typename scalar_t>
 void forward_kernel(Problem& p, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out,
                     at::Tensor& lse);
+// The forward of few query rows (decoding), K and V read in place (attention_decode.cpp): calls whose sequences have
+// at most kDecodeQueries query rows and head dim at most kDecodeMaxDim, and few rows per key/value head or few keys
+// (use_decode_kernel); forward_kernel hands them over.
+constexpr int64_t kDecodeQueries = 4;
+constexpr int64_t kDecodeMaxDim = 256;
+bool use_decode_kernel(const Problem& p);
+template <typename scalar_t>
+void decode_kernel(const Problem& p, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out,
+                   at::Tensor& lse);
 // grad_out, q, out, dq: (B', H, S', D); k, v, dk, dv: (B', Hkv, S', D); lse (B', H, S') (varlen: B' = 1). The
 // gradients are written through their strides.
 template <typename scalar_t>

@@ -12,6 +12,7 @@ namespace cpu_attention {
 template <typename scalar_t>
 void forward_kernel(Problem& p, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out,
                     at::Tensor& lse) {
+  if (use_decode_kernel(p)) return decode_kernel<scalar_t>(p, q, k, v, out, lse);
   using T = at::opmath_type<scalar_t>;
   constexpr T kNegInf = -std::numeric_limits<T>::infinity();
   const int64_t dp = p.dim_padded, query_blocks = p.query_blocks();

@@ -75,14 +75,7 @@ inline MaskKind check_attention_arguments(const at::Tensor& q, const at::Tensor&
                       "; expected ", at::IntArrayRef(expected), " (a broadcast view; stride 0 where broadcast)");
     kind = mask->scalar_type() == at::kBool ? MaskKind::kBool : MaskKind::kAdditive;
   }
-  if (key_padding_mask.has_value()) {
-    check_dim(*key_padding_mask, "key_padding_mask", 2);
-    check_same_device(*key_padding_mask, "key_padding_mask", q, "q");
-    check_dtype(*key_padding_mask, "key_padding_mask", {at::kBool});
-    const std::vector<int64_t> expected{batch, sk};
-    TORCH_CHECK_VALUE(key_padding_mask->sizes() == at::IntArrayRef(expected), "argument `key_padding_mask` has shape ",
-                      key_padding_mask->sizes(), "; expected ", at::IntArrayRef(expected));
-  }
+  check_key_padding_mask(key_padding_mask, q, batch, sk);
   return kind;
 }
 

@@ -64,6 +64,18 @@ inline void check_attention_qkv(const at::Tensor& q, const at::Tensor& k, const 
   check_same_shape(v, "v", k, "k");
 }
 
+// The key_padding_mask of a dense attention op, when given: bool (B, Sk) on q's device (True = padding).
+inline void check_key_padding_mask(const std::optional<at::Tensor>& key_padding_mask, const at::Tensor& q,
+                                   int64_t batch, int64_t sk) {
+  if (!key_padding_mask.has_value()) return;
+  check_dim(*key_padding_mask, "key_padding_mask", 2);
+  check_same_device(*key_padding_mask, "key_padding_mask", q, "q");
+  check_dtype(*key_padding_mask, "key_padding_mask", {at::kBool});
+  TORCH_CHECK_VALUE(key_padding_mask->size(0) == batch && key_padding_mask->size(1) == sk,
+                    "argument `key_padding_mask` has shape ", key_padding_mask->sizes(), "; expected [", batch, ", ",
+                    sk, "]");
+}
+
 // grad_out or out of an attention backward: q's shape, dtype and device.
 inline void check_like_q(const at::Tensor& t, const char* name, const at::Tensor& q) {
   check_same_shape(t, name, q, "q");
