@@ -7,8 +7,8 @@
 //
 // Parallelism: at::parallel_for over rows. Each row is worked on in L1: the loops are plain contiguous loops that the
 // compiler vectorises (`omp simd` lets it reorder the fp reductions). bfloat16 rows are first widened into a per-thread
-// float buffer. Statistics take one pass over each chunk of kChunk elements with shifted data (see chunk_moments),
-// exact for zero-variance rows; a longer row's chunks are merged pairwise (Chan et al.), so the rounding error grows
+// float buffer. Statistics take two passes over each chunk of kChunk elements (see chunk_moments), exact for
+// zero-variance rows; a longer row's chunks are merged pairwise (Chan et al.), so the rounding error grows
 // with log2(N / kChunk), not with N (one accumulator over a 9M-element row lost 5e-4). The backward's row sums are
 // chunked and added pairwise the same way.
 //
@@ -46,22 +46,61 @@ struct Moments {
   acc_t count = 0, mean = 0, m2 = 0;
 };
 
-// The moments of row[0 : n] in one pass on d = x - k, with k = the chunk's first element (the shifted-data
-// algorithm): exact for constant chunks, and no cancellation while |mean - k| is a few standard deviations, which holds
-// since k is a sample of the chunk. RMS norm takes k = 0 and the sum of squares alone.
+// Elements per SIMD partial sum inside a chunk (cascade summation): each block is summed in the SIMD lanes and the
+// block sums in a scalar, so a lane adds kBlock / lanes terms in a row rather than kChunk / lanes. (Inputs on a
+// coarse grid, bf16 values, round the same way add after add: with lane sums over a whole 4096-element chunk, rstd
+// came out 5-14 half-ulps off; torch, summing in cascade, 2-3.)
+constexpr int64_t kBlock = 256;
+
+// The sum over j in [0, n) of term(j), by blocks of kBlock.
+template <typename acc_t, typename Term>
+acc_t block_sum(int64_t n, Term term) {
+  acc_t total = 0;
+  for (int64_t begin = 0; begin < n; begin += kBlock) {
+    const int64_t end = std::min(n, begin + kBlock);
+    acc_t block = 0;
+#pragma omp simd reduction(+ : block)
+    for (int64_t j = begin; j < end; ++j) block += term(j);
+    total += block;
+  }
+  return total;
+}
+
+// The sums over j in [0, n) of first(j) and of second(j), by blocks of kBlock, in one pass.
+template <typename acc_t, typename First, typename Second>
+std::pair<acc_t, acc_t> block_sums(int64_t n, First first, Second second) {
+  acc_t total_first = 0, total_second = 0;
+  for (int64_t begin = 0; begin < n; begin += kBlock) {
+    const int64_t end = std::min(n, begin + kBlock);
+    acc_t block_first = 0, block_second = 0;
+#pragma omp simd reduction(+ : block_first, block_second)
+    for (int64_t j = begin; j < end; ++j) {
+      block_first += first(j);
+      block_second += second(j);
+    }
+    total_first += block_first;
+    total_second += block_second;
+  }
+  return {total_first, total_second};
+}
+
+// The moments of row[0 : n] by the corrected two-pass algorithm (Chan, Golub and LeVeque), the chunk being in L1:
+// pass 1 takes a first mean m1 = k + sum(x - k) / n, shifted by k = the chunk's first element so that a large offset
+// of the row costs no precision (x - k is exact for x near k); pass 2 sums e = x - m1 and e^2, and the correction
+// sum(e) / n, tiny since m1 is already close, makes the mean and M2 = sum(e^2) - sum(e)^2 / n accurate to a few ulp.
+// (One pass on the shifted data alone summed n (x - k) terms of the size of |mean - k|, a standard deviation: its
+// mean was off by ~5e-7 and its rstd by ~2e-6 relative at N = 768, enough to push the fp32 weight gradient summed
+// over 125 rows past the fixed fp32 table.) Exact for constant chunks. RMS norm takes the plain sum of squares.
 template <typename acc_t>
 Moments<acc_t> chunk_moments(const acc_t* row, int64_t n, bool rms) {
-  const acc_t k = rms ? acc_t(0) : row[0];
-  acc_t sum = 0, squares = 0;
-#pragma omp simd reduction(+ : sum, squares)
-  for (int64_t j = 0; j < n; ++j) {
-    const acc_t d = row[j] - k;
-    sum += d;
-    squares += d * d;
-  }
-  if (rms) return {static_cast<acc_t>(n), acc_t(0), squares};
-  const acc_t shift = sum / n;
-  return {static_cast<acc_t>(n), k + shift, squares - shift * sum};  // sum(d^2) - (sum d)^2 / n: the centred M2
+  if (rms) return {static_cast<acc_t>(n), acc_t(0), block_sum<acc_t>(n, [&](int64_t j) { return row[j] * row[j]; })};
+  const acc_t k = row[0];
+  const acc_t first_mean = k + block_sum<acc_t>(n, [&](int64_t j) { return row[j] - k; }) / n;
+  const auto [sum, squares] = block_sums<acc_t>(
+      n, [&](int64_t j) { return row[j] - first_mean; },
+      [&](int64_t j) { return (row[j] - first_mean) * (row[j] - first_mean); });
+  const acc_t correction = sum / n;
+  return {static_cast<acc_t>(n), first_mean + correction, squares - correction * sum};
 }
 
 // Moments of the union of two disjoint sets (Chan, Golub and LeVeque's pairwise update).

@@ -1,0 +1,50 @@
+"""The statistics the native CPU layer norm / RMS norm save for the backward (mean and rstd, fp32 for fp32 and bf16
+inputs) against fp64: a few ulp, as torch's. Every term of the weight gradient dy * (h - mean) * rstd carries their
+rounding, and a gradient summed over many rows meets the fixed fp32 table only when they are this close (one pass on
+shifted data was ~20 ulp off in rstd at N = 768; see test_native_fp32_weight_gradient_over_many_rows in
+tests/properties/test_layer_norm_properties.py)."""
+
+import pytest
+import torch
+
+import kernels  # noqa: F401  (registers torch.ops.kernels)
+
+ULP = 2.0 ** -24  # half an ulp of 1 in fp32: the relative rounding of one operation
+EPS = 1e-5
+
+
+def _rows(n, offset, dtype, seed):
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.randn(256, n, generator=generator, dtype=torch.float64) * 2 + offset).to(dtype)
+
+
+def _statistics(x, rms):
+    """(mean, rstd) saved by the native forward, and fp64 ones from the same (rounded) inputs."""
+    _, _, mean, rstd = torch.ops.kernels.layer_norm_forward(x, None, None, None, EPS, rms)
+    x64 = x.double()
+    ref_mean = torch.zeros(x.shape[0], dtype=torch.float64) if rms else x64.mean(1)
+    ref_var = x64.square().mean(1) if rms else x64.var(1, unbiased=False)
+    return mean, rstd, ref_mean, ref_var
+
+
+@pytest.mark.parametrize("rms", [False, True], ids=["layer_norm", "rms_norm"])
+@pytest.mark.parametrize("n", [768, 4097, 5000])  # one chunk; two and more chunks merged
+@pytest.mark.parametrize("offset", [0.0, 3.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_native_statistics_within_a_few_ulp(rms, n, offset, dtype):
+    mean, rstd, ref_mean, ref_var = _statistics(_rows(n, offset, dtype, seed=n), rms)
+    ref_rstd = (ref_var + EPS).rsqrt()
+    rstd_error = ((rstd.double() - ref_rstd).abs() / ref_rstd).max().item()
+    assert rstd_error <= 4 * ULP, f"rstd: relative error {rstd_error / ULP:.1f} half-ulps"
+    if not rms:
+        # The mean's own rounding (half an ulp of |mean|) plus a small fraction of the spread.
+        allowed = ULP * ref_mean.abs() + 1e-7 * ref_var.sqrt()
+        excess = ((mean.double() - ref_mean).abs() - allowed).max().item()
+        assert excess <= 0, f"mean: off by {excess:.3g} more than allowed"
+
+
+def test_native_statistics_fp64():
+    x = _rows(1000, 3.0, torch.float64, seed=0)
+    mean, rstd, ref_mean, ref_var = _statistics(x, rms=False)
+    torch.testing.assert_close(mean, ref_mean, atol=1e-14, rtol=1e-14)
+    torch.testing.assert_close(rstd, (ref_var + EPS).rsqrt(), atol=0, rtol=1e-14)
