@@ -7,10 +7,10 @@
 //
 // Parallelism: at::parallel_for over rows. Each row is worked on in L1: the loops are plain contiguous loops that the
 // compiler vectorises (`omp simd` lets it reorder the fp reductions). bfloat16 rows are first widened into a per-thread
-// float buffer. Statistics take two passes over each chunk of kChunk elements (see chunk_moments), exact for
-// zero-variance rows; a longer row's chunks are merged pairwise (Chan et al.), so the rounding error grows
-// with log2(N / kChunk), not with N (one accumulator over a 9M-element row lost 5e-4). The backward's row sums are
-// chunked and added pairwise the same way.
+// float buffer. Statistics take one pass (two when the shift misled) over each chunk of kMomentsChunk elements with
+// data shifted near the mean (see chunk_moments), exact for zero-variance rows; a longer row's chunks are merged
+// pairwise (Chan et al.), so the rounding error grows with log2(N / kMomentsChunk), not with N (one accumulator over
+// a 9M-element row lost 5e-4). The backward's row sums are chunked and added pairwise the same way.
 //
 // Backward determinism: the rows are cut into a fixed number of blocks (independent of the thread count); each block
 // sums its dweight/dbias contributions into its own row of a (blocks, N) buffer, and a second pass sums the blocks
@@ -35,9 +35,15 @@ namespace kernels {
 namespace {
 
 constexpr int64_t kMaxBlocks = 32;  // row blocks of the backward's dweight/dbias partial sums
-// Elements per chunk of a row's statistics: rows up to this length take one chunk (the short-row code path, unchanged);
-// a chunk stays in L1 (16 KiB of fp32).
-constexpr int64_t kChunk = 4096;
+// Elements per chunk of a row's statistics: rows up to this length take one chunk; longer ones merge their chunks
+// pairwise. A SIMD lane adds at most kMomentsChunk / lanes terms in a row (64 with AVX-512): on inputs from a coarse
+// grid (bf16 values) the roundings of a lane's adds do not average out, and lane sums over 4096-element chunks left
+// rstd 5-14 half-ulps off (1024: up to ~6; torch, summing in cascade, 2-3).
+constexpr int64_t kMomentsChunk = 1024;
+// Elements per chunk of the backward's row sums; a chunk stays in L1 (16 KiB of fp32).
+constexpr int64_t kGradientChunk = 4096;
+// Leading elements of a chunk whose mean is the shift of its statistics (see chunk_moments).
+constexpr int64_t kShiftSample = 32;
 
 // count, mean and centred sum of squares (M2) of some elements of a row; for RMS norm the mean is fixed at 0 and M2
 // is the plain sum of squares.
@@ -46,61 +52,45 @@ struct Moments {
   acc_t count = 0, mean = 0, m2 = 0;
 };
 
-// Elements per SIMD partial sum inside a chunk (cascade summation): each block is summed in the SIMD lanes and the
-// block sums in a scalar, so a lane adds kBlock / lanes terms in a row rather than kChunk / lanes. (Inputs on a
-// coarse grid, bf16 values, round the same way add after add: with lane sums over a whole 4096-element chunk, rstd
-// came out 5-14 half-ulps off; torch, summing in cascade, 2-3.)
-constexpr int64_t kBlock = 256;
-
-// The sum over j in [0, n) of term(j), by blocks of kBlock.
-template <typename acc_t, typename Term>
-acc_t block_sum(int64_t n, Term term) {
-  acc_t total = 0;
-  for (int64_t begin = 0; begin < n; begin += kBlock) {
-    const int64_t end = std::min(n, begin + kBlock);
-    acc_t block = 0;
-#pragma omp simd reduction(+ : block)
-    for (int64_t j = begin; j < end; ++j) block += term(j);
-    total += block;
+// S1 = sum(x - k) and S2 = sum((x - k)^2) over row[0 : n], in one pass.
+template <typename acc_t>
+std::pair<acc_t, acc_t> shifted_sums(const acc_t* row, int64_t n, acc_t k) {
+  acc_t sum = 0, squares = 0;
+#pragma omp simd reduction(+ : sum, squares)
+  for (int64_t j = 0; j < n; ++j) {
+    const acc_t d = row[j] - k;
+    sum += d;
+    squares += d * d;
   }
-  return total;
+  return {sum, squares};
 }
 
-// The sums over j in [0, n) of first(j) and of second(j), by blocks of kBlock, in one pass.
-template <typename acc_t, typename First, typename Second>
-std::pair<acc_t, acc_t> block_sums(int64_t n, First first, Second second) {
-  acc_t total_first = 0, total_second = 0;
-  for (int64_t begin = 0; begin < n; begin += kBlock) {
-    const int64_t end = std::min(n, begin + kBlock);
-    acc_t block_first = 0, block_second = 0;
-#pragma omp simd reduction(+ : block_first, block_second)
-    for (int64_t j = begin; j < end; ++j) {
-      block_first += first(j);
-      block_second += second(j);
-    }
-    total_first += block_first;
-    total_second += block_second;
-  }
-  return {total_first, total_second};
-}
-
-// The moments of row[0 : n] by the corrected two-pass algorithm (Chan, Golub and LeVeque), the chunk being in L1:
-// pass 1 takes a first mean m1 = k + sum(x - k) / n, shifted by k = the chunk's first element so that a large offset
-// of the row costs no precision (x - k is exact for x near k); pass 2 sums e = x - m1 and e^2, and the correction
-// sum(e) / n, tiny since m1 is already close, makes the mean and M2 = sum(e^2) - sum(e)^2 / n accurate to a few ulp.
-// (One pass on the shifted data alone summed n (x - k) terms of the size of |mean - k|, a standard deviation: its
-// mean was off by ~5e-7 and its rstd by ~2e-6 relative at N = 768, enough to push the fp32 weight gradient summed
-// over 125 rows past the fixed fp32 table.) Exact for constant chunks. RMS norm takes the plain sum of squares.
+// The moments of row[0 : n] (n <= kMomentsChunk) from the shifted sums: mean = k + S1 / n, M2 = S2 - S1^2 / n. The
+// subtraction costs log2(S2 / M2) bits, with S2 / M2 = 1 + n (mean - k)^2 / M2, so the shift k must sit near the
+// mean: k = x0 + the mean of x - x0 over the first kShiftSample elements (x0 = row[0]; for iid rows k is then
+// within sd / sqrt(32) of the mean and S2 / M2 ~ 1.03). When the sample misled (a sorted row, outliers up front) and k
+// is off by over half a standard deviation (S1^2 / n > M2 / 4), the sums are taken again around k + S1 / n (the
+// corrected two-pass algorithm of Chan, Golub and LeVeque), so S2 / M2 <= 1.25 always. Exact for constant chunks
+// (k = x0, every x - k = 0). A NaN or Inf makes the sums NaN (the comparison then fails: no second pass).
+// (The earlier shift k = row[0], a single sample, is a standard deviation off as a rule: rstd came out 10-85
+// half-ulps off, enough to push the fp32 weight gradient summed over 125 rows past the fixed fp32 table.)
+// RMS norm takes the plain sum of squares (k = 0).
 template <typename acc_t>
 Moments<acc_t> chunk_moments(const acc_t* row, int64_t n, bool rms) {
-  if (rms) return {static_cast<acc_t>(n), acc_t(0), block_sum<acc_t>(n, [&](int64_t j) { return row[j] * row[j]; })};
-  const acc_t k = row[0];
-  const acc_t first_mean = k + block_sum<acc_t>(n, [&](int64_t j) { return row[j] - k; }) / n;
-  const auto [sum, squares] = block_sums<acc_t>(
-      n, [&](int64_t j) { return row[j] - first_mean; },
-      [&](int64_t j) { return (row[j] - first_mean) * (row[j] - first_mean); });
+  if (rms) return {static_cast<acc_t>(n), acc_t(0), shifted_sums(row, n, acc_t(0)).second};
+  const int64_t sample = std::min(n, kShiftSample);
+  const acc_t first = row[0];
+  acc_t sample_sum = 0;
+#pragma omp simd reduction(+ : sample_sum)
+  for (int64_t j = 0; j < sample; ++j) sample_sum += row[j] - first;
+  acc_t k = first + sample_sum / sample;
+  auto [sum, squares] = shifted_sums(row, n, k);
+  if (sum * sum > acc_t(0.2) * n * squares) {  // n (mean - k)^2 > M2 / 4
+    k += sum / n;
+    std::tie(sum, squares) = shifted_sums(row, n, k);
+  }
   const acc_t correction = sum / n;
-  return {static_cast<acc_t>(n), first_mean + correction, squares - correction * sum};
+  return {static_cast<acc_t>(n), k + correction, squares - correction * sum};
 }
 
 // Moments of the union of two disjoint sets (Chan, Golub and LeVeque's pairwise update).
@@ -112,15 +102,15 @@ Moments<acc_t> merge(const Moments<acc_t>& a, const Moments<acc_t>& b, bool rms)
   return {count, a.mean + delta * (b.count / count), a.m2 + b.m2 + delta * delta * (a.count * b.count / count)};
 }
 
-// The moments of row[0 : n]: one chunk, or the chunks of kChunk elements merged pairwise (a binary tree over
+// The moments of row[0 : n]: one chunk, or the chunks of kMomentsChunk elements merged pairwise (a binary tree over
 // `scratch`, which holds one entry per chunk).
 template <typename acc_t>
 Moments<acc_t> row_moments(const acc_t* row, int64_t n, bool rms, std::vector<Moments<acc_t>>& scratch) {
-  if (n <= kChunk) return chunk_moments(row, n, rms);
-  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  if (n <= kMomentsChunk) return chunk_moments(row, n, rms);
+  const int64_t chunks = (n + kMomentsChunk - 1) / kMomentsChunk;
   scratch.resize(chunks);
   for (int64_t c = 0; c < chunks; ++c) {
-    scratch[c] = chunk_moments(row + c * kChunk, std::min(kChunk, n - c * kChunk), rms);
+    scratch[c] = chunk_moments(row + c * kMomentsChunk, std::min(kMomentsChunk, n - c * kMomentsChunk), rms);
   }
   for (int64_t step = 1; step < chunks; step *= 2) {
     for (int64_t c = 0; c + step < chunks; c += 2 * step) scratch[c] = merge(scratch[c], scratch[c + step], rms);
@@ -129,14 +119,14 @@ Moments<acc_t> row_moments(const acc_t* row, int64_t n, bool rms, std::vector<Mo
 }
 
 // The two row sums of the backward, sum(g) and sum(g * xhat) with g = dy * weight and xhat = (h - mean) * rstd, over
-// row[0 : n]: per chunk of kChunk elements, the chunks' sums added pairwise (`scratch` holds one pair per chunk).
+// row[0 : n]: per chunk of kGradientChunk elements, the chunks' sums added pairwise (`scratch` holds one pair per chunk).
 template <typename acc_t>
 std::pair<acc_t, acc_t> gradient_sums(const acc_t* dy, const acc_t* h, const acc_t* weight, acc_t mu, acc_t r,
                                       int64_t n, std::vector<std::pair<acc_t, acc_t>>& scratch) {
-  const int64_t chunks = std::max<int64_t>(1, (n + kChunk - 1) / kChunk);
+  const int64_t chunks = std::max<int64_t>(1, (n + kGradientChunk - 1) / kGradientChunk);
   scratch.resize(chunks);
   for (int64_t c = 0; c < chunks; ++c) {
-    const int64_t begin = c * kChunk, end = std::min(n, begin + kChunk);
+    const int64_t begin = c * kGradientChunk, end = std::min(n, begin + kGradientChunk);
     acc_t sum_g = 0, sum_gx = 0;
 #pragma omp simd reduction(+ : sum_g, sum_gx)
     for (int64_t j = begin; j < end; ++j) {
