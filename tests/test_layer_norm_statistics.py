@@ -1,8 +1,9 @@
 """The statistics the native CPU layer norm / RMS norm save for the backward (mean and rstd, fp32 for fp32 and bf16
 inputs) against fp64: a few ulp, as torch's (2-3 half-ulps in rstd; ours up to 3 on fp32 inputs, up to ~6 on bf16
-ones, whose coarse grid keeps the roundings of a SIMD lane's sum from averaging out). Every term of the weight gradient dy * (h - mean) * rstd carries their
-rounding, and a gradient summed over many rows meets the fixed fp32 table only when they are this close (one pass on
-shifted data was ~20 ulp off in rstd at N = 768; see test_native_fp32_weight_gradient_over_many_rows in
+ones, whose coarse grid keeps the roundings of a SIMD lane's sum from averaging out). Every term of the weight
+gradient dy * (h - mean) * rstd carries their rounding, and a gradient summed over many rows meets the fixed fp32
+table only when they are this close (the earlier one-pass statistics, shifted by the row's first element, were 12-38
+half-ulps off in rstd; see test_native_fp32_weight_gradient_over_many_rows in
 tests/properties/test_layer_norm_properties.py)."""
 
 import pytest

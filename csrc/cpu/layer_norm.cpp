@@ -119,7 +119,8 @@ Moments<acc_t> row_moments(const acc_t* row, int64_t n, bool rms, std::vector<Mo
 }
 
 // The two row sums of the backward, sum(g) and sum(g * xhat) with g = dy * weight and xhat = (h - mean) * rstd, over
-// row[0 : n]: per chunk of kGradientChunk elements, the chunks' sums added pairwise (`scratch` holds one pair per chunk).
+// row[0 : n]: per chunk of kGradientChunk elements, the chunks' sums added pairwise (`scratch` holds one pair per
+// chunk).
 template <typename acc_t>
 std::pair<acc_t, acc_t> gradient_sums(const acc_t* dy, const acc_t* h, const acc_t* weight, acc_t mu, acc_t r,
                                       int64_t n, std::vector<std::pair<acc_t, acc_t>>& scratch) {
