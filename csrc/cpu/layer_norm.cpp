@@ -36,9 +36,8 @@ namespace {
 
 constexpr int64_t kMaxBlocks = 32;  // row blocks of the backward's dweight/dbias partial sums
 // Elements per chunk of a row's statistics: rows up to this length take one chunk; longer ones merge their chunks
-// pairwise. A SIMD lane adds at most kMomentsChunk / lanes terms in a row (64 with AVX-512): on inputs from a coarse
-// grid (bf16 values) the roundings of a lane's adds do not average out, and lane sums over 4096-element chunks left
-// rstd 5-14 half-ulps off (1024: up to ~6; torch, summing in cascade, 2-3).
+// pairwise, so a SIMD lane's run of adds stays short (see shifted_sums; 4096-element chunks left rstd 5-14 half-ulps
+// off on bf16 inputs).
 constexpr int64_t kMomentsChunk = 1024;
 // Elements per chunk of the backward's row sums; a chunk stays in L1 (16 KiB of fp32).
 constexpr int64_t kGradientChunk = 4096;
@@ -52,17 +51,29 @@ struct Moments {
   acc_t count = 0, mean = 0, m2 = 0;
 };
 
-// S1 = sum(x - k) and S2 = sum((x - k)^2) over row[0 : n], in one pass.
+// S1 = sum(x - k) and S2 = sum((x - k)^2) over row[0 : n], in one pass over its two halves side by side: twice the
+// accumulators, so a SIMD lane adds half as many terms in a row (on inputs from a coarse grid, bf16 values, the
+// roundings of a lane's adds do not average out: at N = 768, 8 lanes left rstd up to 11 half-ulps off, 16 up to 7;
+// with the halves 6 and 3; torch, summing in cascade, 2-3), and the adds of the two halves overlap.
 template <typename acc_t>
 std::pair<acc_t, acc_t> shifted_sums(const acc_t* row, int64_t n, acc_t k) {
-  acc_t sum = 0, squares = 0;
-#pragma omp simd reduction(+ : sum, squares)
-  for (int64_t j = 0; j < n; ++j) {
-    const acc_t d = row[j] - k;
-    sum += d;
-    squares += d * d;
+  const int64_t half = n / 2;
+  const acc_t* second = row + half;
+  acc_t sum_a = 0, squares_a = 0, sum_b = 0, squares_b = 0;
+#pragma omp simd reduction(+ : sum_a, squares_a, sum_b, squares_b)
+  for (int64_t j = 0; j < half; ++j) {
+    const acc_t a = row[j] - k, b = second[j] - k;
+    sum_a += a;
+    squares_a += a * a;
+    sum_b += b;
+    squares_b += b * b;
   }
-  return {sum, squares};
+  if (n % 2 != 0) {
+    const acc_t last = row[n - 1] - k;
+    sum_b += last;
+    squares_b += last * last;
+  }
+  return {sum_a + sum_b, squares_a + squares_b};
 }
 
 // The moments of row[0 : n] (n <= kMomentsChunk) from the shifted sums: mean = k + S1 / n, M2 = S2 - S1^2 / n. The
