@@ -82,7 +82,7 @@ std::pair<acc_t, acc_t> shifted_sums(const acc_t* row, int64_t n, acc_t k) {
 // within sd / sqrt(32) of the mean and S2 / M2 ~ 1.03). When the sample misled (a sorted row, outliers up front) and k
 // is off by over half a standard deviation (S1^2 / n > M2 / 4), the sums are taken again around k + S1 / n (the
 // corrected two-pass algorithm of Chan, Golub and LeVeque), so S2 / M2 <= 1.25 always. Exact for constant chunks
-// (k = x0, every x - k = 0). A NaN or Inf makes the sums NaN (the comparison then fails: no second pass).
+// (k = x0, every x - k = 0). A NaN or Inf makes M2 NaN (inf - inf); the test below is false on NaN or Inf.
 // (The earlier shift k = row[0], a single sample, is a standard deviation off as a rule: rstd came out 10-85
 // half-ulps off, enough to push the fp32 weight gradient summed over 125 rows past the fixed fp32 table.)
 // RMS norm takes the plain sum of squares (k = 0).
