@@ -36,12 +36,13 @@ COST = {"pytest_start": 20.0, "native_case": 0.25, "triton_case": 0.3, "compile"
 # Kernels one case of a test file compiles at most (the forward and backward launchers of its op), and the candidates
 # an autotuned specialisation compiles (attention: 2 x 2 warps/stages; linear: its pruned candidates; the other
 # launchers do not autotune).
-KERNELS_PER_CASE = {"test_attention.py": 4, "test_attention_varlen.py": 4, "test_attention_masks.py": 4,
+KERNELS_PER_CASE = {"test_attention.py": 4, "test_attention_gpu.py": 4, "test_attention_dropout.py": 4,
+                    "test_attention_varlen.py": 4, "test_attention_masks.py": 4,
                     "test_nonfinite_attention.py": 4, "test_layer_norm.py": 3, "test_nonfinite_layer_norm.py": 3,
                     "test_masked_softmax.py": 2, "test_nonfinite_masked_softmax.py": 2, "test_residual_add.py": 1,
                     "test_linear.py": 2, "test_feed_forward.py": 4, "test_triton_launchers.py": 4}
-AUTOTUNE_CANDIDATES = {"test_attention.py": 4, "test_attention_varlen.py": 4, "test_linear.py": 8,
-                       "test_feed_forward.py": 8}
+AUTOTUNE_CANDIDATES = {"test_attention.py": 4, "test_attention_gpu.py": 4, "test_attention_varlen.py": 4,
+                       "test_linear.py": 8, "test_feed_forward.py": 8}
 WORKERS = 12  # pytest-xdist workers (16 cores): Triton steps are bound by compilation, native ones by Python
 
 # Both tiers' steps select from the whole suite by marker and keyword, so that a new GPU test lands in one of them: a

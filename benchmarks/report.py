@@ -106,18 +106,22 @@ def write_plots(out_dir: str, results: list[Result]) -> list[str]:
     for (op, mode), group in groups.items():
         shapes = list(dict.fromkeys(r.shape for r in group))
         providers = list(dict.fromkeys(r.provider for r in group))
-        compute = any(r.tflops is not None for r in group)
+        # One metric per plot, the first that every result of the group has: TFLOP/s, GB/s, else milliseconds per
+        # call (the overhead calls and generation have neither a FLOP nor a byte count).
+        metric, label = next((m for m in (("tflops", "TFLOP/s"), ("gbs", "GB/s"))
+                              if all(getattr(r, m[0]) is not None for r in group)),
+                             ("median_ms", "ms per call (lower is better)"))
         width = 0.8 / len(providers)
         figure, axis = plt.subplots(figsize=(max(6, 1.6 * len(shapes)), 4))
         for i, provider in enumerate(providers):
             values = []
             for shape in shapes:
                 match = [r for r in group if r.shape == shape and r.provider == provider]
-                values.append((match[0].tflops if compute else match[0].gbs) if match else 0.0)
+                values.append(getattr(match[0], metric) if match else 0.0)
             axis.bar([x + i * width for x in range(len(shapes))], values, width, label=provider)
         axis.set_xticks([x + 0.4 - width / 2 for x in range(len(shapes))])
         axis.set_xticklabels(shapes, rotation=20, ha="right", fontsize=7)
-        axis.set_ylabel("TFLOP/s" if compute else "GB/s")
+        axis.set_ylabel(label)
         axis.set_title(f"{op} {mode} ({group[0].dtype}, {group[0].device})")
         axis.legend(fontsize=7)
         figure.tight_layout()

@@ -4,6 +4,7 @@
 #include <torch/extension.h>
 
 #include <kernels/direct_calls.h>
+#include <kernels/fast_calls.h>
 
 #ifdef KERNELS_WITH_CUBLASLT
 #include <kernels/linear_cublaslt.h>
@@ -71,6 +72,8 @@ TORCH_LIBRARY(kernels, m) {
 PYBIND11_MODULE(_C, module) {
   auto direct = module.def_submodule("direct", "typed entry points of the forward ops, for eager calls");
   kernels::define_direct_calls(direct);
+  auto fast = module.def_submodule("fast", "the public functions' common calls in one C++ call, or None");
+  kernels::define_fast_calls(fast);
 #ifdef KERNELS_WITH_CUDA
   module.attr("with_cuda") = true;
 #else

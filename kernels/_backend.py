@@ -96,6 +96,7 @@ _REGISTRY: dict[str, _OpEntry] = {}
 _STACK: list[str] = []  # backends of the enclosing `use_backend` blocks (process-wide, innermost last)
 _DEFAULT = [os.environ.get("KERNELS_BACKEND", "auto")]
 _WARNED: set[tuple[str, str]] = set()
+_LISTENERS: list[Callable[[str], None]] = []  # called with an op's name after its backends or auto order change
 
 
 @torch.compiler.assume_constant_result
@@ -132,7 +133,7 @@ def register(implementation: Implementation) -> Implementation:
     _validate_name(implementation.backend)
     entry = _REGISTRY.setdefault(implementation.op, _OpEntry())
     entry.implementations[implementation.backend] = implementation
-    entry.plans.clear()
+    _changed(implementation.op, entry)
     return implementation
 
 
@@ -142,7 +143,36 @@ def set_auto_order(op: str, device_type: str, order: tuple[str, ...]) -> None:
         _validate_name(name)
     entry = _REGISTRY.setdefault(op, _OpEntry())
     entry.auto_order[device_type] = tuple(order)
+    _changed(op, entry)
+
+
+def _changed(op: str, entry: _OpEntry) -> None:
     entry.plans.clear()
+    for listener in _LISTENERS:
+        listener(op)
+
+
+def on_change(listener: Callable[[str], None]) -> None:
+    """Calls ``listener(op)`` whenever ``op``'s backends or auto order change (kernels._ops._fast keeps its C++
+    table of natively served dtypes up to date this way)."""
+    _LISTENERS.append(listener)
+
+
+def auto_native_dtypes(op: str, device_type: str, dtypes, *, checked_by_caller: bool = False) -> tuple:
+    """Those of ``dtypes`` for which backend ``"auto"`` runs ``op``'s native implementation on ``device_type``
+    whatever the call's other arguments: native is the first fast backend that serves them, and it has no per-call
+    ``check`` -- or the caller makes the same checks itself (``checked_by_caller``)."""
+    entry = _REGISTRY.get(op)
+    if entry is None:
+        return ()
+    native = []
+    for dtype in dtypes:
+        for implementation, reason in _plan(op, entry, "auto", device_type, dtype):
+            if reason is None:
+                if implementation.backend == "native" and (implementation.check is None or checked_by_caller):
+                    native.append(dtype)
+                break
+    return tuple(native)
 
 
 def set_default_backend(name: str) -> None:

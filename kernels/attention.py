@@ -25,6 +25,7 @@ from . import _backend, reference
 from ._attention_args import (AttentionArgs, _check_kv_cache_args, _common_case, _dropout_and_scale,  # noqa: F401
                               _heads, _kv_cache_common_case, _same_device, _tensor, normalize_attention_args)
 from ._backend import Implementation
+from ._ops import _fast
 from ._ops._dropout import draw_seed
 
 _ALL = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -166,6 +167,10 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_caus
     generator, so ``torch.manual_seed`` reproduces it. For decoding against a cache, see
     :func:`attention_with_kv_cache` (bottom-right alignment).
     """
+    if _fast.usable(backend):  # the common call, checked and run in C++ (None: any other call)
+        out = _fast.attention(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa, key_padding_mask)
+        if out is not None:
+            return out
     args = _common_case(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa, key_padding_mask)
     if args is None:
         args = normalize_attention_args(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa,
@@ -195,6 +200,11 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
     the sequence lengths (not checked against the offsets, which would synchronise with the GPU). Causal masking is
     top-left within each sequence. Dropout counters use ``B = 1, Sq = total_q, Sk = total_k`` (see
     ``kernels.triton.attention``)."""
+    if _fast.usable(backend):
+        out = _fast.varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, is_causal, scale,
+                                     dropout_p)
+        if out is not None:
+            return out
     for name, value in (("q", q), ("k", k), ("v", v)):
         _tensor(name, value)
         if value.dim() != 3:
@@ -233,6 +243,10 @@ def attention_with_kv_cache(q, k_cache, v_cache, *, cache_seqlens=None, is_causa
     included (None: all ``Smax``). Causal alignment is bottom-right: query ``i`` is the token at position
     ``cache_seqlens[b] - Sq + i`` and sees keys ``j <= cache_seqlens[b] - Sq + i``; with ``is_causal=False`` every
     valid key. Queries that see no key give zeros. The triton backend serves inference (no autograd)."""
+    if _fast.usable(backend):
+        out = _fast.attention_with_kv_cache(q, k_cache, v_cache, cache_seqlens, is_causal, scale)
+        if out is not None:
+            return out
     if not _kv_cache_common_case(q, k_cache, v_cache, cache_seqlens):
         _check_kv_cache_args(q, k_cache, v_cache, cache_seqlens)
     if cache_seqlens is not None and not cache_seqlens.is_contiguous():

@@ -43,7 +43,7 @@ import torch
 from . import _backend, _extension, reference
 from ._backend import Implementation
 from ._extension import has_native_kernel
-from ._ops import _scalars
+from ._ops import _fast, _scalars
 from ._ops._dropout import draw_seed
 
 _ALL = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -318,6 +318,10 @@ def linear(x, weight, bias=None, *, activation=None, backend="auto"):
     of ``(out, in)`` weights and ``bias`` None or a pair; the result has ``out`` features). ``weight`` may be any
     strided view, e.g. a GPT-2 ``Conv1D`` weight ``(in, out)`` passed as ``weight.t()``.
     """
+    if _fast.usable(backend):  # the common call, checked and run in C++ (None: any other call)
+        out = _fast.linear(x, weight, bias, activation)
+        if out is not None:
+            return out
     _check_tensor(x, "x")
     _check_activation(activation)
     _check_projection(x, weight, bias, activation, "weight", "bias")
@@ -335,6 +339,10 @@ def feed_forward(x, w1, b1, w2, b2, *, activation="gelu", dropout_p=0.0, residua
     to the activation output with probability ``dropout_p`` (pass 0 in evaluation); see the module docstring for its
     counter-based RNG. Weights may be strided views (a GPT-2 ``Conv1D`` weight as ``weight.t()``): nothing is copied.
     """
+    if _fast.usable(backend):  # inference's common call, checked and run in C++ (None: any other call)
+        out = _fast.feed_forward(x, w1, b1, w2, b2, activation, dropout_p, residual)
+        if out is not None:
+            return out
     _check_tensor(x, "x")
     _check_tensor(w2, "w2")
     for value, name in ((b2, "b2"), (residual, "residual")):

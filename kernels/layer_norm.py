@@ -18,7 +18,7 @@ import torch
 
 from . import _backend, reference
 from ._backend import Implementation
-from ._ops import _scalars
+from ._ops import _fast, _scalars
 
 _ALL = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _CUDA = (torch.float16, torch.bfloat16, torch.float32)
@@ -121,6 +121,10 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, residua
 
     Returns ``F.layer_norm(x, ...)``, or ``(F.layer_norm(x + residual, ...), x + residual)`` with ``residual``.
     """
+    if _fast.usable(backend):  # the common call, checked and run in C++ (None: any other call)
+        out = _fast.layer_norm(x, normalized_shape, weight, bias, eps, residual)
+        if out is not None:
+            return out
     shape = _validate(x, normalized_shape, weight, bias, residual)
     eps = _scalars.eps(eps)
     implementation = _backend.select("layer_norm", backend, device=x.device, dtype=x.dtype)
@@ -133,6 +137,10 @@ def rms_norm(x, normalized_shape, weight=None, eps=None, *, residual=None, backe
     ``eps=None`` means ``torch.finfo(x.dtype).eps``, as in ``F.rms_norm``. Returns ``F.rms_norm(x, ...)``, or
     ``(F.rms_norm(x + residual, ...), x + residual)`` with ``residual``.
     """
+    if _fast.usable(backend):
+        out = _fast.rms_norm(x, normalized_shape, weight, eps, residual)
+        if out is not None:
+            return out
     shape = _validate(x, normalized_shape, weight, None, residual)
     eps = torch.finfo(x.dtype).eps if eps is None else _scalars.eps(eps)
     implementation = _backend.select("rms_norm", backend, device=x.device, dtype=x.dtype)

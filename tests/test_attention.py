@@ -1,49 +1,17 @@
 """kernels.scaled_dot_product_attention on every backend usable here, against the fp64 reference (testing.md's
 tolerance rule) and against F.scaled_dot_product_attention. CPU shapes are small (Triton runs under the interpreter);
-the gpu-marked tests repeat the cases at realistic sizes, in bf16, and check determinism, compile and CUDA graphs."""
+dropout is tests/test_attention_dropout.py's, the GPU tier at realistic sizes tests/test_attention_gpu.py's."""
 
 from __future__ import annotations
-
-import functools
 
 import pytest
 import torch
 import torch.nn.functional as F
+from _attention_cases import CASES, FAST, attention, check, ids, qkv
 
 import kernels
 from kernels import BackendError, _backend, reference
-from kernels.testing import assert_close, available_devices, backends_for, check_against_reference
-
-CASES = [(device, backend) for device in available_devices()
-         for backend in backends_for("attention", device) + ["torch"]]
-FAST = [case for case in CASES if case[1] != "torch"]
-CPU_DTYPES = (torch.float32, torch.float16)
-
-
-def ids(case):
-    return f"{case[0]}-{case[1]}"
-
-
-def attention(backend, *args, dropout_mask=None, **kwargs):
-    """The public function on one backend; ``dropout_mask`` is the reference's, ignored here."""
-    return kernels.scaled_dot_product_attention(*args, backend=backend, **kwargs)
-
-
-def qkv(batch, heads, sq, sk, d, *, device, dtype=torch.float32, kv_heads=None, grad=True, scale=1.0):
-    kv_heads = heads if kv_heads is None else kv_heads
-    q = torch.randn(batch, heads, sq, d, device=device, dtype=dtype) * scale
-    k = torch.randn(batch, kv_heads, sk, d, device=device, dtype=dtype) * scale
-    v = torch.randn(batch, kv_heads, sk, d, device=device, dtype=dtype)
-    return [t.requires_grad_(grad) for t in (q, k, v)]
-
-
-def check(backend, *args, **kwargs):
-    q = args[0]
-    served = _backend.implementations("attention")[backend].dtypes.get(q.device.type, ())
-    if q.dtype not in served:
-        pytest.skip(f"backend {backend!r} does not serve {q.dtype} on {q.device.type} (a documented limit)")
-    return check_against_reference(functools.partial(attention, backend), reference.scaled_dot_product_attention,
-                                   *args, **kwargs)
+from kernels.testing import assert_close, check_against_reference
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -253,60 +221,6 @@ def test_matches_torch_sdpa(case, variant):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Dropout
-# ----------------------------------------------------------------------------------------------------------------------
-
-def keep_mask_for_next_call(seed, shape, dropout_p, device):
-    """The keep-mask the next forward will use after ``torch.manual_seed(seed)`` (it draws its Philox seed first)."""
-    from kernels.triton.attention import dropout_keep_mask
-
-    torch.manual_seed(seed)
-    philox_seed = int(torch.randint(2**31, (1,), dtype=torch.int64, device=device))  # drawn on the inputs' device
-    keep = dropout_keep_mask(philox_seed, shape, dropout_p, device=device)
-    torch.manual_seed(seed)
-    return keep
-
-
-@pytest.mark.interpret
-@pytest.mark.parametrize("case", FAST, ids=ids)
-@pytest.mark.parametrize("is_causal", [False, True])
-def test_dropout_matches_reference_with_the_same_keep_mask(case, is_causal):
-    device, backend = case
-    q, k, v = qkv(1, 2, 33, 40, 32, device=device, kv_heads=1)
-    keep = keep_mask_for_next_call(7, (1, 2, 33, 40), 0.25, device)
-    check(backend, q, k, v, dropout_p=0.25, is_causal=is_causal, enable_gqa=True, dropout_mask=keep)
-
-
-@pytest.mark.interpret
-@pytest.mark.parametrize("case", FAST, ids=ids)
-def test_dropout_reproducible_from_torch_seed(case):
-    device, backend = case
-    q, k, v = qkv(1, 2, 17, 33, 16, device=device, grad=False)
-    runs = []
-    for seed in (3, 3, 4):
-        torch.manual_seed(seed)
-        runs.append(attention(backend, q, k, v, dropout_p=0.5))
-    assert torch.equal(runs[0], runs[1])
-    assert not torch.equal(runs[0], runs[2])
-
-
-@pytest.mark.interpret
-@pytest.mark.parametrize("dropout_p", [0.1, 0.5])
-def test_dropout_keep_probability(dropout_p):
-    """131072 Philox draws: the kept fraction is within 5 standard deviations of 1 - p, and no row or column
-    pattern (the first and second halves of the key range keep alike)."""
-    from kernels.triton.attention import dropout_keep_mask
-
-    device = available_devices()[-1]
-    keep = dropout_keep_mask(1234, (2, 2, 64, 512), dropout_p, device=device).double()
-    sigma = (dropout_p * (1 - dropout_p) / keep.numel()) ** 0.5
-    assert abs(keep.mean().item() - (1 - dropout_p)) < 5 * sigma
-    halves = keep[..., :256].mean() - keep[..., 256:].mean()
-    assert abs(halves.item()) < 10 * sigma
-    assert not torch.equal(keep[0, 0], keep[0, 1])  # heads draw different masks
-
-
-# ----------------------------------------------------------------------------------------------------------------------
 # Backward: determinism
 # ----------------------------------------------------------------------------------------------------------------------
 
@@ -429,112 +343,6 @@ def test_compile_fullgraph_traces_through(case):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# GPU tier
-# ----------------------------------------------------------------------------------------------------------------------
-
-GPU_FAST = [case for case in FAST if case[0] == "cuda"]
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("case", GPU_FAST, ids=ids)
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("head_dim", [64, 128, 256])
-@pytest.mark.parametrize("mask", ["none", "causal", "padding", "bool", "additive"])
-def test_gpu_realistic(case, dtype, head_dim, mask):
-    device, backend = case
-    q, k, v = qkv(2, 8, 1023, 1023, head_dim, device=device, dtype=dtype, kv_heads=2)
-    kwargs = {"enable_gqa": True}
-    if mask == "causal":
-        kwargs["is_causal"] = True
-    elif mask == "padding":
-        padding = torch.zeros(2, 1023, dtype=torch.bool, device=device)
-        padding[1, 700:] = True
-        kwargs["key_padding_mask"] = padding
-    elif mask == "bool":
-        kwargs["attn_mask"] = torch.rand(1023, 1023, device=device) > 0.2
-    elif mask == "additive":
-        kwargs["attn_mask"] = torch.randn(2, 1, 1023, 1023, device=device, dtype=dtype)
-    check(backend, q, k, v, **kwargs)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("case", GPU_FAST, ids=ids)
-def test_gpu_fp32_tf32_tolerance(case):
-    """fp32 inputs use TF32 dots on GPUs: documented tolerance 2e-3 absolute + 2e-3 relative at O(1) values."""
-    device, backend = case
-    check(backend, *qkv(2, 4, 203, 203, 64, device=device), is_causal=True, atol=2e-3, rtol=2e-3,
-          grad_atol=1e-2, grad_rtol=1e-2)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("case", GPU_FAST, ids=ids)
-def test_gpu_more_batch_heads_than_a_grid_axis_of_65535(case):
-    """B x H = 65664 decode-size rows: the (batch, head) pairs take grid axis 0 (axes 1 and 2 stop at 65535)."""
-    device, backend = case
-    q, k, v = qkv(2052, 32, 1, 24, 64, device=device, dtype=torch.bfloat16)
-    check_against_reference(functools.partial(attention, backend), reference.scaled_dot_product_attention, q, k, v)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("case", GPU_FAST, ids=ids)
-def test_gpu_deterministic_50x(case):
-    device, backend = case
-    q, k, v = qkv(4, 16, 1024, 1024, 128, device=device, dtype=torch.bfloat16, kv_heads=4)
-    grad = torch.randn(4, 16, 1024, 128, device=device, dtype=torch.bfloat16)
-    first = torch.autograd.grad(attention(backend, q, k, v, is_causal=True, enable_gqa=True), (q, k, v), grad)
-    for _ in range(50):
-        again = torch.autograd.grad(attention(backend, q, k, v, is_causal=True, enable_gqa=True), (q, k, v), grad)
-        assert all(torch.equal(a, b) for a, b in zip(first, again))
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("case", GPU_FAST, ids=ids)
-def test_gpu_dropout_statistics_and_reference(case):
-    device, backend = case
-    q, k, v = qkv(2, 4, 203, 203, 64, device=device, dtype=torch.bfloat16)
-    keep = keep_mask_for_next_call(5, (2, 4, 203, 203), 0.2, device)
-    assert abs(keep.float().mean().item() - 0.8) < 0.01
-    check(backend, q, k, v, dropout_p=0.2, dropout_mask=keep)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("case", GPU_FAST, ids=ids)
-def test_gpu_compile_and_cuda_graph(case):
-    device, backend = case
-    q, k, v = qkv(2, 8, 512, 512, 64, device=device, dtype=torch.bfloat16, grad=False)
-    padding = torch.zeros(2, 512, dtype=torch.bool, device=device)
-    padding[0, 400:] = True
-
-    def step(q, k, v):
-        return kernels.scaled_dot_product_attention(q, k, v, key_padding_mask=padding, backend=backend)
-
-    expected = step(q, k, v)  # also warms up autotuning, which must not run during capture
-    compiled = torch.compile(step, fullgraph=True)
-    torch.testing.assert_close(compiled(q, k, v), expected)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        captured = step(q, k, v)
-    q.normal_()
-    graph.replay()
-    torch.testing.assert_close(captured, step(q, k, v))
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("case", GPU_FAST, ids=ids)
-def test_gpu_memory_linear_in_length(case):
-    """No (Sq, Sk) matrix: peak memory of forward + backward grows linearly with the sequence length."""
-    device, backend = case
-    peaks = []
-    for seqlen in (2048, 8192):
-        q, k, v = qkv(1, 8, seqlen, seqlen, 128, device=device, dtype=torch.bfloat16)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        attention(backend, q, k, v, is_causal=True).sum().backward()
-        peaks.append(torch.cuda.max_memory_allocated(device) - base)
-    assert peaks[1] < 5 * peaks[0]
-
-
-# ----------------------------------------------------------------------------------------------------------------------
 # The block map the Triton kernels skip tiles by
 # ----------------------------------------------------------------------------------------------------------------------
 
@@ -557,32 +365,6 @@ def test_block_map_labels():
     padding[0, 3] = True
     labels = block_map(None, padding, 2, 3, 64, 90, 32, 32)
     assert labels[:, 0, 0].tolist() == [[PARTIAL, FULL, FULL], [FULL, FULL, SKIP]]
-
-
-def philox_uniform(seed: int, offset: int) -> float:
-    """The keep-mask draw of the module docstring of kernels.triton.attention, in plain Python (Philox4x32-10,
-    key = seed, counter = (offset low, offset high, 0, 0), first word to [0, 1) like tl.rand)."""
-    word = 0xFFFFFFFF
-    k0, k1, c0, c1, c2, c3 = seed & word, seed >> 32, offset & word, offset >> 32, 0, 0
-    for _ in range(10):
-        p0, p1 = 0xD2511F53 * c0, 0xCD9E8D57 * c2
-        c0, c1, c2, c3 = ((p1 >> 32) ^ c1 ^ k0) & word, p1 & word, ((p0 >> 32) ^ c3 ^ k1) & word, p0 & word
-        k0, k1 = (k0 + 0x9E3779B9) & word, (k1 + 0xBB67AE85) & word
-    x = c0 - (1 << 32) if c0 >= 1 << 31 else c0
-    return float(torch.tensor((~x if x < 0 else x), dtype=torch.float32) * torch.tensor(4.6566127342e-10))
-
-
-@pytest.mark.interpret
-@pytest.mark.skipif(not kernels._backend._triton_importable(), reason="triton not installed")
-def test_keep_mask_follows_the_documented_formula():
-    """The formula the native backend reproduces: offset = ((b * H + h) * Sq + i) * Sk + j."""
-    from kernels.triton.attention import dropout_keep_mask
-
-    device = available_devices()[-1]
-    seed, shape, p = 987654321, (2, 3, 5, 7), 0.4
-    keep = dropout_keep_mask(seed, shape, p, device=device).cpu()
-    expected = torch.tensor([philox_uniform(seed, index) >= p for index in range(keep.numel())]).reshape(shape)
-    assert torch.equal(keep, expected)
 
 
 def _common_case_calls():

@@ -88,3 +88,13 @@ def test_forward_op_compiles_without_graph_break():
     x, w = torch.randn(4, 8), torch.randn(8)
     compiled = torch.compile(lambda x, w: call(x, None, w, None, 1e-5, True)[0], fullgraph=True, backend="eager")
     assert torch.equal(compiled(x, w), call(x, None, w, None, 1e-5, True)[0])
+
+
+@pytest.mark.parametrize("activation", [None, "gelu", "swiglu"])
+def test_direct_linear_forward_matches_the_registered_op(activation):
+    # linear_forward has no autograd kernel (its autograd is the composite op's, kernels/_ops/feed_forward_autograd.py)
+    x, weight, bias, residual = torch.randn(5, 8), torch.randn(12, 8), torch.randn(12), torch.randn(5, 6)
+    seed = torch.zeros(1, dtype=torch.int64)
+    args = (x, weight, bias, activation, 0.0, seed, residual if activation == "swiglu" else None, True)
+    for got, want in zip(_C.direct.linear_forward(*args), torch.ops.kernels.linear_forward.default(*args)):
+        assert torch.equal(got, want)

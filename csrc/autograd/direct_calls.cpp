@@ -35,6 +35,9 @@ void define_direct_calls(pybind11::module& module) {
   define_direct(module, "layer_norm_forward",
                 signature<Four(const at::Tensor&, const Optional&, const Optional&, const Optional&, double, bool)>);
   define_direct(module, "residual_add", signature<at::Tensor(const at::Tensor&, const at::Tensor&)>);
+  define_direct(module, "linear_forward",
+                signature<Pair(const at::Tensor&, const at::Tensor&, const Optional&,
+                               std::optional<c10::string_view>, double, const at::Tensor&, const Optional&, bool)>);
   define_direct(module, "masked_softmax_forward",
                 signature<at::Tensor(const at::Tensor&, const Optional&, double, bool)>);
 }

@@ -5,7 +5,10 @@ kernels::linear_act_backward and kernels::linear_weight_grad (schemas in csrc/op
 import torch
 
 from ..reference import GATED_ACTIVATIONS
-from . import feed_forward_autograd
+from . import _direct, feed_forward_autograd
+
+_linear_forward = _direct.forward_op("linear_forward")  # (x, weight, bias, activation, dropout_p, seed, residual,
+#                                                          save_pre)
 
 
 @torch.library.register_fake("kernels::linear_forward")
@@ -39,7 +42,7 @@ def _forward(x, weight, bias, activation, dropout_p, seed, residual, save_pre, w
     of one (M, 2N) pre-activation (BLAS's leading dimension: no concatenated weight, no copy of either result), then
     kernels::linear_epilogue makes the output in one pass."""
     if weight_up is None:
-        return torch.ops.kernels.linear_forward(x, weight, bias, activation, dropout_p, seed, residual, save_pre)
+        return _linear_forward(x, weight, bias, activation, dropout_p, seed, residual, save_pre)
     n = weight.shape[0]
     pre = torch.empty((x.shape[0], 2 * n), dtype=x.dtype, device=x.device)  # [gate, up]
     for half, w, b in ((pre[:, :n], weight, bias), (pre[:, n:], weight_up, bias_up)):
