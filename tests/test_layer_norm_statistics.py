@@ -43,7 +43,7 @@ def _check(x, rms, rstd_half_ulps):
 
 
 @pytest.mark.parametrize("rms", [False, True], ids=["layer_norm", "rms_norm"])
-@pytest.mark.parametrize("n", [768, 4097, 5000])  # one chunk; two and more chunks merged
+@pytest.mark.parametrize("n", [768, 4097, 5000])  # one chunk; the sums of two and more chunks added
 @pytest.mark.parametrize("offset", [0.0, 3.0])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_native_statistics_within_a_few_ulp(rms, n, offset, dtype):
@@ -53,7 +53,7 @@ def test_native_statistics_within_a_few_ulp(rms, n, offset, dtype):
 
 @pytest.mark.parametrize("row", ["sorted", "outliers first"])
 def test_native_statistics_when_the_first_elements_mislead(row):
-    """The shift of the statistics is sampled from a chunk's first elements: far from the mean here, which takes the
+    """The shift of the statistics is sampled from a row's first elements: far from the mean here, which takes the
     second pass around the first pass's mean."""
     x = _rows(1000, 0.0, torch.float32, seed=1)
     if row == "sorted":
