@@ -6,10 +6,18 @@ many rows meets the fixed fp32 table only when they are this close (the earlier 
 row's first element, were 12-38 half-ulps off in rstd; see test_native_fp32_weight_gradient_over_many_rows in
 tests/properties/test_layer_norm_properties.py)."""
 
+import os
+
 import pytest
 import torch
 
 import kernels  # noqa: F401  (registers torch.ops.kernels)
+
+# tests/sanitize.sh runs these kernels built with ASan / UBSan (the runtime preloaded), whose instrumented loops sum in
+# another order: the same rows came out 6-48 half-ulps off in rstd there. The accuracy held here is the normal
+# build's (-O3, vectorised sums).
+pytestmark = pytest.mark.skipif("libasan" in os.environ.get("LD_PRELOAD", ""),
+                                reason="tests/sanitize.sh: the instrumented build's sums round differently")
 
 ULP = 2.0 ** -24  # half an ulp of 1 in fp32: the relative rounding of one operation
 EPS = 1e-5
