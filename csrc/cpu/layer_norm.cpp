@@ -7,10 +7,10 @@
 //
 // Parallelism: at::parallel_for over rows. Each row is worked on in L1: the loops are plain contiguous loops that the
 // compiler vectorises (`omp simd` lets it reorder the fp reductions). bfloat16 rows are first widened into a per-thread
-// float buffer. Statistics take one pass over each chunk of kChunk elements with shifted data (see chunk_moments),
-// exact for zero-variance rows; a longer row's chunks are merged pairwise (Chan et al.), so the rounding error grows
-// with log2(N / kChunk), not with N (one accumulator over a 9M-element row lost 5e-4). The backward's row sums are
-// chunked and added pairwise the same way.
+// float buffer. Statistics take one pass (two when the shift misled) over the row shifted near its mean (see
+// row_moments), exact for zero-variance rows; the sums of a row longer than kMomentsChunk elements are taken per
+// chunk and added pairwise, so the rounding error grows with log2(N / kMomentsChunk), not with N (one accumulator
+// over a 9M-element row lost 5e-4). The backward's row sums are chunked and added pairwise the same way.
 //
 // Backward determinism: the rows are cut into a fixed number of blocks (independent of the thread count); each block
 // sums its dweight/dbias contributions into its own row of a (blocks, N) buffer, and a second pass sums the blocks
@@ -35,69 +35,112 @@ namespace kernels {
 namespace {
 
 constexpr int64_t kMaxBlocks = 32;  // row blocks of the backward's dweight/dbias partial sums
-// Elements per chunk of a row's statistics: rows up to this length take one chunk (the short-row code path, unchanged);
-// a chunk stays in L1 (16 KiB of fp32).
-constexpr int64_t kChunk = 4096;
+// Elements per chunk of a row's statistics: rows up to this length take one chunk; longer ones add their chunks'
+// sums pairwise, so a SIMD lane's run of adds stays short (see shifted_sums; 4096-element chunks left rstd 5-14
+// half-ulps off on bf16 inputs).
+constexpr int64_t kMomentsChunk = 1024;
+// Elements per chunk of the backward's row sums; a chunk stays in L1 (16 KiB of fp32).
+constexpr int64_t kGradientChunk = 4096;
+// Leading elements of a row whose mean is the shift of its statistics (see row_moments).
+constexpr int64_t kShiftSample = 32;
 
-// count, mean and centred sum of squares (M2) of some elements of a row; for RMS norm the mean is fixed at 0 and M2
-// is the plain sum of squares.
+// The mean and the centred sum of squares (M2) of a row; for RMS norm the mean is fixed at 0 and M2 is the plain sum
+// of squares.
 template <typename acc_t>
 struct Moments {
-  acc_t count = 0, mean = 0, m2 = 0;
+  acc_t mean = 0, m2 = 0;
 };
 
-// The moments of row[0 : n] in one pass on d = x - k, with k = the chunk's first element (the shifted-data
-// algorithm): exact for constant chunks, and no cancellation while |mean - k| is a few standard deviations, which holds
-// since k is a sample of the chunk. RMS norm takes k = 0 and the sum of squares alone.
+// Adds per-chunk sums pairwise (a binary tree over `sums`, one pair per chunk) and returns the total: the rounding
+// error grows with log2(chunks), not with the number of chunks.
 template <typename acc_t>
-Moments<acc_t> chunk_moments(const acc_t* row, int64_t n, bool rms) {
-  const acc_t k = rms ? acc_t(0) : row[0];
-  acc_t sum = 0, squares = 0;
-#pragma omp simd reduction(+ : sum, squares)
-  for (int64_t j = 0; j < n; ++j) {
-    const acc_t d = row[j] - k;
-    sum += d;
-    squares += d * d;
-  }
-  if (rms) return {static_cast<acc_t>(n), acc_t(0), squares};
-  const acc_t shift = sum / n;
-  return {static_cast<acc_t>(n), k + shift, squares - shift * sum};  // sum(d^2) - (sum d)^2 / n: the centred M2
-}
-
-// Moments of the union of two disjoint sets (Chan, Golub and LeVeque's pairwise update).
-template <typename acc_t>
-Moments<acc_t> merge(const Moments<acc_t>& a, const Moments<acc_t>& b, bool rms) {
-  const acc_t count = a.count + b.count;
-  if (rms) return {count, acc_t(0), a.m2 + b.m2};
-  const acc_t delta = b.mean - a.mean;
-  return {count, a.mean + delta * (b.count / count), a.m2 + b.m2 + delta * delta * (a.count * b.count / count)};
-}
-
-// The moments of row[0 : n]: one chunk, or the chunks of kChunk elements merged pairwise (a binary tree over
-// `scratch`, which holds one entry per chunk).
-template <typename acc_t>
-Moments<acc_t> row_moments(const acc_t* row, int64_t n, bool rms, std::vector<Moments<acc_t>>& scratch) {
-  if (n <= kChunk) return chunk_moments(row, n, rms);
-  const int64_t chunks = (n + kChunk - 1) / kChunk;
-  scratch.resize(chunks);
-  for (int64_t c = 0; c < chunks; ++c) {
-    scratch[c] = chunk_moments(row + c * kChunk, std::min(kChunk, n - c * kChunk), rms);
-  }
+std::pair<acc_t, acc_t> add_pairwise(std::vector<std::pair<acc_t, acc_t>>& sums) {
+  const int64_t chunks = static_cast<int64_t>(sums.size());
   for (int64_t step = 1; step < chunks; step *= 2) {
-    for (int64_t c = 0; c + step < chunks; c += 2 * step) scratch[c] = merge(scratch[c], scratch[c + step], rms);
+    for (int64_t c = 0; c + step < chunks; c += 2 * step) {
+      sums[c].first += sums[c + step].first;
+      sums[c].second += sums[c + step].second;
+    }
   }
-  return scratch[0];
+  return sums[0];
+}
+
+// S1 = sum(x - k) and S2 = sum((x - k)^2) over row[0 : n], in one pass over its two halves side by side: twice the
+// accumulators, so a SIMD lane adds half as many terms in a row (on inputs from a coarse grid, bf16 values, the
+// roundings of a lane's adds do not average out: at N = 768, 8 lanes left rstd up to 11 half-ulps off, 16 up to 7;
+// with the halves 6 and 3; torch, summing in cascade, 2-3), and the adds of the two halves overlap.
+template <typename acc_t>
+std::pair<acc_t, acc_t> shifted_sums(const acc_t* row, int64_t n, acc_t k) {
+  const int64_t half = n / 2;
+  const acc_t* second = row + half;
+  acc_t sum_a = 0, squares_a = 0, sum_b = 0, squares_b = 0;
+#pragma omp simd reduction(+ : sum_a, squares_a, sum_b, squares_b)
+  for (int64_t j = 0; j < half; ++j) {
+    const acc_t a = row[j] - k, b = second[j] - k;
+    sum_a += a;
+    squares_a += a * a;
+    sum_b += b;
+    squares_b += b * b;
+  }
+  if (n % 2 != 0) {
+    const acc_t last = row[n - 1] - k;
+    sum_b += last;
+    squares_b += last * last;
+  }
+  return {sum_a + sum_b, squares_a + squares_b};
+}
+
+// shifted_sums over row[0 : n] by chunks of kMomentsChunk elements, added pairwise (`scratch`: one pair per chunk).
+template <typename acc_t>
+std::pair<acc_t, acc_t> row_shifted_sums(const acc_t* row, int64_t n, acc_t k,
+                                         std::vector<std::pair<acc_t, acc_t>>& scratch) {
+  if (n <= kMomentsChunk) return shifted_sums(row, n, k);
+  scratch.resize((n + kMomentsChunk - 1) / kMomentsChunk);
+  for (size_t c = 0; c < scratch.size(); ++c) {
+    const int64_t begin = static_cast<int64_t>(c) * kMomentsChunk;
+    scratch[c] = shifted_sums(row + begin, std::min(kMomentsChunk, n - begin), k);
+  }
+  return add_pairwise(scratch);
+}
+
+// The moments of row[0 : n] from the sums around a shift k: mean = k + S1 / n, M2 = S2 - S1^2 / n. The subtraction
+// costs log2(S2 / M2) bits, with S2 / M2 = 1 + n (mean - k)^2 / M2, so k must sit near the mean: k = x0 + the mean
+// of x - x0 over the first kShiftSample elements (x0 = row[0]; for iid rows k is then within sd / sqrt(32) of the
+// mean and S2 / M2 ~ 1.03). When the sample misled (a sorted row, outliers up front) and k is off by over half a
+// standard deviation (S1^2 / n > M2 / 4), the sums are taken again around k + S1 / n (the corrected two-pass
+// algorithm of Chan, Golub and LeVeque), so S2 / M2 <= 1.25 always. Exact for constant rows (k = x0, every
+// x - k = 0). A NaN or Inf makes M2 NaN (inf - inf); the test below is false on NaN or Inf.
+// (The earlier statistics shifted each chunk by its first element, a single sample, a standard deviation off as a
+// rule: rstd came out 10-85 half-ulps off, enough to push the fp32 weight gradient summed over 125 rows past the
+// fixed fp32 table.) RMS norm takes the plain sum of squares (k = 0).
+template <typename acc_t>
+Moments<acc_t> row_moments(const acc_t* row, int64_t n, bool rms, std::vector<std::pair<acc_t, acc_t>>& scratch) {
+  if (rms) return {acc_t(0), row_shifted_sums(row, n, acc_t(0), scratch).second};
+  const int64_t sample = std::min(n, kShiftSample);
+  const acc_t first = row[0];
+  acc_t sample_sum = 0;
+#pragma omp simd reduction(+ : sample_sum)
+  for (int64_t j = 0; j < sample; ++j) sample_sum += row[j] - first;
+  acc_t k = first + sample_sum / sample;
+  auto [sum, squares] = row_shifted_sums(row, n, k, scratch);
+  if (sum * sum > acc_t(0.2) * n * squares) {  // n (mean - k)^2 > M2 / 4
+    k += sum / n;
+    std::tie(sum, squares) = row_shifted_sums(row, n, k, scratch);
+  }
+  const acc_t correction = sum / n;
+  return {k + correction, squares - correction * sum};
 }
 
 // The two row sums of the backward, sum(g) and sum(g * xhat) with g = dy * weight and xhat = (h - mean) * rstd, over
-// row[0 : n]: per chunk of kChunk elements, the chunks' sums added pairwise (`scratch` holds one pair per chunk).
+// row[0 : n]: per chunk of kGradientChunk elements, the chunks' sums added pairwise (`scratch` holds one pair per
+// chunk).
 template <typename acc_t>
 std::pair<acc_t, acc_t> gradient_sums(const acc_t* dy, const acc_t* h, const acc_t* weight, acc_t mu, acc_t r,
                                       int64_t n, std::vector<std::pair<acc_t, acc_t>>& scratch) {
-  const int64_t chunks = std::max<int64_t>(1, (n + kChunk - 1) / kChunk);
+  const int64_t chunks = std::max<int64_t>(1, (n + kGradientChunk - 1) / kGradientChunk);
   scratch.resize(chunks);
   for (int64_t c = 0; c < chunks; ++c) {
-    const int64_t begin = c * kChunk, end = std::min(n, begin + kChunk);
+    const int64_t begin = c * kGradientChunk, end = std::min(n, begin + kGradientChunk);
     acc_t sum_g = 0, sum_gx = 0;
 #pragma omp simd reduction(+ : sum_g, sum_gx)
     for (int64_t j = begin; j < end; ++j) {
@@ -107,13 +150,7 @@ std::pair<acc_t, acc_t> gradient_sums(const acc_t* dy, const acc_t* h, const acc
     }
     scratch[c] = {sum_g, sum_gx};
   }
-  for (int64_t step = 1; step < chunks; step *= 2) {
-    for (int64_t c = 0; c + step < chunks; c += 2 * step) {
-      scratch[c].first += scratch[c + step].first;
-      scratch[c].second += scratch[c + step].second;
-    }
-  }
-  return scratch[0];
+  return add_pairwise(scratch);
 }
 
 // The row as acc_t: the pointer itself when scalar_t is acc_t, else a widened copy in `buffer`.
@@ -146,7 +183,7 @@ void forward_rows(const scalar_t* x, const scalar_t* residual, const at::opmath_
   const int64_t grain = std::max<int64_t>(1, 16384 / n);
   at::parallel_for(0, m, grain, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> buffer(std::is_same_v<scalar_t, acc_t> ? 0 : n);
-    std::vector<Moments<acc_t>> chunks;
+    std::vector<std::pair<acc_t, acc_t>> chunks;
     for (int64_t i = begin; i < end; ++i) {
       const int64_t offset = i * n;
       const acc_t* row = residual != nullptr

@@ -15,7 +15,7 @@
 // row: a NaN in K at a masked key reaches no gradient through the scores (it can through dQ += dS K, 0 * NaN). In a
 // NaN row (lse NaN) P and dS are NaN at every key of the row's tiles, as SDPA's math backend gives NaN dk / dv.
 // The query rows per step of kernel 2 and the keys per step of kernel 3 shrink as D grows (AttentionTiles in
-// attention_common.cuh), so nothing spills.
+// attention_params.cuh), so nothing spills.
 // Scores are computed transposed in kernel 2 (S^T = K Q^T), so the accumulators of P^T / dS^T are directly the A
 // operands of the next products (the layout trick of the forward, attention_forward_kernel.cuh).
 //

@@ -5,7 +5,7 @@
 // (csrc/cuda/varlen_attention.cu, Params::spans_q).
 //
 // One CTA = 4 warps = 64 query rows (16 per warp) of one (b, h); it walks the keys in tiles of
-// AttentionTiles<D>::kForwardBlockN keys (64 up to D = 128, 16 at D = 256; attention_common.cuh says why). At D = 256 a CTA holds 32 rows, two warps per 16 rows: each computes S over half of the dims, the two
+// AttentionTiles<D>::kForwardBlockN keys (64 up to D = 128, 16 at D = 256; attention_params.cuh says why). At D = 256 a CTA holds 32 rows, two warps per 16 rows: each computes S over half of the dims, the two
 // halves are added through shared memory, and each accumulates half of O's columns. K and V tiles are brought to
 // shared memory with cp.async (16-byte chunks, XOR-swizzled by row so ldmatrix is conflict free) into two buffers:
 // the copies of tile j + 1 are issued before tile j is computed and overlap all of its work (S = Q K^T, the softmax,

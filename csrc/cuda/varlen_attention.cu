@@ -3,7 +3,7 @@
 // cu_seqlens_k[i]:cu_seqlens_k[i + 1] of k / v (int32, (N + 1,)), causal top-left within each sequence.
 //
 // The dense kernels of attention_forward.cu / attention_backward.cu do the work, flash-attn style: the grid covers
-// (N * H, max_seqlen blocks); each CTA reads its sequence's row span (Sequence in attention_common.cuh) and leaves
+// (N * H, max_seqlen blocks); each CTA reads its sequence's row span (Sequence in attention_masks.cuh) and leaves
 // at once when its block starts past the sequence's length. Only the Params differ:
 // q / k / v rows come from the offsets (batch stride 0), out / grad_out / dq are (Tq, H, D) contiguous, dk / dv
 // (Tk, Hkv, D), lse (H, Tq), and dropout counts (h*Tq + i)*Tk + j over global rows i, j (the dense counter with B = 1).
