@@ -51,7 +51,8 @@ class FeedForward(NotScriptable, nn.Module):
         self.dropout = float(dropout)
 
     def forward(self, x, residual=None):
-        return kernels.feed_forward(x, self.linear1.weight, self.linear1.bias, self.linear2.weight, self.linear2.bias,
+        linear1, linear2 = self.linear1, self.linear2  # one nn.Module attribute lookup each (~0.3 us apiece)
+        return kernels.feed_forward(x, linear1.weight, linear1.bias, linear2.weight, linear2.bias,
                                     activation=self.activation, dropout_p=self.dropout if self.training else 0.0,
                                     residual=residual, backend=self.backend)
 

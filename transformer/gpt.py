@@ -94,7 +94,7 @@ class GPT(nn.Module):
                 raise ValueError(f"argument `idx`: {offset + t} positions exceed max_seq_len "
                                  f"{self.config.max_seq_len}")
             positions = torch.arange(offset, offset + t, device=idx.device)
-        x = self.drop(self.wte(idx) + self.wpe(positions))
+        x = apply_dropout(self.drop, self.wte(idx) + self.wpe(positions))
         for i, block in enumerate(self.blocks):
             x = block(x, None if caches is None else caches[i])
         return self.lm_head(self.ln_f(x))

@@ -281,8 +281,8 @@ class MultiheadAttention(NotScriptable, nn.MultiheadAttention):
         """``(N, H, L, D)`` -> output projection, in the module's layout ``(N, L, E)`` or ``(L, N, E)``."""
         out = out.transpose(1, 2) if self.batch_first else out.permute(2, 0, 1, 3)
         out = out.flatten(-2)
-        return kernels.linear(out, self.out_proj.weight, as_input_dtype(self.out_proj.bias, out),
-                              backend=self.backend)
+        projection = self.out_proj
+        return kernels.linear(out, projection.weight, as_input_dtype(projection.bias, out), backend=self.backend)
 
     def _project(self, query, key, value):
         if self._qkv_same_embed_dim and query is key and key is value:
