@@ -1,6 +1,7 @@
 """Tests specific to the native attention backend (kernels/_ops/attention_native.py, csrc/cpu/attention.cpp,
 csrc/cuda/attention*.cu): fp64 gradcheck of the C++ CPU kernels, opcheck, the dropout RNG (the same keep-mask as
-Triton's tl.rand), argument checks of the C++ ops, and the reference cases on the native backend.
+Triton's tl.rand: tests/test_attention_native_dropout.py), argument checks of the C++ ops, and the reference cases on
+the native backend.
 
 The shared attention test-suite (tests/test_attention.py) holds every backend to the same cases; these add what only
 the native kernels have (their ops' signatures, masks passed as stride-0 views, the edges of the CPU kernel's query
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _attention_native_cases import mask_kwargs, native_attention, padding_mask, qkv_inputs
 
 from kernels import reference
 from kernels._extension import has_native_kernel
@@ -23,26 +25,6 @@ if has_native_kernel("attention_forward", "cpu"):
     from kernels._ops import attention_native as native
 
 ops = torch.ops.kernels
-
-
-def _inputs(b, h, hkv, sq, sk, d, dtype=torch.float32, device="cpu", requires_grad=True):
-    q = torch.randn(b, h, sq, d, dtype=dtype, device=device, requires_grad=requires_grad)
-    k = torch.randn(b, hkv, sk, d, dtype=dtype, device=device, requires_grad=requires_grad)
-    v = torch.randn(b, hkv, sk, d, dtype=dtype, device=device, requires_grad=requires_grad)
-    return q, k, v
-
-
-def _padding(b, sk, device="cpu", fully_padded_row=False):
-    mask = torch.rand(b, sk, device=device) < 0.3
-    if fully_padded_row:
-        mask[0] = True
-    return mask
-
-
-def _native(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False, *,
-            key_padding_mask=None):
-    return native.scaled_dot_product_attention(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa,
-                                               key_padding_mask=key_padding_mask)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -59,35 +41,24 @@ SHAPES = [  # b, h, hkv, sq, sk, d
 MASKS = ["none", "causal", "padding", "bool", "float", "causal+padding+bool"]
 
 
-def _mask_kwargs(kind, b, h, sq, sk, dtype):
-    kwargs = {}
-    if "causal" in kind:
-        kwargs["is_causal"] = True
-    if "padding" in kind:
-        kwargs["key_padding_mask"] = _padding(b, sk)
-    if "bool" in kind:
-        kwargs["attn_mask"] = torch.rand(sq, sk) < 0.8  # broadcast over batch and heads
-    if kind == "float":
-        kwargs["attn_mask"] = torch.randn(b, 1, sq, sk, dtype=dtype)  # broadcast over heads
-    return kwargs
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("kind", MASKS)
 def test_matches_reference_fp32(shape, kind):
     b, h, hkv, sq, sk, d = shape
-    q, k, v = _inputs(b, h, hkv, sq, sk, d)
-    check_against_reference(_native, reference.scaled_dot_product_attention, q, k, v, enable_gqa=True,
-                            **_mask_kwargs(kind, b, h, sq, sk, torch.float32))
+    q, k, v = qkv_inputs(b, h, hkv, sq, sk, d)
+    check_against_reference(native_attention, reference.scaled_dot_product_attention, q, k, v, enable_gqa=True,
+                            **mask_kwargs(kind, b, h, sq, sk, torch.float32))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("kind", ["none", "causal+padding+bool", "float"])
 def test_matches_reference_dtypes(dtype, kind):
     b, h, hkv, sq, sk, d = 2, 4, 2, 37, 150, 64
-    q, k, v = _inputs(b, h, hkv, sq, sk, d, dtype)
-    check_against_reference(_native, reference.scaled_dot_product_attention, q, k, v, enable_gqa=True,
-                            **_mask_kwargs(kind, b, h, sq, sk, dtype))
+    q, k, v = qkv_inputs(b, h, hkv, sq, sk, d, dtype)
+    check_against_reference(native_attention, reference.scaled_dot_product_attention, q, k, v, enable_gqa=True,
+                            **mask_kwargs(kind, b, h, sq, sk, dtype))
 
 
 @pytest.mark.parametrize("lengths", [(300, 141, 17), (0, 159, 290), (288, 144, 32)],
@@ -104,25 +75,25 @@ def test_padding_runs_trim_the_key_blocks(lengths, is_causal):
             padding[b, :150] = True  # prefix padding, first visible key mid-block
         else:
             padding[b, n:] = True
-    q, k, v = _inputs(3, 2, 2, sk, sk, 16)
-    check_against_reference(_native, reference.scaled_dot_product_attention, q, k, v, is_causal=is_causal,
+    q, k, v = qkv_inputs(3, 2, 2, sk, sk, 16)
+    check_against_reference(native_attention, reference.scaled_dot_product_attention, q, k, v, is_causal=is_causal,
                             key_padding_mask=padding)
 
 
 @pytest.mark.parametrize("scale", [0.3, -0.3])
 def test_negative_scale(scale):
     """A negative scale flips which score is the row maximum (the unmasked fast path needs scale > 0)."""
-    q, k, v = _inputs(1, 2, 2, 33, 140, 16)
-    check_against_reference(_native, reference.scaled_dot_product_attention, q, k, v, scale=scale)
+    q, k, v = qkv_inputs(1, 2, 2, 33, 140, 16)
+    check_against_reference(native_attention, reference.scaled_dot_product_attention, q, k, v, scale=scale)
 
 
 @pytest.mark.parametrize("dtype,magnitude", [(torch.float32, 1.0), (torch.bfloat16, 30.0)])
 def test_scale_and_large_magnitudes(dtype, magnitude):
-    q, k, v = _inputs(1, 2, 2, 40, 70, 32, dtype)
+    q, k, v = qkv_inputs(1, 2, 2, 40, 70, 32, dtype)
     with torch.no_grad():  # sharp softmax rows: scores in the hundreds
         q.mul_(magnitude)
         k.mul_(magnitude)
-    out = check_against_reference(_native, reference.scaled_dot_product_attention, q, k, v, scale=0.3)
+    out = check_against_reference(native_attention, reference.scaled_dot_product_attention, q, k, v, scale=0.3)
     assert torch.isfinite(out).all()
 
 
@@ -146,21 +117,21 @@ def test_mask_layouts(layout, is_causal):
     above) by a scalar pass through its strides: both agree with the reference. 45 keys: five full fp32 vectors and a
     partial one."""
     sq, sk = 37, 45
-    q, k, v = _inputs(2, 2, 2, sq, sk, 24)
+    q, k, v = qkv_inputs(2, 2, 2, sq, sk, 24)
     mask = _mask_of_layout(layout, sq, sk)
-    check_against_reference(_native, reference.scaled_dot_product_attention, q, k, v, attn_mask=mask,
-                            is_causal=is_causal, key_padding_mask=_padding(2, sk))
+    check_against_reference(native_attention, reference.scaled_dot_product_attention, q, k, v, attn_mask=mask,
+                            is_causal=is_causal, key_padding_mask=padding_mask(2, sk))
 
 
 def test_fully_masked_rows_give_zeros_and_zero_gradients():
     b, h, sq, sk, d = 2, 2, 9, 20, 16
-    q, k, v = _inputs(b, h, h, sq, sk, d)
+    q, k, v = qkv_inputs(b, h, h, sq, sk, d)
     mask = torch.rand(b, 1, sq, sk) < 0.7
     mask[:, :, 3] = False  # query row 3 sees nothing
     padding = torch.zeros(b, sk, dtype=torch.bool)
     padding[1] = True  # every key of batch 1 is padding
-    check_against_reference(_native, reference.scaled_dot_product_attention, q, k, v, mask, key_padding_mask=padding)
-    out = _native(q, k, v, mask, key_padding_mask=padding)
+    check_against_reference(native_attention, reference.scaled_dot_product_attention, q, k, v, mask, key_padding_mask=padding)
+    out = native_attention(q, k, v, mask, key_padding_mask=padding)
     assert torch.equal(out[:, :, 3], torch.zeros_like(out[:, :, 3]))
     assert torch.equal(out[1], torch.zeros_like(out[1]))
     out.backward(torch.randn_like(out))
@@ -170,7 +141,7 @@ def test_fully_masked_rows_give_zeros_and_zero_gradients():
 
 
 def test_lse_of_fully_masked_rows_is_inf():
-    q, k, v = _inputs(1, 1, 1, 4, 6, 8, requires_grad=False)
+    q, k, v = qkv_inputs(1, 1, 1, 4, 6, 8, requires_grad=False)
     padding = torch.ones(1, 6, dtype=torch.bool)
     out, lse = ops.attention_forward(q, k, v, None, padding, False, 0.5, 0.0, None)
     assert torch.equal(out, torch.zeros_like(out)) and torch.isposinf(lse).all()
@@ -182,17 +153,17 @@ def test_lse_of_fully_masked_rows_is_inf():
 def test_non_contiguous_inputs():
     base = torch.randn(2, 50, 3, 4, 32)  # (B, S, 3, H, D): q, k, v sliced out of one packed projection
     q, k, v = (base[:, :, i].transpose(1, 2) for i in range(3))  # (B, H, S, D) views
-    check_against_reference(_native, reference.scaled_dot_product_attention, q.requires_grad_(),
+    check_against_reference(native_attention, reference.scaled_dot_product_attention, q.requires_grad_(),
                             k[:, :, ::2].requires_grad_(), v[:, :, ::2].requires_grad_(), is_causal=True)
     qt = torch.randn(2, 4, 48, 30).transpose(-1, -2).requires_grad_()  # head dim of stride 30
-    check_against_reference(_native, reference.scaled_dot_product_attention, qt, qt.detach(), qt.detach())
+    check_against_reference(native_attention, reference.scaled_dot_product_attention, qt, qt.detach(), qt.detach())
 
 
 @pytest.mark.parametrize("shape", [(0, 2, 2, 5, 5, 8), (1, 2, 2, 0, 5, 8), (1, 2, 2, 5, 0, 8)])
 def test_empty(shape):
     b, h, hkv, sq, sk, d = shape
-    q, k, v = _inputs(b, h, hkv, sq, sk, d)
-    out = _native(q, k, v)
+    q, k, v = qkv_inputs(b, h, hkv, sq, sk, d)
+    out = native_attention(q, k, v)
     assert out.shape == (b, h, sq, d)
     assert torch.equal(out, reference.scaled_dot_product_attention(q, k, v).detach())
     if out.numel():
@@ -202,7 +173,7 @@ def test_empty(shape):
 
 @pytest.mark.parametrize("shape", [(2, 4, 2, 100, 150, 64), (1, 2, 1, 150, 1100, 32)], ids=["pairs", "key-chunks"])
 def test_result_does_not_depend_on_thread_count(shape):
-    q, k, v = _inputs(*shape, requires_grad=False)
+    q, k, v = qkv_inputs(*shape, requires_grad=False)
     grad = torch.randn_like(q)
     threads = torch.get_num_threads()
     results = []
@@ -216,11 +187,11 @@ def test_result_does_not_depend_on_thread_count(shape):
 
 
 def test_negative_control_ignoring_the_mask_fails():
-    q, k, v = _inputs(1, 2, 2, 20, 30, 16)
-    padding = _padding(1, 30)
+    q, k, v = qkv_inputs(1, 2, 2, 20, 30, 16)
+    padding = padding_mask(1, 30)
 
     def ignores_padding(q, k, v, *, key_padding_mask):
-        return _native(q, k, v)
+        return native_attention(q, k, v)
 
     with pytest.raises(AssertionError):
         check_against_reference(ignores_padding, reference.scaled_dot_product_attention, q, k, v,
@@ -234,14 +205,14 @@ def test_negative_control_ignoring_the_mask_fails():
 @pytest.mark.parametrize("kind", ["none", "causal+padding", "float", "bool"])
 def test_gradcheck_fp64(kind):
     b, h, hkv, sq, sk, d = 2, 2, 1, 5, 7, 4
-    q, k, v = _inputs(b, h, hkv, sq, sk, d, torch.float64)
-    kwargs = _mask_kwargs(kind, b, h, sq, sk, torch.float64)
-    assert torch.autograd.gradcheck(lambda q, k, v: _native(q, k, v, enable_gqa=True, **kwargs), (q, k, v))
+    q, k, v = qkv_inputs(b, h, hkv, sq, sk, d, torch.float64)
+    kwargs = mask_kwargs(kind, b, h, sq, sk, torch.float64)
+    assert torch.autograd.gradcheck(lambda q, k, v: native_attention(q, k, v, enable_gqa=True, **kwargs), (q, k, v))
 
 
 def test_gradcheck_fp64_with_dropout():
-    q, k, v = _inputs(1, 2, 2, 6, 9, 4, torch.float64)
-    padding = _padding(1, 9)
+    q, k, v = qkv_inputs(1, 2, 2, 6, 9, 4, torch.float64)
+    padding = padding_mask(1, 9)
 
     def fn(q, k, v):
         return ops.attention_forward(q, k, v, None, padding, True, 0.4, 0.3, torch.tensor([1234]))[0]
@@ -250,10 +221,10 @@ def test_gradcheck_fp64_with_dropout():
 
 
 def _op_samples():
-    q, k, v = _inputs(2, 4, 2, 9, 13, 8, requires_grad=True)
+    q, k, v = qkv_inputs(2, 4, 2, 9, 13, 8, requires_grad=True)
     mask = (torch.rand(9, 13) < 0.8).expand(2, 4, 9, 13)
     float_mask = torch.randn(2, 1, 9, 13).expand(2, 4, 9, 13)
-    padding = _padding(2, 13)
+    padding = padding_mask(2, 13)
     return [
         (q, k, v, None, None, False, 0.35, 0.0, None),
         (q, k, v, mask, padding, True, 0.35, 0.0, None),
@@ -280,9 +251,9 @@ def test_backward_splits_the_keys_of_few_sequences_into_chunks(kind):
     its dQ into a partial sum (summed in chunk order afterwards). Causal rows (150 queries) see only the first chunk's
     keys: the other chunk's query blocks are skipped and its dK, dV are zero."""
     b, h, hkv, sq, sk, d = 1, 2, 1, 150, 1100, 32
-    q, k, v = _inputs(b, h, hkv, sq, sk, d)
-    check_against_reference(_native, reference.scaled_dot_product_attention, q, k, v, enable_gqa=True,
-                            **_mask_kwargs(kind, b, h, sq, sk, torch.float32))
+    q, k, v = qkv_inputs(b, h, hkv, sq, sk, d)
+    check_against_reference(native_attention, reference.scaled_dot_product_attention, q, k, v, enable_gqa=True,
+                            **mask_kwargs(kind, b, h, sq, sk, torch.float32))
 
 
 def test_varlen_backward_splits_the_keys_into_chunks():
@@ -349,9 +320,9 @@ def test_varlen_op_bad_offsets_name_the_argument(change, match):
 
 
 def test_compiles_fullgraph():
-    q, k, v = _inputs(1, 2, 2, 10, 12, 16)
-    padding = _padding(1, 12)
-    compiled = torch.compile(lambda q, k, v: _native(q, k, v, is_causal=True, key_padding_mask=padding),
+    q, k, v = qkv_inputs(1, 2, 2, 10, 12, 16)
+    padding = padding_mask(1, 12)
+    compiled = torch.compile(lambda q, k, v: native_attention(q, k, v, is_causal=True, key_padding_mask=padding),
                              fullgraph=True, backend="aot_eager")
     out = compiled(q, k, v)
     assert_close(out.detach(), reference.scaled_dot_product_attention(
@@ -361,68 +332,11 @@ def test_compiles_fullgraph():
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Dropout: Philox keyed by the seed, counter = element offset; the same numbers as Triton's tl.rand
-# ----------------------------------------------------------------------------------------------------------------------
-
-def test_dropout_matches_reference_with_the_keep_mask_of_the_seed():
-    b, h, sq, sk, d, p, seed = 2, 2, 33, 140, 16, 0.25, 987654321
-    q, k, v = _inputs(b, h, h, sq, sk, d)
-    padding = _padding(b, sk)
-    keep = native.dropout_keep_mask(seed, (b, h, sq, sk), p)
-    assert 0.65 < keep.float().mean().item() < 0.85
-
-    def fn(q, k, v, key_padding_mask):
-        return ops.attention_forward(q, k, v, None, key_padding_mask, True, d ** -0.5, p, torch.tensor([seed]))[0]
-
-    def ref(q, k, v, key_padding_mask):
-        return reference.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True,
-                                                      key_padding_mask=key_padding_mask, dropout_mask=keep)
-
-    check_against_reference(fn, ref, q, k, v, padding)
-
-
-def test_dropout_seed_is_drawn_from_torch_generator():
-    q, k, v = _inputs(1, 2, 2, 16, 16, 8, requires_grad=False)
-    torch.manual_seed(5)
-    a = _native(q, k, v, dropout_p=0.5)
-    torch.manual_seed(5)
-    b = _native(q, k, v, dropout_p=0.5)
-    c = _native(q, k, v, dropout_p=0.5)
-    assert torch.equal(a, b) and not torch.equal(a, c)
-
-
-def test_philox_known_answer():
-    # Philox4x32-10 of Random123's known-answer test: key (0, 0), counter (0, 0, 0, 0) -> first word 0x6627e8d5.
-    word = native._philox_first_word(0, torch.zeros(1, dtype=torch.int64).numpy())
-    assert int(word[0]) == 0x6627E8D5
-
-
-@pytest.mark.interpret
-def test_keep_mask_matches_triton_tl_rand():
-    triton = pytest.importorskip("triton")
-    import triton.language as tl
-
-    @triton.jit
-    def uniform_kernel(out_ptr, seed, n, BLOCK: tl.constexpr):
-        offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        tl.store(out_ptr + offsets, tl.rand(seed, offsets), mask=offsets < n)
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu" and not __import__("os").environ.get("TRITON_INTERPRET") == "1":
-        pytest.skip("Triton on CPU tensors needs the interpreter")
-    shape, seed = (2, 3, 5, 37), 2**33 + 12345  # a seed wider than 32 bits exercises both key words
-    n = 2 * 3 * 5 * 37
-    out = torch.empty(n, device=device)
-    uniform_kernel[(triton.cdiv(n, 256),)](out, seed, n, BLOCK=256)
-    assert torch.equal(out.cpu().view(shape), native.dropout_uniform(seed, shape))
-
-
-# ----------------------------------------------------------------------------------------------------------------------
 # Argument checks of the C++ ops (messages name the argument)
 # ----------------------------------------------------------------------------------------------------------------------
 
 def test_bad_arguments_name_the_argument():
-    q, k, v = _inputs(1, 4, 2, 5, 6, 8, requires_grad=False)
+    q, k, v = qkv_inputs(1, 4, 2, 5, 6, 8, requires_grad=False)
     with pytest.raises(ValueError, match="`q` has dtype"):
         ops.attention_forward(q.half(), k.half(), v.half(), None, None, False, 1.0, 0.0, None)
     with pytest.raises(ValueError, match="`k` has dtype"):
@@ -446,7 +360,7 @@ def test_bad_arguments_name_the_argument():
 
 
 def test_unsupported_calls_name_the_argument():
-    q, k, v = _inputs(1, 2, 2, 5, 6, 8, requires_grad=False)
+    q, k, v = qkv_inputs(1, 2, 2, 5, 6, 8, requires_grad=False)
     assert native.unsupported(q=q, k=k, v=v) is None
     assert "`v` has head dim" in native.unsupported(q=q, k=k, v=torch.randn(1, 2, 6, 4))
     big = torch.randn(1, 1, 2, 300)
@@ -472,10 +386,10 @@ CUDA_CASES = [  # b, h, hkv, sq, sk, d
 @pytest.mark.parametrize("kind", ["none", "causal", "padding", "bool", "float"])
 def test_cuda_forward_matches_reference(dtype, shape, kind):
     b, h, hkv, sq, sk, d = shape
-    q, k, v = _inputs(b, h, hkv, sq, sk, d, dtype, "cuda", requires_grad=False)
+    q, k, v = qkv_inputs(b, h, hkv, sq, sk, d, dtype, "cuda", requires_grad=False)
     kwargs = {key: value.cuda() if isinstance(value, torch.Tensor) else value
-              for key, value in _mask_kwargs(kind, b, h, sq, sk, dtype).items()}
-    check_against_reference(_native, reference.scaled_dot_product_attention, q, k, v, enable_gqa=True, **kwargs)
+              for key, value in mask_kwargs(kind, b, h, sq, sk, dtype).items()}
+    check_against_reference(native_attention, reference.scaled_dot_product_attention, q, k, v, enable_gqa=True, **kwargs)
 
 
 @pytest.mark.gpu
@@ -486,34 +400,34 @@ def test_cuda_backward_matches_reference(dtype, shape, kind):
     # The CUDA backward kernels are called through the op's autograd (the registry's check still keeps "auto" off
     # them until this test has passed on a GPU).
     b, h, hkv, sq, sk, d = shape
-    q, k, v = _inputs(b, h, hkv, sq, sk, d, dtype, "cuda")
+    q, k, v = qkv_inputs(b, h, hkv, sq, sk, d, dtype, "cuda")
     kwargs = {key: value.cuda() if isinstance(value, torch.Tensor) else value
-              for key, value in _mask_kwargs(kind, b, h, sq, sk, dtype).items()}
-    check_against_reference(_native, reference.scaled_dot_product_attention, q, k, v, enable_gqa=True, **kwargs)
+              for key, value in mask_kwargs(kind, b, h, sq, sk, dtype).items()}
+    check_against_reference(native_attention, reference.scaled_dot_product_attention, q, k, v, enable_gqa=True, **kwargs)
 
 
 @pytest.mark.gpu
 def test_cuda_backward_is_deterministic():
-    q, k, v = _inputs(2, 8, 2, 700, 900, 128, torch.bfloat16, "cuda")
+    q, k, v = qkv_inputs(2, 8, 2, 700, 900, 128, torch.bfloat16, "cuda")
     grad = torch.randn_like(q)
-    first = torch.autograd.grad(_native(q, k, v, enable_gqa=True), (q, k, v), grad)
+    first = torch.autograd.grad(native_attention(q, k, v, enable_gqa=True), (q, k, v), grad)
     for _ in range(50):
-        again = torch.autograd.grad(_native(q, k, v, enable_gqa=True), (q, k, v), grad)
+        again = torch.autograd.grad(native_attention(q, k, v, enable_gqa=True), (q, k, v), grad)
         assert all(torch.equal(a, b) for a, b in zip(again, first))
 
 
 @pytest.mark.gpu
 def test_cuda_forward_is_deterministic():
-    q, k, v = _inputs(2, 8, 8, 1024, 1024, 128, torch.bfloat16, "cuda", requires_grad=False)
-    first = _native(q, k, v, is_causal=True)
+    q, k, v = qkv_inputs(2, 8, 8, 1024, 1024, 128, torch.bfloat16, "cuda", requires_grad=False)
+    first = native_attention(q, k, v, is_causal=True)
     for _ in range(50):
-        assert torch.equal(_native(q, k, v, is_causal=True), first)
+        assert torch.equal(native_attention(q, k, v, is_causal=True), first)
 
 
 @pytest.mark.gpu
 def test_cuda_dropout_keep_mask_matches_cpu():
     b, h, sq, sk, d, p, seed = 1, 2, 100, 300, 64, 0.3, 4242
-    q, k, v = _inputs(b, h, h, sq, sk, d, torch.float16, "cuda")
+    q, k, v = qkv_inputs(b, h, h, sq, sk, d, torch.float16, "cuda")
     keep = native.dropout_keep_mask(seed, (b, h, sq, sk), p).cuda()
 
     def fn(q, k, v):
