@@ -37,8 +37,8 @@ COST = {"pytest_start": 20.0, "native_case": 0.25, "triton_case": 0.3, "compile"
 # an autotuned specialisation compiles (attention: 2 x 2 warps/stages; linear: its pruned candidates; the other
 # launchers do not autotune).
 KERNELS_PER_CASE = {"test_attention.py": 4, "test_attention_gpu.py": 4, "test_attention_dropout.py": 4,
-                    "test_attention_varlen.py": 4, "test_attention_masks.py": 4,
-                    "test_nonfinite_attention.py": 4, "test_layer_norm.py": 3, "test_nonfinite_layer_norm.py": 3,
+                    "test_attention_varlen.py": 4, "test_attention_masks.py": 4, "test_nonfinite_attention.py": 4,
+                    "test_layer_norm.py": 3, "test_layer_norm_gpu.py": 3, "test_nonfinite_layer_norm.py": 3,
                     "test_masked_softmax.py": 2, "test_nonfinite_masked_softmax.py": 2, "test_residual_add.py": 1,
                     "test_linear.py": 2, "test_feed_forward.py": 4, "test_triton_launchers.py": 4}
 AUTOTUNE_CANDIDATES = {"test_attention.py": 4, "test_attention_gpu.py": 4, "test_attention_varlen.py": 4,
@@ -82,7 +82,7 @@ def _k(*expressions: str) -> str:
 # inputs (1024 x 1024); racecheck (slower) the first only.
 _DENSE = "tests/test_attention_native_cuda.py::test_head_dims_forward_backward"
 _VARLEN = "tests/test_attention_native_cuda.py::test_varlen_matches_reference"
-_NORM = "tests/test_layer_norm.py::test_gpu_non_contiguous_and_large_magnitudes"
+_NORM = "tests/test_layer_norm_gpu.py::test_gpu_non_contiguous_and_large_magnitudes"
 SANITIZED = {
     "memcheck": (f"{_DENSE}[causal+padding+bool-1x2x1x97x45-64-torch.float16]",
                  f"{_VARLEN}[True-64-torch.float16]", f"{_NORM}[native-layer_norm]"),

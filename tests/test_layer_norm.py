@@ -3,55 +3,29 @@
 CPU tier: the torch reference, the C++ CPU kernels ("native") and the Triton kernels under the interpreter, all held
 to the same cases. Triton on the interpreter runs fp32/fp16 only and takes the looped (long-row) kernels from 1025
 columns on, so hidden sizes 4097 and 65536 exercise them. GPU tier (marker `gpu`): bf16, realistic sizes,
-determinism, torch.compile and CUDA graphs.
+determinism, torch.compile and CUDA graphs (tests/test_layer_norm_gpu.py).
 """
-
-import functools
 
 import pytest
 import torch
+from _layer_norm_cases import EPS, OPS, norm_fn, norm_inputs, reference_fn
 
 import kernels
 from kernels import reference
 from kernels.testing import available_devices, backends_for, check_against_reference
 
-OPS = ("layer_norm", "rms_norm")
 # fp32 gradient slack for zero-variance rows (see test_hidden_sizes); fp16/bf16 and fp64 use their own rules.
 _ZERO_VARIANCE_GRAD_ATOL = 1e-4
-EPS = 1e-5  # explicit for rms_norm: eps=None means finfo(dtype).eps, which differs between T and the fp64 reference
 
 
 def _backends(op, device="cpu"):
     return ["torch"] + backends_for(op, device)
 
 
-def _fn(op, backend):
-    return functools.partial(getattr(kernels, op), backend=backend)
-
-
-def _ref(op):
-    return getattr(reference, op)
-
-
 def _dtypes(backend):
     """The dtypes each backend is tested in on the CPU (the Triton interpreter: fp32/fp16 only)."""
     return {"torch": (torch.float32,), "native": (torch.float32, torch.float64, torch.bfloat16),
             "triton": (torch.float32, torch.float16)}[backend]
-
-
-def _inputs(op, shape, n_dims=1, *, dtype=torch.float32, device="cpu", weight=True, bias=True, residual=False,
-            scale=1.0, offset=0.0):
-    """(args, kwargs) for kernels.<op>, every tensor a leaf that requires grad."""
-    normalized = shape[len(shape) - n_dims:]
-    x = (torch.randn(shape, dtype=torch.float64) * scale + offset).to(dtype).to(device).requires_grad_()
-    w = (torch.rand(normalized, dtype=dtype, device=device) + 0.5).requires_grad_() if weight else None
-    b = torch.randn(normalized, dtype=dtype, device=device).requires_grad_() if bias else None
-    kwargs = {}
-    if residual:
-        kwargs["residual"] = torch.randn(shape, dtype=dtype, device=device).requires_grad_()
-    if op == "layer_norm":
-        return (x, normalized, w, b, EPS), kwargs
-    return (x, normalized, w, EPS), kwargs
 
 
 def _cases():
@@ -72,22 +46,22 @@ def test_hidden_sizes(op, backend, hidden, residual):
     grad_atol = _ZERO_VARIANCE_GRAD_ATOL if hidden == 1 else None
     shape = (3, 5, hidden) if hidden < 2048 else (2, hidden)  # long rows: few of them (the interpreter is slow)
     for dtype in _dtypes(backend):
-        args, kwargs = _inputs(op, shape, dtype=dtype, residual=residual)
-        check_against_reference(_fn(op, backend), _ref(op), *args, grad_atol=grad_atol, **kwargs)
+        args, kwargs = norm_inputs(op, shape, dtype=dtype, residual=residual)
+        check_against_reference(norm_fn(op, backend), reference_fn(op), *args, grad_atol=grad_atol, **kwargs)
 
 
 @pytest.mark.parametrize("op,backend", CASES)
 def test_hidden_65536(op, backend):
-    args, kwargs = _inputs(op, (2, 65536), residual=True)
-    check_against_reference(_fn(op, backend), _ref(op), *args, **kwargs)
+    args, kwargs = norm_inputs(op, (2, 65536), residual=True)
+    check_against_reference(norm_fn(op, backend), reference_fn(op), *args, **kwargs)
 
 
 @pytest.mark.parametrize("op,backend", CASES)
 @pytest.mark.parametrize("shape,n_dims", [((1, 768), 1), ((300, 64), 1), ((2, 3, 4, 40), 2), ((96,), 1)],
                          ids=["one-row", "many-rows", "2d-normalized", "1d-input"])
 def test_shapes(op, backend, shape, n_dims):
-    args, kwargs = _inputs(op, shape, n_dims, residual=True)
-    check_against_reference(_fn(op, backend), _ref(op), *args, **kwargs)
+    args, kwargs = norm_inputs(op, shape, n_dims, residual=True)
+    check_against_reference(norm_fn(op, backend), reference_fn(op), *args, **kwargs)
 
 
 @pytest.mark.parametrize("op,backend", CASES)
@@ -96,8 +70,8 @@ def test_shapes(op, backend, shape, n_dims):
 def test_optional_parameters(op, backend, weight, bias):
     if op == "rms_norm" and bias:
         pytest.skip("rms_norm has no bias")
-    args, kwargs = _inputs(op, (7, 200), weight=weight, bias=bias, residual=True)
-    check_against_reference(_fn(op, backend), _ref(op), *args, **kwargs)
+    args, kwargs = norm_inputs(op, (7, 200), weight=weight, bias=bias, residual=True)
+    check_against_reference(norm_fn(op, backend), reference_fn(op), *args, **kwargs)
 
 
 @pytest.mark.parametrize("op,backend", CASES)
@@ -109,13 +83,13 @@ def test_zero_variance_rows(op, backend):
     w = (torch.rand(300) + 0.5).requires_grad_()
     b = torch.randn(300).requires_grad_()
     args = (x, 300, w, b, EPS) if op == "layer_norm" else (x, 300, w, EPS)
-    out = check_against_reference(_fn(op, backend), _ref(op), *args, grad_atol=_ZERO_VARIANCE_GRAD_ATOL)
+    out = check_against_reference(norm_fn(op, backend), reference_fn(op), *args, grad_atol=_ZERO_VARIANCE_GRAD_ATOL)
     assert torch.isfinite(out).all()
     if op == "layer_norm":
         torch.testing.assert_close(out[:2].detach(), b.detach().expand(2, 300))  # xhat = 0: the bias alone
     # A large constant row: the output stays finite (its fp32 mean is not exact, so gradients are ill-conditioned).
     big = torch.full((2, 300), -1e4)
-    assert torch.isfinite(_fn(op, backend)(big, *args[1:])).all()
+    assert torch.isfinite(norm_fn(op, backend)(big, *args[1:])).all()
 
 
 @pytest.mark.parametrize("op,backend", CASES)
@@ -123,8 +97,8 @@ def test_large_magnitudes(op, backend):
     for dtype in _dtypes(backend):
         big = 100.0 if dtype != torch.float16 else 50.0
         # A large offset with a small spread: the two-pass variance keeps it exact where a one-pass one cancels.
-        args, kwargs = _inputs(op, (9, 513), dtype=dtype, scale=big, offset=20 * big, residual=True)
-        out = check_against_reference(_fn(op, backend), _ref(op), *args, **kwargs)
+        args, kwargs = norm_inputs(op, (9, 513), dtype=dtype, scale=big, offset=20 * big, residual=True)
+        out = check_against_reference(norm_fn(op, backend), reference_fn(op), *args, **kwargs)
         assert all(torch.isfinite(o).all() for o in out)
 
 
@@ -139,14 +113,14 @@ def test_non_contiguous(op, backend, layout):
     w = torch.randn(2 * n)[::2]  # a strided weight too
     x, residual, w = x.requires_grad_(), residual.requires_grad_(), w.detach().requires_grad_()
     args = (x, n, w, None, EPS) if op == "layer_norm" else (x, n, w, EPS)
-    check_against_reference(_fn(op, backend), _ref(op), *args, residual=residual)
+    check_against_reference(norm_fn(op, backend), reference_fn(op), *args, residual=residual)
 
 
 @pytest.mark.parametrize("op,backend", CASES)
 @pytest.mark.parametrize("shape", [(0, 16), (2, 0, 16)])
 def test_empty(op, backend, shape):
-    args, kwargs = _inputs(op, shape, residual=True)
-    y, h = _fn(op, backend)(*args, **kwargs)
+    args, kwargs = norm_inputs(op, shape, residual=True)
+    y, h = norm_fn(op, backend)(*args, **kwargs)
     assert y.shape == shape and h.shape == shape
     (y.sum() + h.sum()).backward()
     assert args[0].grad.shape == shape
@@ -159,7 +133,7 @@ def test_properties(op, backend):
     returned h is exactly x + residual (rounded once)."""
     x, residual = torch.randn(16, 512) * 3 + 1, torch.randn(16, 512)
     args = (x, 512, None, None, 0.0) if op == "layer_norm" else (x, 512, None, 0.0)
-    y, h = _fn(op, backend)(*args, residual=residual)
+    y, h = norm_fn(op, backend)(*args, residual=residual)
     assert torch.equal(h, x + residual)
     if op == "layer_norm":
         torch.testing.assert_close(y.mean(-1), torch.zeros(16), atol=1e-5, rtol=0)
@@ -171,8 +145,8 @@ def test_properties(op, backend):
 @pytest.mark.parametrize("op,backend", CASES)
 def test_default_eps(op, backend):
     x = (torch.randn(4, 64) * 1e-3).requires_grad_()
-    out = _fn(op, backend)(x, 64)
-    expected = _ref(op)(x, 64)  # both in fp32: rms_norm's eps=None is finfo(float32).eps on both sides
+    out = norm_fn(op, backend)(x, 64)
+    expected = reference_fn(op)(x, 64)  # both in fp32: rms_norm's eps=None is finfo(float32).eps on both sides
     torch.testing.assert_close(out, expected)
 
 
@@ -191,8 +165,8 @@ def test_rms_norm_default_eps_is_that_of_the_statistics_dtype(backend, dtype):
 @pytest.mark.parametrize("op,backend", CASES)
 def test_gradient_of_h_only(op, backend):
     """Pre-norm layers use h as the next residual: a loss on h alone must reach x and residual unchanged."""
-    args, kwargs = _inputs(op, (5, 33), residual=True)
-    _y, h = _fn(op, backend)(*args, **kwargs)
+    args, kwargs = norm_inputs(op, (5, 33), residual=True)
+    _y, h = norm_fn(op, backend)(*args, **kwargs)
     g = torch.randn_like(h)
     h.backward(g)
     assert torch.equal(args[0].grad, g) and torch.equal(kwargs["residual"].grad, g)
@@ -203,10 +177,10 @@ def test_gradient_of_h_only(op, backend):
 def test_backward_deterministic(op, backend):
     if backend not in backends_for(op, "cpu"):
         pytest.skip(f"backend {backend} not usable here")
-    args, kwargs = _inputs(op, (257, 96), residual=True)
+    args, kwargs = norm_inputs(op, (257, 96), residual=True)
     grads = []
     for _ in range(3):
-        y, h = _fn(op, backend)(*args, **kwargs)
+        y, h = norm_fn(op, backend)(*args, **kwargs)
         grads.append(torch.autograd.grad((y, h), [args[0], args[2]], (torch.ones_like(y), torch.ones_like(h))))
     for other in grads[1:]:
         assert all(torch.equal(a, b) for a, b in zip(grads[0], other))
@@ -279,10 +253,10 @@ def test_torch_compile_fullgraph(op, backend):
     """Traces through the registered ops and their fakes and autograd without graph breaks (aot_eager on the CPU:
     the tracing is the point, not Inductor's code generation; the GPU tier compiles with Inductor)."""
     torch._dynamo.reset()
-    args, kwargs = _inputs(op, (4, 48), residual=True)
-    fn = _fn(op, backend)
+    args, kwargs = norm_inputs(op, (4, 48), residual=True)
+    fn = norm_fn(op, backend)
     compiled = torch.compile(lambda *a, **k: fn(*a, **k), fullgraph=True, backend="aot_eager")
-    check_against_reference(compiled, _ref(op), *args, **kwargs)
+    check_against_reference(compiled, reference_fn(op), *args, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -291,7 +265,7 @@ def test_torch_compile_fullgraph(op, backend):
 
 @pytest.mark.parametrize("op,backend", CASES)
 def test_bad_inputs(op, backend):
-    fn = _fn(op, backend)
+    fn = norm_fn(op, backend)
     x = torch.randn(4, 8)
     with pytest.raises(ValueError, match="`normalized_shape`"):
         fn(x, 7)
@@ -362,7 +336,7 @@ def test_negative_control_wrong_variance():
         y = (h - mean) / torch.sqrt(h.var(-1, keepdim=True, unbiased=True) + eps) * weight + bias
         return y if residual is None else (y, h)
 
-    args, kwargs = _inputs("layer_norm", (8, 64), residual=True)
+    args, kwargs = norm_inputs("layer_norm", (8, 64), residual=True)
     with pytest.raises(AssertionError):
         check_against_reference(biased_std, reference.layer_norm, *args, **kwargs)
 
@@ -381,95 +355,6 @@ def test_negative_control_missing_residual_gradient():
         h = DropsResidualGrad.apply(x + residual)
         return reference.layer_norm(h, normalized_shape, weight, bias, eps), h
 
-    args, kwargs = _inputs("layer_norm", (8, 64), residual=True)
+    args, kwargs = norm_inputs("layer_norm", (8, 64), residual=True)
     with pytest.raises(AssertionError, match="gradient"):
         check_against_reference(wrong, reference.layer_norm, *args, **kwargs)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# GPU tier
-# ----------------------------------------------------------------------------------------------------------------------
-
-GPU_BACKENDS = ["native", "triton"]
-
-
-def _gpu_backend(op, backend):
-    if backend not in backends_for(op, "cuda"):
-        pytest.skip(f"backend {backend} not usable on cuda here")
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("op", OPS)
-@pytest.mark.parametrize("backend", GPU_BACKENDS)
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
-@pytest.mark.parametrize("shape", [(4096, 768), (2048, 1024), (1024, 4096), (512, 8192), (64, 16384), (8, 65536),
-                                   (333, 1000), (77, 127), (16, 1)])
-def test_gpu_realistic(op, backend, dtype, shape):
-    _gpu_backend(op, backend)
-    # fp32 on a GPU is compared with an fp32 reference (testing.md): the fixed table then measures reduction order
-    # (dweight sums thousands of rows, a row sums up to 65536 elements), so fp32 gets a documented wider table.
-    tolerance = dict(atol=1e-4, rtol=1e-4, grad_atol=1e-3, grad_rtol=1e-4) if dtype == torch.float32 else {}
-    args, kwargs = _inputs(op, shape, dtype=dtype, device="cuda", residual=True)
-    check_against_reference(_fn(op, backend), _ref(op), *args, **tolerance, **kwargs)
-    args, kwargs = _inputs(op, shape, dtype=dtype, device="cuda", bias=False)
-    check_against_reference(_fn(op, backend), _ref(op), *args, **tolerance, **kwargs)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("op", OPS)
-@pytest.mark.parametrize("backend", GPU_BACKENDS)
-def test_gpu_non_contiguous_and_large_magnitudes(op, backend):
-    _gpu_backend(op, backend)
-    x = (torch.randn(1024, 2048, device="cuda", dtype=torch.float16) * 50)[:, ::2].requires_grad_()
-    residual = torch.randn(1024, 1024, device="cuda", dtype=torch.float16).t().requires_grad_()
-    w = torch.randn(1024, device="cuda", dtype=torch.float16, requires_grad=True)
-    args = (x, 1024, w, None, EPS) if op == "layer_norm" else (x, 1024, w, EPS)
-    check_against_reference(_fn(op, backend), _ref(op), *args, residual=residual)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("op", OPS)
-@pytest.mark.parametrize("backend", GPU_BACKENDS)
-def test_gpu_backward_deterministic(op, backend):
-    _gpu_backend(op, backend)
-    args, kwargs = _inputs(op, (32768, 1024), dtype=torch.bfloat16, device="cuda", residual=True)
-    y, h = _fn(op, backend)(*args, **kwargs)
-    dy, dh = torch.randn_like(y), torch.randn_like(h)
-    leaves = [t for t in (args[0], kwargs["residual"], args[2]) if t is not None]
-    first = torch.autograd.grad((y, h), leaves, (dy, dh), retain_graph=True)
-    for _ in range(50):
-        again = torch.autograd.grad((y, h), leaves, (dy, dh), retain_graph=True)
-        assert all(torch.equal(a, b) for a, b in zip(first, again))
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("op", OPS)
-@pytest.mark.parametrize("backend", GPU_BACKENDS)
-def test_gpu_torch_compile_inductor(op, backend):
-    _gpu_backend(op, backend)
-    torch._dynamo.reset()
-    args, kwargs = _inputs(op, (256, 1024), dtype=torch.bfloat16, device="cuda", residual=True)
-    fn = _fn(op, backend)
-    compiled = torch.compile(lambda *a, **k: fn(*a, **k), fullgraph=True)
-    check_against_reference(compiled, _ref(op), *args, **kwargs)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("op", OPS)
-@pytest.mark.parametrize("backend", GPU_BACKENDS)
-def test_gpu_cuda_graph(op, backend):
-    _gpu_backend(op, backend)
-    args, _ = _inputs(op, (512, 2048), dtype=torch.bfloat16, device="cuda")
-    args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
-    residual = torch.randn(512, 2048, device="cuda", dtype=torch.bfloat16)
-    fn = _fn(op, backend)
-    fn(*args, residual=residual)  # warm-up (compiles the Triton kernel) outside the capture
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        y, h = fn(*args, residual=residual)
-    args[0].copy_(torch.randn_like(args[0]))
-    graph.replay()
-    torch.cuda.synchronize()
-    expected_y, expected_h = fn(*args, residual=residual)
-    assert torch.equal(y, expected_y) and torch.equal(h, expected_h)
