@@ -112,16 +112,27 @@ def write_plots(out_dir: str, results: list[Result]) -> list[str]:
                               if all(getattr(r, m[0]) is not None for r in group)),
                              ("median_ms", "ms per call (lower is better)"))
         width = 0.8 / len(providers)
-        figure, axis = plt.subplots(figsize=(max(6, 1.6 * len(shapes)), 4))
+        # Up to 8 shapes as columns; more (the overhead calls: 28) as rows, one readable label each.
+        horizontal = len(shapes) > 8
+        size = (9, 1 + 0.15 * len(shapes) * max(2, len(providers))) if horizontal else (max(6, 1.6 * len(shapes)), 4)
+        figure, axis = plt.subplots(figsize=size)
         for i, provider in enumerate(providers):
             values = []
             for shape in shapes:
                 match = [r for r in group if r.shape == shape and r.provider == provider]
                 values.append(getattr(match[0], metric) if match else 0.0)
-            axis.bar([x + i * width for x in range(len(shapes))], values, width, label=provider)
-        axis.set_xticks([x + 0.4 - width / 2 for x in range(len(shapes))])
-        axis.set_xticklabels(shapes, rotation=20, ha="right", fontsize=7)
-        axis.set_ylabel(label)
+            bars = axis.barh if horizontal else axis.bar
+            bars([x + i * width for x in range(len(shapes))], values, width, label=provider)
+        ticks = [x + 0.4 - width / 2 for x in range(len(shapes))]
+        if horizontal:
+            axis.set_yticks(ticks)
+            axis.set_yticklabels(shapes, fontsize=7)
+            axis.invert_yaxis()  # the first case on top
+            axis.set_xlabel(label)
+        else:
+            axis.set_xticks(ticks)
+            axis.set_xticklabels(shapes, rotation=20, ha="right", fontsize=7)
+            axis.set_ylabel(label)
         axis.set_title(f"{op} {mode} ({group[0].dtype}, {group[0].device})")
         axis.legend(fontsize=7)
         figure.tight_layout()

@@ -25,9 +25,20 @@ def test_one_plot_per_op_and_mode_with_the_measure_every_result_has(tmp_path, mo
     import matplotlib.axes
 
     labels = []
-    original = matplotlib.axes.Axes.set_ylabel
-    monkeypatch.setattr(matplotlib.axes.Axes, "set_ylabel",
-                        lambda self, text, *a, **k: (labels.append(text), original(self, text, *a, **k))[1])
+    for name in ("set_xlabel", "set_ylabel"):
+        original = getattr(matplotlib.axes.Axes, name)
+        monkeypatch.setattr(matplotlib.axes.Axes, name, lambda self, text, *a, _original=original, **k: (
+            labels.append(text), _original(self, text, *a, **k))[1])
     paths = write_plots(str(tmp_path), results)
     assert len(paths) == 1 and os.path.getsize(paths[0]) > 0
-    assert labels and labels[0].startswith(label)
+    assert len(labels) == 1 and labels[0].startswith(label)
+
+
+def test_many_cases_are_plotted_as_rows(tmp_path):
+    from PIL import Image
+
+    results = [_result(f"call=op{i} grad=False", provider, 0.004 + i * 1e-4, op="overhead")
+               for i in range(28) for provider in ("torch", "ours")]
+    (path,) = write_plots(str(tmp_path), results)
+    width, height = Image.open(path).size
+    assert height > width  # one row per call, not 28 squeezed columns
