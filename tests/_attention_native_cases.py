@@ -32,13 +32,20 @@ def native_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, sc
 
 
 def mask_kwargs(kind, b, h, sq, sk, dtype):
+    """The keyword arguments of one mask kind ("none", "causal", "padding", "bool", "float" or a "+" combination):
+    padding that leaves every batch entry a key (fully padded rows have their own tests), a bool (Sq, Sk) keep-mask
+    broadcast over batch and heads, an additive (B, 1, Sq, Sk) mask with -inf entries broadcast over heads."""
     kwargs = {}
     if "causal" in kind:
         kwargs["is_causal"] = True
     if "padding" in kind:
-        kwargs["key_padding_mask"] = padding_mask(b, sk)
+        padding = padding_mask(b, sk)
+        padding[:, 0] = False
+        kwargs["key_padding_mask"] = padding
     if "bool" in kind:
-        kwargs["attn_mask"] = torch.rand(sq, sk) < 0.8  # broadcast over batch and heads
+        kwargs["attn_mask"] = torch.rand(sq, sk) < 0.8
     if kind == "float":
-        kwargs["attn_mask"] = torch.randn(b, 1, sq, sk, dtype=dtype)  # broadcast over heads
+        mask = torch.randn(b, 1, sq, sk, dtype=dtype)
+        mask[torch.rand(b, 1, sq, sk) < 0.2] = float("-inf")
+        kwargs["attn_mask"] = mask
     return kwargs

@@ -41,8 +41,6 @@ SHAPES = [  # b, h, hkv, sq, sk, d
 MASKS = ["none", "causal", "padding", "bool", "float", "causal+padding+bool"]
 
 
-
-
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("kind", MASKS)
 def test_matches_reference_fp32(shape, kind):

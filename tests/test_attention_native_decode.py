@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _attention_native_cases import mask_kwargs
 
 import kernels
 from kernels import reference
@@ -38,23 +39,6 @@ def _inputs(b, h, hkv, sq, sk, d, dtype=torch.float32, requires_grad=True):
                  for heads, s in ((h, sq), (hkv, sk), (hkv, sk)))
 
 
-def _mask_kwargs(kind, b, h, sq, sk, dtype):
-    kwargs = {}
-    if "causal" in kind:
-        kwargs["is_causal"] = True
-    if "padding" in kind:
-        padding = torch.rand(b, sk) < 0.3
-        padding[:, 0] = False  # every batch entry keeps a key (fully padded rows: their own test)
-        kwargs["key_padding_mask"] = padding
-    if "bool" in kind:
-        kwargs["attn_mask"] = torch.rand(sq, sk) < 0.8  # broadcast over batch and heads
-    if kind == "float":
-        mask = torch.randn(b, 1, sq, sk, dtype=dtype)  # broadcast over heads
-        mask[torch.rand(b, 1, sq, sk) < 0.2] = float("-inf")
-        kwargs["attn_mask"] = mask
-    return kwargs
-
-
 # b, h, hkv, sq, sk, d: 1-4 query rows; key counts around the 64-key chunks and the 16-key panels; GQA and MQA;
 # head dims that are (32, 64, 128, 256) and are not (20, 40, 80) a multiple of the 8-float vector.
 SHAPES = [
@@ -75,7 +59,7 @@ MASKS = ["none", "causal", "padding", "bool", "float", "causal+padding+bool"]
 def test_matches_reference_fp32(shape, kind):
     b, h, hkv, sq, sk, d = shape
     q, k, v = _inputs(b, h, hkv, sq, sk, d)
-    check_against_reference(_native, _reference, q, k, v, **_mask_kwargs(kind, b, h, sq, sk, torch.float32))
+    check_against_reference(_native, _reference, q, k, v, **mask_kwargs(kind, b, h, sq, sk, torch.float32))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
@@ -83,7 +67,7 @@ def test_matches_reference_fp32(shape, kind):
 def test_matches_reference_dtypes(dtype, kind):
     b, h, hkv, sq, sk, d = 2, 4, 2, 2, 70, 40
     q, k, v = _inputs(b, h, hkv, sq, sk, d, dtype=dtype)
-    check_against_reference(_native, _reference, q, k, v, **_mask_kwargs(kind, b, h, sq, sk, dtype))
+    check_against_reference(_native, _reference, q, k, v, **mask_kwargs(kind, b, h, sq, sk, dtype))
 
 
 def test_gradcheck_fp64():
