@@ -41,8 +41,8 @@ _BACKENDS = ("auto",) + tuple(kernels.BACKENDS)
 def profile_model(model: nn.Module, example_inputs, *, mode: str = "train", steps: int = 20, warmup: int = 3,
                   swap: bool | str = "both", backend: str = "auto", loss_fn=None, optimizer=None, out=None,
                   tokens: int | None = None, new_tokens: int = 16, profile_steps: int = 3,
-                  ceilings: Ceilings | dict | None = None, label: str | None = None, progress: bool = False
-                  ) -> Profile:
+                  ceilings: Ceilings | dict | None = None, label: str | None = None, progress: bool = False,
+                  top: int = 12) -> Profile:
     """Profiles ``model``'s steps on ``example_inputs`` and returns a :class:`Profile` (printable; ``.to_json()``).
 
     ``example_inputs``: a tensor, a tuple/list of positional arguments, or a dict of keyword arguments, on the
@@ -56,9 +56,10 @@ def profile_model(model: nn.Module, example_inputs, *, mode: str = "train", step
     ``tokens``: tokens per step when they cannot be counted from the inputs (train/inference: the ones of
     ``attention_mask``, else the token ids' elements; generate: batch x ``new_tokens``). ``ceilings``: the
     machine's measured ceilings (default: measured once per device and process, ``benchmarks.ceilings``).
+    ``top``: how many ops (CPU) or kernels (CUDA) each variant lists, by self time.
     """
     inputs = _check_arguments(model, example_inputs, mode, steps, warmup, swap, backend, loss_fn, optimizer, out,
-                              tokens, new_tokens, profile_steps)
+                              tokens, new_tokens, profile_steps, top)
     device = _device_of(model, inputs)
     variant_names = ["eager"] if swap is False else ["swapped"] if swap is True else ["eager", "swapped"]
     ceilings = _ceilings(ceilings, device)
@@ -78,7 +79,7 @@ def profile_model(model: nn.Module, example_inputs, *, mode: str = "train", step
         for name, variant in variants.items():
             flops = variant.count_flops()
             trace = None if out is None else os.path.join(out, f"trace-{name}.json")
-            attribution = variant.profile(profile_steps, device, trace, progress_bar)
+            attribution = variant.profile(profile_steps, device, trace, progress_bar, top)
             results.append(_variant_profile(variant, timings[name], steps, flops, attribution, profile_steps,
                                             ceilings, _tokens_per_step(tokens, inputs, mode, new_tokens), trace))
             if progress_bar:
@@ -133,8 +134,8 @@ class _Variant:
         step = make_step(self.model, self.inputs, self.mode, grad_for_inference=True, **self._settings)
         return count_step_flops(step)
 
-    def profile(self, count, device, trace, progress_bar):
-        """``count`` steps under the profiler (one more before them warms it up, unrecorded)."""
+    def profile(self, count, device, trace, progress_bar, top):
+        """``count`` steps under the profiler (one more before them warms it up, unrecorded); ``top`` ops listed."""
         step = make_step(self.model, self.inputs, self.mode, annotate=True, **self._settings)
         activities = [torch.profiler.ProfilerActivity.CPU]
         if device.type == "cuda":
@@ -151,7 +152,7 @@ class _Variant:
                         progress_bar.update()
         if trace is not None:
             prof.export_chrome_trace(trace)
-        return attribute(prof.events(), {**PHASES, **ranges.blocks}, device=device.type)
+        return attribute(prof.events(), {**PHASES, **ranges.blocks}, device=device.type, top=top)
 
 
 def _variant_profile(variant, timing, steps, flops, attribution, profile_steps, ceilings, tokens, trace):
@@ -175,7 +176,7 @@ def _variant_profile(variant, timing, steps, flops, attribution, profile_steps, 
 # -- arguments -------------------------------------------------------------------------------------------------------
 
 def _check_arguments(model, example_inputs, mode, steps, warmup, swap, backend, loss_fn, optimizer, out, tokens,
-                     new_tokens, profile_steps):
+                     new_tokens, profile_steps, top):
     """Validates every argument (errors name it); returns the inputs as ``(args tuple, kwargs dict)``."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"argument `model` must be a torch.nn.Module; got {type(model).__name__}")
@@ -194,7 +195,7 @@ def _check_arguments(model, example_inputs, mode, steps, warmup, swap, backend, 
     if mode not in MODES:
         raise ValueError(f"argument `mode` must be one of {', '.join(map(repr, MODES))}; got {mode!r}")
     for name, value, low in (("steps", steps, 1), ("warmup", warmup, 0), ("new_tokens", new_tokens, 1),
-                             ("profile_steps", profile_steps, 1)):
+                             ("profile_steps", profile_steps, 1), ("top", top, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"argument `{name}` must be an int >= {low}; got {value!r}")
     if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1):

@@ -42,6 +42,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=20, help="timed steps (profiler off)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--profile-steps", type=int, default=3, help="steps recorded by the profiler")
+    parser.add_argument("--top", type=int, default=12, help="ops or kernels listed per variant, by self time")
     parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="default: bf16 on CUDA, fp32 on the CPU")
     parser.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         built.model, built.inputs, mode=args.mode, steps=args.steps, warmup=args.warmup,
         swap=SWAP_CHOICES[args.swap], backend=args.backend, loss_fn=built.loss_fn, out=out,
         new_tokens=args.new_tokens, profile_steps=args.profile_steps, ceilings=ceilings,
-        label=f"{built.label}, batch {batch} x {seq_len}", progress=not args.no_progress)
+        label=f"{built.label}, batch {batch} x {seq_len}", progress=not args.no_progress, top=args.top)
     if built.notes:
         profile.notes.extend(f"note: {note}" for note in built.notes)
         outputs.write_record(profile, profile.outputs["record"])

@@ -39,7 +39,7 @@ def test_each_mode_record_schema_and_shares(mode, decoder, ids, ceilings, tmp_pa
     assert [v["name"] for v in record["variants"]] == ["eager", "swapped"]
     assert record["ceilings"]["matmul_tflops"] == 0.1
     for variant in record["variants"]:
-        assert set(variant) == VARIANT_KEYS
+        assert set(variant) == VARIANT_KEYS and 0 < len(variant["top"]) <= 12
         assert set(variant["blocks"]) == set(BLOCKS)
         assert sum(b["share"] for b in variant["blocks"].values()) == pytest.approx(1.0, abs=1e-6)
         time = variant["step_time_s"]
@@ -60,7 +60,8 @@ def test_each_mode_record_schema_and_shares(mode, decoder, ids, ceilings, tmp_pa
 
 
 def test_swapped_variant_attributes_attention_to_our_ops(decoder, ids, ceilings):
-    profile = profile_model(decoder, (ids,), mode="train", ceilings=ceilings, **FAST)
+    # Every op listed: on a tiny model the attention ops' rank among the 12 slowest depends on the machine's load.
+    profile = profile_model(decoder, (ids,), mode="train", ceilings=ceilings, top=1000, **FAST)
     eager, swapped = profile["eager"], profile["swapped"]
     assert swapped.block_share("attention") > 0 and eager.block_share("attention") > 0
     attention_rows = [row for row in swapped.top if row["block"] == "attention"]
@@ -178,6 +179,7 @@ def test_custom_loss_and_given_tokens(decoder, ids, ceilings):
     ({"out": 5}, TypeError, "`out`"),
     ({"tokens": 0}, ValueError, "`tokens`"),
     ({"new_tokens": 0}, ValueError, "`new_tokens`"),
+    ({"top": 0}, ValueError, "`top`"),
     ({"example_inputs": (torch.zeros(2, 8, dtype=torch.long, device="meta"),)}, ValueError, "`example_inputs`"),
 ])
 def test_bad_arguments_name_the_argument(kwargs, error, match, decoder, ids, ceilings):

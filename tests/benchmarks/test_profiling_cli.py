@@ -34,10 +34,11 @@ def test_profile_subcommand_writes_every_output(tmp_path, capsys):
 def test_swap_false_and_generate(tmp_path):
     out = tmp_path / "run"
     code = cli.main(["--model", "gpt", "--mode", "generate", "--new-tokens", "2", "--swap", "false", "--out", str(out),
-                     *TINY])
+                     "--top", "3", *TINY])
     assert code == 0
     record = json.loads((out / "profile.json").read_text())
     assert [v["name"] for v in record["variants"]] == ["eager"]
+    assert len(record["variants"][0]["top"]) == 3
     assert record["variants"][0]["tokens_per_step"] == 2
 
 
