@@ -237,10 +237,8 @@ void backward_rows(const scalar_t* dy, const scalar_t* dh, const scalar_t* h, co
   }
 }
 
-void check_rows(const at::Tensor& x, const char* name) {
-  check_dim(x, name, 2);
-  check_dtype(x, name, {at::kFloat, at::kDouble, at::kBFloat16});
-}
+// The row dtypes the CPU kernels serve.
+const RowDtypes kRowDtypes = {at::kFloat, at::kDouble, at::kBFloat16};
 
 // The parameter as a contiguous acc-typed (N,) tensor, or `fill` everywhere when absent.
 at::Tensor parameter_or(const c10::optional<at::Tensor>& t, int64_t n, at::ScalarType acc, double fill) {
@@ -273,10 +271,7 @@ at::Tensor sum_blocks(const at::Tensor& partial, at::ScalarType out_dtype) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_forward_cpu(
     const at::Tensor& x, const c10::optional<at::Tensor>& residual, const c10::optional<at::Tensor>& weight,
     const c10::optional<at::Tensor>& bias, double eps, bool rms) {
-  check_rows(x, "x");
-  check_row_like(residual, "residual", x, "x");
-  check_parameter(weight, "weight", x);
-  check_parameter(bias, "bias", x);
+  check_forward_arguments(x, residual, weight, bias, kRowDtypes);
   const int64_t m = x.size(0), n = x.size(1);
   const at::ScalarType acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const at::Tensor xc = x.contiguous();
@@ -303,15 +298,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_forward_cp
 std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_backward_cpu(
     const at::Tensor& dy, const c10::optional<at::Tensor>& dh, const at::Tensor& h, const at::Tensor& mean,
     const at::Tensor& rstd, const c10::optional<at::Tensor>& weight, bool has_bias, bool rms) {
-  check_rows(h, "h");
-  check_row_like(dy, "dy", h, "h");
-  check_row_like(dh, "dh", h, "h");
-  check_parameter(weight, "weight", h);
-  const int64_t m = h.size(0), n = h.size(1);
   const at::ScalarType acc = h.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  TORCH_CHECK_VALUE(rstd.scalar_type() == acc && rstd.numel() == m, "argument `rstd` must be (", m, ",) ", acc);
-  TORCH_CHECK_VALUE(rms || (mean.scalar_type() == acc && mean.numel() == m), "argument `mean` must be (", m, ",) ",
-                    acc);
+  check_backward_arguments(dy, dh, h, mean, rstd, weight, rms, kRowDtypes, acc);
+  const int64_t m = h.size(0), n = h.size(1);
   const at::Tensor dyc = dy.contiguous(), hc = h.contiguous();
   const at::Tensor dhc = dh.has_value() ? dh->contiguous() : at::Tensor();
   const at::Tensor meanc = mean.contiguous(), rstdc = rstd.contiguous();

@@ -114,10 +114,8 @@ struct BackwardLauncher {
   }
 };
 
-void check_rows(const at::Tensor& x, const char* name) {
-  check_dim(x, name, 2);
-  check_dtype(x, name, {at::kFloat, at::kHalf, at::kBFloat16});
-}
+// The row dtypes the CUDA kernels serve.
+const RowDtypes kRowDtypes = {at::kFloat, at::kHalf, at::kBFloat16};
 
 at::Tensor contiguous_or_undefined(const c10::optional<at::Tensor>& t) {
   return t.has_value() ? t->contiguous() : at::Tensor();
@@ -131,10 +129,7 @@ const scalar_t* pointer_or_null(const at::Tensor& t) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_forward_cuda(
     const at::Tensor& x, const c10::optional<at::Tensor>& residual, const c10::optional<at::Tensor>& weight,
     const c10::optional<at::Tensor>& bias, double eps, bool rms) {
-  check_rows(x, "x");
-  check_row_like(residual, "residual", x, "x");
-  check_parameter(weight, "weight", x);
-  check_parameter(bias, "bias", x);
+  check_forward_arguments(x, residual, weight, bias, kRowDtypes);
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t m = x.size(0), n = x.size(1);
   const at::Tensor xc = x.contiguous(), rc = contiguous_or_undefined(residual);
@@ -164,15 +159,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_forward_cu
 std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_backward_cuda(
     const at::Tensor& dy, const c10::optional<at::Tensor>& dh, const at::Tensor& h, const at::Tensor& mean,
     const at::Tensor& rstd, const c10::optional<at::Tensor>& weight, bool has_bias, bool rms) {
-  check_rows(h, "h");
-  check_row_like(dy, "dy", h, "h");
-  check_row_like(dh, "dh", h, "h");
-  check_parameter(weight, "weight", h);
+  check_backward_arguments(dy, dh, h, mean, rstd, weight, rms, kRowDtypes, at::kFloat);
   const int64_t m = h.size(0), n = h.size(1);
-  TORCH_CHECK_VALUE(rstd.scalar_type() == at::kFloat && rstd.numel() == m, "argument `rstd` must be (", m,
-                    ",) float32");
-  TORCH_CHECK_VALUE(rms || (mean.scalar_type() == at::kFloat && mean.numel() == m), "argument `mean` must be (", m,
-                    ",) float32");
   const c10::cuda::CUDAGuard guard(h.device());
   const at::Tensor dyc = dy.contiguous(), hc = h.contiguous(), dhc = contiguous_or_undefined(dh);
   const at::Tensor wc = contiguous_or_undefined(weight), meanc = mean.contiguous(), rstdc = rstd.contiguous();
