@@ -19,14 +19,12 @@ import torch
 
 from . import ops  # noqa: F401  (registers every suite)
 from .ceilings import measure_ceilings
+from .command_line import add_device_arguments, resolve_device
 from .ops.overhead import overhead_table
 from .records import device_slug, environment, write_record
 from .report import ceilings_line, skipped, terminal_table, write_markdown, write_plots
 from .runner import run_cases
 from .suite import MODES, SUITES, SuiteConfig, iter_cases
-
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "fp64": torch.float64}
-
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
@@ -37,12 +35,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--match", action="append", metavar="REGEX",
                         help="run only the cases whose 'op mode shape label' text fully matches one of these, e.g. "
                              "'attention fwd B=4 S=4096 H=16 D=128( key padding mask)?'")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), help="default: bf16 on CUDA, fp32 on the CPU")
-    parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+    add_device_arguments(parser)
     parser.add_argument("--quick", action="store_true", help="small shapes and short timing: a smoke run")
     parser.add_argument("--budget", type=float, help="seconds of timed calls per provider (default 0.5, quick 0.1)")
     parser.add_argument("--cuda-graph", action="store_true", help="time CUDA-graph replays (launch-bound shapes)")
-    parser.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
     parser.add_argument("--out", help="output folder (default: bench-out/<device>-<time>)")
     parser.add_argument("--no-plots", action="store_true")
     return parser.parse_args(argv)
@@ -55,13 +51,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return profile_main(argv[1:])
     args = parse_args(argv)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("--device cuda: no CUDA device here", file=sys.stderr)
+    resolved = resolve_device(args)
+    if resolved is None:
         return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    device, dtype = resolved
     config = SuiteConfig(device=device, dtype=dtype, quick=args.quick, modes=tuple(args.mode or MODES))
     env = environment(device)
     out_dir = args.out or os.path.join(

@@ -16,13 +16,11 @@ import datetime
 import os
 import sys
 
-import torch
-
 from ..ceilings import measure_ceilings
+from ..command_line import add_device_arguments, resolve_device
 from . import models, outputs
 from .api import _BACKENDS, MODES, profile_model
 
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 SWAP_CHOICES = {"both": "both", "true": True, "false": False}
 
 
@@ -43,9 +41,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--profile-steps", type=int, default=3, help="steps recorded by the profiler")
     parser.add_argument("--top", type=int, default=12, help="ops or kernels listed per variant, by self time")
-    parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), help="default: bf16 on CUDA, fp32 on the CPU")
-    parser.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
+    add_device_arguments(parser, dtypes=("fp16", "bf16", "fp32"))
     parser.add_argument("--quick-ceilings", action="store_true", help="measure the ceilings on smaller sizes")
     parser.add_argument("--out", help="output folder (default: profile-out/<model>-<mode>-<device>-<time>)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -54,14 +50,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("--device cuda: no CUDA device here", file=sys.stderr)
+    resolved = resolve_device(args)
+    if resolved is None:
         return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    device, dtype = resolved
     cuda = device.type == "cuda"
-    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if cuda else torch.float32)
     batch = args.batch or (8 if cuda else 2)
     seq_len = args.seq_len or (1024 if cuda and args.mode != "generate" else 64)
     try:
