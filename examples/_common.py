@@ -1,8 +1,11 @@
-"""Helpers shared by the examples: command-line basics and the report of which kernel backend each op runs on."""
+"""Helpers shared by the examples: command-line basics, timing, and the report of which kernel backend each op runs
+on."""
 
 from __future__ import annotations
 
 import argparse
+import statistics
+import time
 
 import torch
 
@@ -19,6 +22,21 @@ def parser(description):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
     return p
+
+
+def median_seconds(fn, repeats):
+    """Median wall time of ``fn()`` over ``repeats`` timed calls after one warm-up; on CUDA each call is timed to the
+    end of its kernels (synchronised before and after)."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    fn()
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def backend_report(backend, device):

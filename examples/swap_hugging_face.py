@@ -10,27 +10,19 @@ The model is built from a small config (nothing is downloaded); any ``LlamaForCa
 from __future__ import annotations
 
 import os
-import statistics
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 import transformer  # noqa: E402
-from examples._common import backend_report, parser  # noqa: E402
+from examples._common import backend_report, median_seconds, parser  # noqa: E402
 
 
 def tokens_per_second(fn, tokens, repeats):
-    """Median tokens/s of ``fn`` over ``repeats`` timed calls after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return tokens / statistics.median(times)
+    """Tokens/s of ``fn`` at its median time over ``repeats`` timed calls."""
+    return tokens / median_seconds(fn, repeats)
 
 
 def main(argv=None):

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import copy
 import os
-import statistics
 import sys
-import time
 
 import torch
 from torch import nn
@@ -18,7 +16,7 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 import transformer  # noqa: E402
-from examples._common import backend_report, parser  # noqa: E402
+from examples._common import backend_report, median_seconds, parser  # noqa: E402
 
 
 class Translator(nn.Module):
@@ -35,16 +33,6 @@ class Translator(nn.Module):
         h = self.core(self.embed(src), self.embed(tgt), tgt_mask=causal, tgt_is_causal=True,
                       src_key_padding_mask=src_padding, memory_key_padding_mask=src_padding)
         return self.out(h)
-
-
-def timed(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main(argv=None):
@@ -84,9 +72,9 @@ def main(argv=None):
     tokens = src.numel() + tgt.numel()
     for name, m in (("torch.nn", original), ("swapped", model)):
         m.train()
-        train_s = timed(step(m, torch.optim.SGD(m.parameters(), lr=1e-4)), args.repeats)
+        train_s = median_seconds(step(m, torch.optim.SGD(m.parameters(), lr=1e-4)), args.repeats)
         m.eval()
-        infer_s = timed(infer(m), args.repeats)
+        infer_s = median_seconds(infer(m), args.repeats)
         print(f"{name:9s} training step {train_s * 1e3:7.1f} ms ({tokens / train_s:,.0f} tokens/s)   "
               f"inference {infer_s * 1e3:7.1f} ms ({tokens / infer_s:,.0f} tokens/s)")
 
