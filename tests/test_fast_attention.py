@@ -53,6 +53,37 @@ def test_attention_fast_call_is_the_python_path(monkeypatch, shape_q, shape_k, g
         q, k, v, is_causal=is_causal, scale=scale, enable_gqa=gqa, key_padding_mask=key_padding), [q, k, v])
 
 
+def _mask(kind, batch, heads, sq, sk):
+    """An attn_mask of ``kind`` (its shape, then ``-additive`` for a float mask with -inf where bool's is False) that
+    broadcasts to (B, H, Sq, Sk), with a fully masked query row where it has rows."""
+    shape = {"full": (batch, heads, sq, sk), "rows": (sq, sk), "batch_rows": (batch, 1, sq, sk), "key_row": (1, sk),
+             "three_dims": (heads, sq, sk)}[kind.split("-")[0]]
+    generator = torch.Generator().manual_seed(1)
+    keep = torch.rand(shape, generator=generator) > 0.3
+    keep[..., 0] = True
+    if len(shape) > 2 or shape[0] > 1:
+        keep.view(-1, sk)[0] = False  # the first query row of the first (batch, head) sees no key
+    if kind.endswith("additive"):
+        return torch.where(keep, torch.randn(shape, generator=generator), float("-inf"))
+    return keep
+
+
+@pytest.mark.parametrize("kind", ["full", "rows", "batch_rows", "key_row", "three_dims", "full-additive",
+                                  "rows-additive", "key_row-additive"])
+@pytest.mark.parametrize("is_causal", [False, True])
+@pytest.mark.parametrize("padding", [False, True])
+def test_attention_fast_call_with_a_mask_is_the_python_path(monkeypatch, kind, is_causal, padding):
+    shape_q, shape_k = (2, 4, 7, 16), (2, 2, 9, 16)
+    q, k, v = _qkv(shape_q, shape_k)
+    mask = _mask(kind, 2, 4, 7, 9)
+    key_padding = torch.zeros(2, 9, dtype=torch.bool) if padding else None
+    if padding:
+        key_padding[1, -3:] = True
+    assert _fast.attention(q, k, v, mask, 0.0, is_causal, None, True, key_padding) is not None
+    _same_with_gradients(monkeypatch, lambda: kernels.scaled_dot_product_attention(
+        q, k, v, mask, is_causal=is_causal, enable_gqa=True, key_padding_mask=key_padding), [q, k, v])
+
+
 def test_attention_fast_call_on_strided_cache_slices(monkeypatch):
     q, k, v = _qkv((1, 2, 1, 16), (1, 2, 40, 16), grad=False)
     k, v = k[:, :, :23], v.transpose(1, 2).contiguous().transpose(1, 2)[:, :, :23]  # a cache's valid part
@@ -61,7 +92,8 @@ def test_attention_fast_call_on_strided_cache_slices(monkeypatch):
     assert torch.equal(fast, kernels.scaled_dot_product_attention(q, k, v))
 
 
-@pytest.mark.parametrize("case", ["mask", "dropout", "causal_int", "gqa_off", "head_dim_v", "head_dim_300",
+@pytest.mark.parametrize("case", ["mask_grad", "mask_dtype", "mask_int", "mask_shape", "mask_dims", "mask_bias",
+                                  "mask_list", "dropout", "causal_int", "gqa_off", "head_dim_v", "head_dim_300",
                                   "three_dims", "batch", "padding_float", "padding_shape", "scale_nan",
                                   "scale_tensor", "half_on_cpu", "subclass"])
 def test_attention_any_other_call_takes_the_python_path(case):
@@ -73,7 +105,11 @@ def test_attention_any_other_call_takes_the_python_path(case):
     args = {"q": q, "k": k, "v": v, "mask": None, "dropout": 0.0, "causal": False, "scale": None, "gqa": False,
             "padding": None}
     args.update({
-        "mask": {"mask": torch.ones(5, 6, dtype=torch.bool)}, "dropout": {"dropout": 0.1}, "causal_int": {"causal": 1},
+        "mask_grad": {"mask": torch.zeros(5, 6, requires_grad=True)}, "mask_dtype": {"mask": torch.zeros(5, 6).double()},
+        "mask_int": {"mask": torch.ones(5, 6, dtype=torch.int32)}, "mask_shape": {"mask": torch.ones(5, 5, dtype=torch.bool)},
+        "mask_dims": {"mask": torch.ones(1, 2, 4, 5, 6, dtype=torch.bool)},
+        "mask_bias": {"mask": torch.nn.attention.bias.causal_lower_right(5, 6)}, "mask_list": {"mask": [[True] * 6] * 5},
+        "dropout": {"dropout": 0.1}, "causal_int": {"causal": 1},
         "gqa_off": {"k": k[:, :2], "v": v[:, :2]}, "head_dim_v": {"v": torch.randn(2, 4, 6, 4)},
         "head_dim_300": {"q": torch.randn(2, 4, 5, 300), "k": torch.randn(2, 4, 6, 300), "v": torch.randn(2, 4, 6, 300)},
         "three_dims": {"q": q[0], "k": k[0], "v": v[0]}, "batch": {"k": k[:1], "v": v[:1]},

@@ -2,11 +2,14 @@
 // varlen_attention on the CPU (csrc/include/kernels/fast_calls.h says what and why).
 //
 // The native backend's limits (kernels/_ops/attention_native.py `unsupported`) are checked here for the CPU: head
-// dims 1..256, v's head dim equal to q's; on CUDA they depend on the GPU, so CUDA calls take the Python path. Masks
-// other than a key padding mask, dropout and causal decoding of several queries take it too.
+// dims 1..256, v's head dim equal to q's, an attn_mask that does not require grad; on CUDA they depend on the GPU, so
+// CUDA calls take the Python path. Dropout, torch's CausalBias masks and causal decoding of several queries take it
+// too.
 #include <kernels/autograd.h>
 
 #include "fast_common.h"
+
+#include <array>
 
 namespace kernels::fast {
 namespace {
@@ -28,25 +31,45 @@ bool native_cpu_qkv(FastOp op, const at::Tensor& q, const at::Tensor& k, const a
   return k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type() && k.is_cpu() && v.is_cpu();
 }
 
-at::Tensor dense_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const Optional& padding,
-                         bool is_causal, double scale) {
+at::Tensor dense_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const Optional& mask,
+                         const Optional& padding, bool is_causal, double scale) {
   static const auto forward = autograd::typed_op<Pair(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                                       const Optional&, const Optional&, bool, double, double,
                                                       const Optional&)>("kernels::attention_forward");
-  return std::get<0>(forward.call(q, k, v, std::nullopt, padding, is_causal, scale, 0.0, std::nullopt));
+  return std::get<0>(forward.call(q, k, v, mask, padding, is_causal, scale, 0.0, std::nullopt));
 }
 
-// kernels.scaled_dot_product_attention(q, k, v, None, 0.0, is_causal, scale, enable_gqa, key_padding_mask=...) with
-// (B, H, S, D) tensors; None for any other call.
+// An attn_mask the native CPU kernel serves as the Python path passes it: bool (True = take part) or q's dtype (added
+// to the scores), on the CPU, not requiring grad, broadcastable to (B, H, Sq, Sk) by its trailing dims, as a view of
+// that shape (stride 0 where it broadcasts). False for any other mask (which the Python path checks or refuses).
+bool broadcast_mask(const at::Tensor& q, int64_t keys, Optional& mask) {
+  if (!mask) return true;
+  const at::Tensor& m = *mask;
+  if (!m.is_cpu() || m.requires_grad() || m.dim() > 4 ||
+      (m.scalar_type() != at::kBool && m.scalar_type() != q.scalar_type())) {
+    return false;
+  }
+  const std::array<int64_t, 4> full = {q.size(0), q.size(1), q.size(2), keys};
+  for (int64_t axis = 0; axis < m.dim(); ++axis) {
+    const int64_t size = m.size(axis), wanted = full[4 - m.dim() + axis];
+    if (size != wanted && size != 1) return false;
+  }
+  if (m.sizes() != c10::IntArrayRef(full)) mask = m.expand(full);
+  return true;
+}
+
+// kernels.scaled_dot_product_attention(q, k, v, attn_mask, 0.0, is_causal, scale, enable_gqa, key_padding_mask=...)
+// with (B, H, S, D) tensors; None for any other call.
 py::object attention(py::handle q_obj, py::handle k_obj, py::handle v_obj, py::handle mask_obj,
                      py::handle dropout_obj, py::handle causal_obj, py::handle scale_obj, py::handle gqa_obj,
                      py::handle padding_obj) {
   const at::Tensor *q = plain_tensor(q_obj), *k = plain_tensor(k_obj), *v = plain_tensor(v_obj);
   const std::optional<bool> is_causal = exact_bool(causal_obj), enable_gqa = exact_bool(gqa_obj);
-  Optional padding;
-  if (q == nullptr || k == nullptr || v == nullptr || !mask_obj.is_none() || !no_dropout(dropout_obj) ||
+  Optional mask, padding;
+  if (q == nullptr || k == nullptr || v == nullptr || !optional_tensor(mask_obj, mask) || !no_dropout(dropout_obj) ||
       !is_causal || !enable_gqa || !optional_tensor(padding_obj, padding) ||
-      !native_cpu_qkv(kAttention, *q, *k, *v, 4, 1) || k->size(0) != q->size(0)) {
+      !native_cpu_qkv(kAttention, *q, *k, *v, 4, 1) || k->size(0) != q->size(0) ||
+      !broadcast_mask(*q, k->size(2), mask)) {
     return py::none();
   }
   if (k->size(1) != q->size(1) && !*enable_gqa) return py::none();
@@ -59,7 +82,7 @@ py::object attention(py::handle q_obj, py::handle k_obj, py::handle v_obj, py::h
   at::Tensor out;
   {
     py::gil_scoped_release no_gil;
-    out = dense_forward(*q, *k, *v, padding, *is_causal, *scale);
+    out = dense_forward(*q, *k, *v, mask, padding, *is_causal, *scale);
   }
   return py::cast(out);
 }
@@ -90,7 +113,7 @@ py::object attention_with_kv_cache(py::handle q_obj, py::handle k_obj, py::handl
     if (seqlens) {  // (B, Smax), True = padding
       padding = at::arange(k->size(2), seqlens->options().dtype(at::kLong)) >= seqlens->contiguous().unsqueeze(1);
     }
-    out = dense_forward(*q, *k, *v, padding, false, *scale);
+    out = dense_forward(*q, *k, *v, std::nullopt, padding, false, *scale);
   }
   return py::cast(out);
 }
