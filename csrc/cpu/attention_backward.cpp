@@ -56,6 +56,12 @@ void backward_kernel(Problem& p, const at::Tensor& grad_out, const at::Tensor& q
       const int64_t kb_end = std::min((chunk + 1) * chunk_blocks, round_up(seq.k_len, kBlockK) / kBlockK);
       if (kb_begin >= kb_end && chunk > 0) return;  // chunk 0 runs even without keys: it writes the zero gradients
       const int64_t k_lo = kb_begin * kBlockK, k_hi = std::min(seq.k_len, kb_end * kBlockK);
+      // Every key of the sequence in one tile (Sk <= kBlockK) and no dropout: each row's P and dP are at hand at once,
+      // so D is summed from them (sum_j P_j dP_j, the reference's softmax backward) instead of dO . O. The two are
+      // equal in exact arithmetic, but dP_j - D then cancels exactly where a row's probability sits on one key (dS
+      // is 0 for Sk = 1), where dO . O and the GEMM's dP_j differ by their rounding (|dO| |v| ulps, as in torch's
+      // CPU SDPA). Longer rows keep D = dO . O, computed before the key loop.
+      const bool one_tile = chunks == 1 && kb_end - kb_begin == 1 && drop == 0.f;
       pack_keys<T, scalar_t>(k, seq, hkv, p, kb_begin, kb_end, kr.data(), kt.data());
       pack_keys<T, scalar_t>(v, seq, hkv, p, kb_begin, kb_end, nullptr, vt.data());
       std::fill(dkb.begin() + k_lo * dp, dkb.begin() + k_hi * dp, T(0));
@@ -73,11 +79,13 @@ void backward_kernel(Problem& p, const at::Tensor& grad_out, const at::Tensor& q
           }
           pack_rows<T, scalar_t>(q, seq.batch, h, row0, rows, p.dim, dp, qt.data());
           pack_rows<T, scalar_t>(grad_out, seq.batch, h, row0, rows, p.dim, dp, dot.data());
-          pack_rows<T, scalar_t>(out, seq.batch, h, row0, rows, p.dim, dp, ob.data());
           const T* lse_row = lse.const_data_ptr<T>() + seq.batch * lse.stride(0) + h * lse.stride(1) +
                              row0 * lse.stride(2);
           const int64_t lse_stride = lse.stride(2);
-          for (int64_t r = 0; r < rows; ++r) delta[r] = dot_product(dot.data() + r * dp, ob.data() + r * dp, dp);
+          if (!one_tile) {
+            pack_rows<T, scalar_t>(out, seq.batch, h, row0, rows, p.dim, dp, ob.data());
+            for (int64_t r = 0; r < rows; ++r) delta[r] = dot_product(dot.data() + r * dp, ob.data() + r * dp, dp);
+          }
           std::fill(dqb.begin(), dqb.end(), T(0));
           for (int64_t kb = kb_begin; kb < kb_end; ++kb) {
             const KeyRange keys = p.visible(si, kb, q0, rows, panel<T>());
@@ -97,7 +105,8 @@ void backward_kernel(Problem& p, const at::Tensor& grad_out, const at::Tensor& q
               const bool plain = plain_row(q0 + r, k0, width, seq.k_len, needs_bias, scale2, masks);
               if (!plain) mask_row<T>(pr, width, q0 + r, k0, scale2, p.key_bias(bias, si, k0), seq.k_len, masks);
               // lse = +inf (no visible key) gives 0
-              exp2_scaled(pr, width, plain ? scale2 : T(1), lse_row[r * lse_stride] * static_cast<T>(kLog2e));
+              const T total = exp2_scaled(pr, width, plain ? scale2 : T(1),
+                                          lse_row[r * lse_stride] * static_cast<T>(kLog2e));
               if (drop > 0.f) {
                 // s row becomes the dropped probabilities (for dV), dP is taken back through the dropout.
                 for (int64_t j = 0; j < n; ++j) {
@@ -108,7 +117,12 @@ void backward_kernel(Problem& p, const at::Tensor& grad_out, const at::Tensor& q
                 }
                 for (int64_t j = n; j < width; ++j) dr[j] = T(0);
               } else {
-                for (int64_t j = 0; j < width; ++j) dr[j] = pr[j] * (dr[j] - delta[r]);  // dS
+                T renormalize = T(1);
+                if (one_tile) {  // P / sum(P): out goes the saved lse's rounding; D = P . dP
+                  renormalize = total > T(0) ? T(1) / total : T(1);  // a fully masked row keeps P = 0
+                  delta[r] = renormalize * dot_product(pr, dr, width);
+                }
+                for (int64_t j = 0; j < width; ++j) dr[j] = renormalize * pr[j] * (dr[j] - delta[r]);  // dS
               }
             }
             // dV += P_dropped^T dO
