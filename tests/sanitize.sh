@@ -66,8 +66,8 @@ export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$work/reports/
 if [ "$quick" = 1 ]; then
   # The attention, layer-norm, softmax and linear native CPU cases at small shapes (~40 s of tests): without the fp64
   # gradchecks and opchecks (~2.5 min under ASan), torch.compile, the key-chunking cases and the hidden-size sweeps.
-  selection=(tests/test_attention_native.py tests/test_layer_norm.py tests/test_masked_softmax.py tests/test_linear.py
-             -m "not gpu and not slow"
+  selection=(tests/test_attention_native.py tests/test_attention_native_backward.py tests/test_layer_norm.py
+             tests/test_masked_softmax.py tests/test_linear.py -m "not gpu and not slow"
              -k "native and not cuda and not gradcheck and not opcheck and not compile and not splits and not hidden")
 else
   selection=(tests -m "not gpu" -k "native and not cuda")
