@@ -156,16 +156,25 @@ def _common_case(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa, ke
     and their errors): plain 4-D tensors ``(B, H, S, D)`` of one floating dtype and device, ``v`` shaped like ``k``
     but its head dim, no ``attn_mask``, ``key_padding_mask`` None or bool ``(B, Sk)``, float or int scalars. The
     full path costs ~3.7 us of Python per call (1 thread, measured), this one ~1."""
-    plain = None if attn_mask is not None else _plain_qkv(q, k, v)
-    if plain is None:
+    if attn_mask is not None or type(q) is not torch.Tensor or type(k) is not torch.Tensor or type(v) is not torch.Tensor:
         return None
-    batch, heads, kv_heads, head_dim = plain
+    q_shape, k_shape, v_shape = q.shape, k.shape, v.shape
+    if len(q_shape) != 4 or len(k_shape) != 4 or len(v_shape) != 4:
+        return None
+    batch, heads, _, head_dim = q_shape
+    kv_heads = k_shape[1]
+    if (k_shape[0] != batch or v_shape[0] != batch or k_shape[3] != head_dim or head_dim == 0
+            or v_shape[1] != kv_heads or v_shape[2] != k_shape[2]):
+        return None
     if kv_heads != heads and not (enable_gqa and kv_heads and heads % kv_heads == 0):
+        return None
+    dtype, device = q.dtype, q.device
+    if k.dtype != dtype or v.dtype != dtype or not q.is_floating_point() or k.device != device or v.device != device:
         return None
     if key_padding_mask is not None and (type(key_padding_mask) is not torch.Tensor
                                          or key_padding_mask.dtype != torch.bool
-                                         or key_padding_mask.shape != (batch, k.shape[2])
-                                         or key_padding_mask.device != q.device):
+                                         or key_padding_mask.shape != (batch, k_shape[2])
+                                         or key_padding_mask.device != device):
         return None
     if type(dropout_p) is not float and type(dropout_p) is not int or not 0.0 <= dropout_p < 1.0:
         return None
@@ -181,33 +190,23 @@ def _kv_cache_common_case(q, k_cache, v_cache, cache_seqlens) -> bool:
     """Whether a decoding call passes every check of :func:`_check_kv_cache_args` by the common case's shortcut: plain
     4-D tensors of one floating dtype and device, shapes that agree, ``cache_seqlens`` None or an int32/int64
     ``(B,)`` tensor there (the full checks cost ~5 us per call, this ~1.5)."""
-    plain = _plain_qkv(q, k_cache, v_cache)
-    if plain is None:
+    if type(q) is not torch.Tensor or type(k_cache) is not torch.Tensor or type(v_cache) is not torch.Tensor:
         return False
-    batch, heads, kv_heads, _ = plain
-    if kv_heads == 0 or heads % kv_heads != 0:
+    q_shape, k_shape, v_shape = q.shape, k_cache.shape, v_cache.shape
+    if len(q_shape) != 4 or len(k_shape) != 4 or len(v_shape) != 4:
+        return False
+    batch, heads, _, head_dim = q_shape
+    kv_heads = k_shape[1]
+    if (k_shape[0] != batch or k_shape[3] != head_dim or head_dim == 0 or v_shape[:3] != k_shape[:3]
+            or kv_heads == 0 or heads % kv_heads != 0):
+        return False
+    dtype, device = q.dtype, q.device
+    if (k_cache.dtype != dtype or v_cache.dtype != dtype or not q.is_floating_point() or k_cache.device != device
+            or v_cache.device != device):
         return False
     return cache_seqlens is None or (type(cache_seqlens) is torch.Tensor and cache_seqlens.shape == (batch,)
                                      and cache_seqlens.dtype in (torch.int32, torch.int64)
-                                     and cache_seqlens.device == q.device)
-
-
-def _plain_qkv(q, k, v):
-    """``(batch, heads, kv_heads, head_dim)`` when ``q``, ``k``, ``v`` are plain 4-D tensors ``(B, H, S, D)`` of one
-    floating dtype and device, ``k`` and ``v`` agreeing in ``(B, Hkv, Sk)`` and ``q`` and ``k`` in ``B`` and a
-    nonzero ``D``; otherwise None (the shortcuts' shared shape test)."""
-    if type(q) is not torch.Tensor or type(k) is not torch.Tensor or type(v) is not torch.Tensor:
-        return None
-    q_shape, k_shape, v_shape = q.shape, k.shape, v.shape
-    if len(q_shape) != 4 or len(k_shape) != 4 or len(v_shape) != 4:
-        return None
-    batch, heads, _, head_dim = q_shape
-    if k_shape[0] != batch or k_shape[3] != head_dim or head_dim == 0 or v_shape[:3] != k_shape[:3]:
-        return None
-    dtype, device = q.dtype, q.device
-    if k.dtype != dtype or v.dtype != dtype or not q.is_floating_point() or k.device != device or v.device != device:
-        return None
-    return batch, heads, k_shape[1], head_dim
+                                     and cache_seqlens.device == device)
 
 
 def _check_kv_cache_args(q, k_cache, v_cache, cache_seqlens) -> None:
