@@ -57,10 +57,10 @@ void backward_kernel(Problem& p, const at::Tensor& grad_out, const at::Tensor& q
       if (kb_begin >= kb_end && chunk > 0) return;  // chunk 0 runs even without keys: it writes the zero gradients
       const int64_t k_lo = kb_begin * kBlockK, k_hi = std::min(seq.k_len, kb_end * kBlockK);
       // Every key of the sequence in one tile (Sk <= kBlockK) and no dropout: each row's P and dP are at hand at once,
-      // so D is summed from them (sum_j P_j dP_j, the reference's softmax backward) instead of dO . O. The two are
-      // equal in exact arithmetic, but dP_j - D then cancels exactly where a row's probability sits on one key (dS
-      // is 0 for Sk = 1), where dO . O and the GEMM's dP_j differ by their rounding (|dO| |v| ulps, as in torch's
-      // CPU SDPA). Longer rows keep D = dO . O, computed before the key loop.
+      // so D is summed from them (sum_j P_j dP_j over P / sum(P), the reference's softmax backward) instead of
+      // dO . O. The two are equal in exact arithmetic, but dP_j - D then cancels to rounding where a row's probability
+      // sits on one key (dS of Sk = 1 comes out 0 or a few ulps), where dO . O and the GEMM's dP_j differ by their own
+      // rounding (|dO| |v| ulps, as in torch's CPU SDPA). Longer rows keep D = dO . O, computed before the key loop.
       const bool one_tile = chunks == 1 && kb_end - kb_begin == 1 && drop == 0.f;
       pack_keys<T, scalar_t>(k, seq, hkv, p, kb_begin, kb_end, kr.data(), kt.data());
       pack_keys<T, scalar_t>(v, seq, hkv, p, kb_begin, kb_end, nullptr, vt.data());
